@@ -1,0 +1,3 @@
+from nanogen.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""The ``nanogen`` command line: serve, worker, migrate, demo, keys, credits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nanogen import ledger
+from nanogen.db import make_engine, read_connection, write_transaction
+from nanogen.settings import Settings
+
+app = typer.Typer(help="nanogen: self-hosted NanoPhoto-compatible image and video generation.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Grant and show credits.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+
+err = Console(stderr=True)
+out = Console()
+
+DEMO_ACCOUNT = "demo"
+DEMO_CREDITS = 1000
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[sa.Engine]:
+    from nanogen.migrate import migrate
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database (nanogen's tables and DBOS's)."""
+    settings = _settings()
+    with _database(settings):
+        pass
+    err.print(f"[green]database ready[/green]: {_safe_url(settings.resolved_database_url)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Also run generations here.")] = True,
+) -> None:
+    """Run the API server (and, by default, the generation workers) in this process."""
+    import uvicorn
+
+    from nanogen.server.app import create_app
+
+    settings = _settings(host=host, port=port)
+    with _database(settings):
+        pass
+    err.print(
+        f"nanogen {'API + worker' if worker else 'API only'} on [bold]http://{settings.host}:{settings.port}[/bold]"
+        f" (data: {settings.home.resolve()}, engines: images={settings.engine_images}, "
+        f"videos={settings.engine_videos})"
+    )
+    uvicorn.run(
+        create_app(settings, work=worker),
+        host=settings.host,
+        port=settings.port,
+        log_level=os.environ.get("NANOGEN_LOG_LEVEL", "info").lower(),
+        access_log=False,
+    )
+
+
+@app.command(name="worker")
+def run_worker() -> None:
+    """Run generation workers only, on the same database as the API processes."""
+    from nanogen.tasks.lifecycle import launch
+
+    settings = _settings()
+    with _database(settings):
+        pass
+    process = launch(settings, "worker", work=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"nanogen worker {settings.executor_id_for('worker')} running (queues: {', '.join(process.queues)})")
+    stop.wait()
+    err.print("stopping worker")
+    process.stop()
+
+
+@app.command()
+def demo() -> None:
+    """Set up the demo account (1000 credits) and print a fresh demo API key on the last line."""
+    settings = _settings()
+    with _database(settings) as db, write_transaction(db) as conn:
+        account = ledger.find_account(conn, DEMO_ACCOUNT) or ledger.create_account(
+            conn, DEMO_ACCOUNT, DEMO_CREDITS
+        )
+        _key_id, key = ledger.create_key(conn, account.id, "demo")
+        balance = ledger.balance(conn, account.id)
+    err.print(f"demo account [bold]{account.name}[/bold] ({account.id}), balance {balance} credits")
+    err.print("API key (shown once, stored only as a hash):")
+    print(key)
+
+
+@keys_app.command("create")
+def keys_create(
+    credits: Annotated[int, typer.Option(min=0, help="Credits granted with the key.")] = 0,
+    name: Annotated[str, typer.Option(help="Name of the new account (or of the key with --account).")] = "",
+    account: Annotated[str | None, typer.Option(help="Add the key to this existing account instead.")] = None,
+) -> None:
+    """Create an API key (for a new account unless --account). The key is the last line of stdout."""
+    settings = _settings()
+    with _database(settings) as db, write_transaction(db) as conn:
+        if account is None:
+            owner = ledger.create_account(conn, name or ledger.new_id("account"), credits)
+        else:
+            found = ledger.find_account(conn, account)
+            if found is None:
+                err.print(f"[red]no account {account!r}[/red]")
+                raise typer.Exit(2)
+            owner = found
+            if credits:
+                ledger.grant(conn, owner.id, credits, memo="granted with a new key")
+        key_id, key = ledger.create_key(conn, owner.id, name if account else "")
+        balance = ledger.balance(conn, owner.id)
+    err.print(f"account {owner.name} ({owner.id}), balance {balance}; key {key_id} (shown once):")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None) -> None:
+    """List keys (their ids and prefixes; the keys themselves are never stored)."""
+    settings = _settings()
+    with _database(settings) as db, read_connection(db) as conn:
+        owner = ledger.find_account(conn, account) if account else None
+        rows = ledger.list_keys(conn, owner.id if owner else None)
+    table = Table("key id", "account", "name", "prefix", "state")
+    for k in rows:
+        table.add_row(k.id, k.account_name, k.name, k.prefix + "…", "revoked" if k.revoked_at else "live")
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: its next request gets 401 LOGIN_REQUIRED."""
+    settings = _settings()
+    with _database(settings) as db, write_transaction(db) as conn:
+        revoked = ledger.revoke_key(conn, key_id)
+    if not revoked:
+        err.print(f"[red]no live key {key_id!r}[/red]")
+        raise typer.Exit(2)
+    err.print(f"revoked {key_id}")
+
+
+@credits_app.command("grant")
+def credits_grant(
+    account: str,
+    amount: Annotated[int, typer.Argument(min=1)],
+    memo: Annotated[str, typer.Option(help="Why (kept in the ledger).")] = "",
+) -> None:
+    """Grant credits to an account (id or name)."""
+    settings = _settings()
+    with _database(settings) as db, write_transaction(db) as conn:
+        found = ledger.find_account(conn, account)
+        if found is None:
+            err.print(f"[red]no account {account!r}[/red]")
+            raise typer.Exit(2)
+        balance = ledger.grant(conn, found.id, amount, memo)
+    err.print(f"{found.name}: +{amount} credits, balance {balance}")
+
+
+@credits_app.command("show")
+def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Balances with their ledger totals (granted - debited + refunded = balance)."""
+    settings = _settings()
+    with _database(settings) as db, read_connection(db) as conn:
+        accounts = ledger.list_accounts(conn)
+        if account:
+            accounts = [a for a in accounts if account in (a.id, a.name)]
+            if not accounts:
+                err.print(f"[red]no account {account!r}[/red]")
+                raise typer.Exit(2)
+        rows = [(a, ledger.totals(conn, a.id)) for a in accounts]
+    table = Table("account", "id", "balance", "granted", "debited", "refunded")
+    for a, t in rows:
+        table.add_row(a.name, a.id, str(a.balance), str(t.granted), str(t.debited), str(t.refunded))
+    out.print(table)
+
+
+def _safe_url(url: str) -> str:
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,121 @@
+"""The one small interface every engine implements, and the jobs it is given.
+
+An engine is constructed once per process from the settings and then called from worker threads
+(DBOS steps), possibly several calls at once up to the queue's concurrency. Engines write their output
+to ``dest`` (a path in a scratch directory) and report progress from 0 to 100 through ``progress``.
+Errors the client should see are raised as :class:`nanogen.errors.EngineError`.
+
+Capabilities are class attributes (like llm's ``can_stream``), checked before any credit moves.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from nanogen.products import (
+    SHOT_FPS,
+    SHOT_SECONDS,
+    GenerationType,
+    ImageAspectRatio,
+    ImageMode,
+    ImageQuality,
+    Product,
+    Resolution,
+    VideoAspectRatio,
+)
+
+if TYPE_CHECKING:
+    from nanogen.settings import Settings
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input image, already fetched and decoded once to prove it is an image."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+    source_url: str = ""
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    task_id: str
+    prompt: str
+    mode: ImageMode
+    aspect_ratio: ImageAspectRatio
+    quality: ImageQuality
+    width: int
+    height: int
+    google_search: bool = False
+    images: tuple[InputImage, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShotJob:
+    task_id: str
+    prompt: str
+    generation_type: GenerationType
+    aspect_ratio: VideoAspectRatio
+    resolution: Resolution
+    width: int
+    height: int
+    images: tuple[InputImage, ...] = ()
+    seconds: int = SHOT_SECONDS
+    fps: int = SHOT_FPS
+
+
+@dataclass(frozen=True)
+class Output:
+    """What an engine made: the file it wrote and its media type."""
+
+    path: Path
+    content_type: str
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+class Engine(ABC):  # noqa: B024 - an engine overrides the methods for the products it makes
+    """Base class of engines. Subclasses set the capabilities and override what they support."""
+
+    name: ClassVar[str]
+    products: ClassVar[frozenset[Product]] = frozenset()
+    generation_types: ClassVar[frozenset[GenerationType]] = frozenset()
+    resolutions: ClassVar[frozenset[Resolution]] = frozenset()
+    image_qualities: ClassVar[frozenset[ImageQuality]] = frozenset()
+    supports_google_search: ClassVar[bool] = False
+    # True for engines that spend money per call at a provider: they must record the provider's
+    # operation before waiting on it, so that a re-run resumes instead of paying twice.
+    spends_money: ClassVar[bool] = False
+    # How many jobs one worker process runs at once by default (a setting overrides it).
+    default_concurrency: ClassVar[int] = 4
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
+        raise NotImplementedError(f"engine {self.name!r} does not make images")
+
+    def generate_shot(self, job: ShotJob, dest: Path, progress: ProgressFn) -> Output:
+        raise NotImplementedError(f"engine {self.name!r} does not make videos")
+
+    def unsupported(self, product: Product, **options: str) -> str | None:
+        """Why this engine cannot take a request with these options, or None when it can."""
+        if product not in self.products:
+            return f"the {self.name} engine does not make {product.value}s"
+        checks: dict[str, frozenset[str]] = {
+            "generation_type": frozenset(self.generation_types),
+            "resolution": frozenset(self.resolutions),
+            "quality": frozenset(self.image_qualities),
+        }
+        for option, value in options.items():
+            allowed = checks.get(option)
+            if allowed is not None and value not in allowed:
+                return f"the {self.name} engine does not support {option} {value}"
+        return None

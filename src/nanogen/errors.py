@@ -1,0 +1,245 @@
+"""One exception tree for the server, the engines and (later) the SDK.
+
+Every :class:`APIError` carries the contract's ``errorCode`` and HTTP status and renders as the pages'
+envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to responses in one place
+(``server/errors.py``)::
+
+    NanogenError
+    ├── APIError                          -> {"error", "errorCode", ...} with .http_status
+    │   ├── BadRequest (400)
+    │   │   ├── InvalidPrompt              INVALID_PROMPT          (contract, images)
+    │   │   ├── MissingInputImage          MISSING_INPUT_IMAGE     (contract, images)
+    │   │   ├── TooManyImages              TOO_MANY_IMAGES         (contract, images)
+    │   │   ├── ImageUrlsRequired          IMAGE_URLS_REQUIRED     (contract, both)
+    │   │   ├── ShotsRequired              SHOTS_REQUIRED          (contract, video)
+    │   │   ├── PromptRequired             PROMPT_REQUIRED         (contract, video)
+    │   │   ├── InvalidImageCount          INVALID_IMAGE_COUNT     (contract, video)
+    │   │   ├── TaskIdsRequired            TASK_IDS_REQUIRED       (contract, video)
+    │   │   ├── GenerationIdRequired       GENERATION_ID_REQUIRED  (nanogen)
+    │   │   ├── InvalidJSON                INVALID_JSON            (nanogen)
+    │   │   ├── InvalidParameter           INVALID_PARAMETER       (nanogen: type, enum, length)
+    │   │   ├── TooManyShots               TOO_MANY_SHOTS          (nanogen)
+    │   │   ├── DuplicateShotId            DUPLICATE_SHOT_ID       (nanogen)
+    │   │   ├── ResolutionNotAvailable     RESOLUTION_NOT_AVAILABLE(nanogen: 1080p/4k with >1 shot)
+    │   │   ├── InvalidImageUrl            INVALID_IMAGE_URL       (nanogen: unreachable, refused, not an image)
+    │   │   └── RequestTooLarge            REQUEST_TOO_LARGE       (nanogen: body over the size cap)
+    │   ├── LoginRequired (401)            LOGIN_REQUIRED
+    │   ├── InsufficientCredits (402)      INSUFFICIENT_CREDITS, requiredCredits
+    │   ├── Forbidden (403)                FORBIDDEN
+    │   ├── AdminForbidden (403)           ADMIN_TOKEN_INVALID
+    │   ├── NotFound (404)                 NOT_FOUND
+    │   │   └── TaskNotFound               TASK_NOT_FOUND
+    │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
+    │   ├── RateLimited (429)              API_KEY_RATE_LIMIT_EXCEEDED (+ Retry-After)
+    │   ├── InternalError (500)            INTERNAL_ERROR
+    │   │   └── CreditReservationFailed    CREDIT_RESERVATION_FAILED
+    │   └── ServiceUnavailable (503)       SERVICE_UNAVAILABLE
+    ├── EngineError                        an engine could not make the output; the task fails and is refunded
+    └── FetchError                         an input image URL was refused or unusable (becomes InvalidImageUrl)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class NanogenError(Exception):
+    """Base of every error nanogen raises on purpose."""
+
+
+class APIError(NanogenError):
+    """An error with the contract's envelope."""
+
+    http_status: ClassVar[int] = 500
+    error_code: ClassVar[str] = "INTERNAL_ERROR"
+    default_message: ClassVar[str] = "Internal server error"
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        self.message = message or self.default_message
+        self.extra = extra
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "errorCode": self.error_code, **self.extra}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(APIError):
+    http_status = 400
+    error_code = "INVALID_PARAMETER"
+    default_message = "Invalid request"
+
+
+class InvalidPrompt(BadRequest):
+    error_code = "INVALID_PROMPT"
+    default_message = "Prompt is missing or empty"
+
+
+class MissingInputImage(BadRequest):
+    error_code = "MISSING_INPUT_IMAGE"
+    default_message = "Edit mode requires input images"
+
+
+class TooManyImages(BadRequest):
+    error_code = "TOO_MANY_IMAGES"
+    default_message = "More than 14 input images"
+
+
+class ImageUrlsRequired(BadRequest):
+    error_code = "IMAGE_URLS_REQUIRED"
+    default_message = "API calls require public image URLs (base64 upload is not supported)"
+
+
+class ShotsRequired(BadRequest):
+    error_code = "SHOTS_REQUIRED"
+    default_message = "Missing shots array"
+
+
+class PromptRequired(BadRequest):
+    error_code = "PROMPT_REQUIRED"
+    default_message = "Missing prompt in a shot"
+
+
+class InvalidImageCount(BadRequest):
+    error_code = "INVALID_IMAGE_COUNT"
+    default_message = "Wrong number of images for generation type"
+
+
+class TaskIdsRequired(BadRequest):
+    error_code = "TASK_IDS_REQUIRED"
+    default_message = "Missing task IDs"
+
+
+class GenerationIdRequired(BadRequest):
+    error_code = "GENERATION_ID_REQUIRED"
+    default_message = "Missing generationId"
+
+
+class InvalidJSON(BadRequest):
+    error_code = "INVALID_JSON"
+    default_message = "The request body must be a JSON object"
+
+
+class InvalidParameter(BadRequest):
+    error_code = "INVALID_PARAMETER"
+
+
+class TooManyShots(BadRequest):
+    error_code = "TOO_MANY_SHOTS"
+    default_message = "At most 21 shots per request"
+
+
+class DuplicateShotId(BadRequest):
+    error_code = "DUPLICATE_SHOT_ID"
+    default_message = "Shot ids must be unique within a request"
+
+
+class ResolutionNotAvailable(BadRequest):
+    error_code = "RESOLUTION_NOT_AVAILABLE"
+    default_message = "1080p and 4k are only available for single-shot generation"
+
+
+class InvalidImageUrl(BadRequest):
+    error_code = "INVALID_IMAGE_URL"
+    default_message = "An image URL could not be used"
+
+
+class RequestTooLarge(BadRequest):
+    error_code = "REQUEST_TOO_LARGE"
+    default_message = "Request body too large"
+
+
+class LoginRequired(APIError):
+    http_status = 401
+    error_code = "LOGIN_REQUIRED"
+    default_message = "Authentication required"
+
+
+class InsufficientCredits(APIError):
+    http_status = 402
+    error_code = "INSUFFICIENT_CREDITS"
+    default_message = "Insufficient credits"
+
+    def __init__(self, required_credits: int, message: str | None = None) -> None:
+        super().__init__(message, requiredCredits=required_credits)
+        self.required_credits = required_credits
+
+
+class Forbidden(APIError):
+    http_status = 403
+    error_code = "FORBIDDEN"
+    default_message = "Access denied (not your generation)"
+
+
+class AdminForbidden(APIError):
+    http_status = 403
+    error_code = "ADMIN_TOKEN_INVALID"
+    default_message = "A valid admin token is required"
+
+
+class NotFound(APIError):
+    http_status = 404
+    error_code = "NOT_FOUND"
+    default_message = "Generation ID not found"
+
+
+class TaskNotFound(NotFound):
+    error_code = "TASK_NOT_FOUND"
+    default_message = "Task not found or not owned by user"
+
+
+class MethodNotAllowed(APIError):
+    http_status = 405
+    error_code = "METHOD_NOT_ALLOWED"
+    default_message = "Method not allowed"
+
+
+class RateLimited(APIError):
+    http_status = 429
+    error_code = "API_KEY_RATE_LIMIT_EXCEEDED"
+    default_message = "Rate limit exceeded (100 req/hour)"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message, retryAfter=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InternalError(APIError):
+    pass
+
+
+class CreditReservationFailed(InternalError):
+    error_code = "CREDIT_RESERVATION_FAILED"
+    default_message = "Failed to reserve credits"
+
+
+class ServiceUnavailable(APIError):
+    http_status = 503
+    error_code = "SERVICE_UNAVAILABLE"
+    default_message = "Service temporarily unavailable, retry shortly"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
+
+
+class EngineError(NanogenError):
+    """An engine could not produce the output. The message is shown to the client in ``error``."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class FetchError(NanogenError):
+    """An input URL was refused (policy) or could not be used (network, size, not an image)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{reason}: {url}")
+        self.url = url
+        self.reason = reason

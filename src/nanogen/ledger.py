@@ -1,0 +1,236 @@
+"""Accounts, API keys and credits: every SQL statement that touches money is in this module.
+
+Credits are integers. ``nanogen_accounts.balance`` is the running total the conditional debit
+checks (``CHECK balance >= 0``); ``nanogen_ledger`` is the append-only record it must always equal:
+``balance == grants - debits + refunds`` per account. A debit and a refund are per task and unique
+on ``(task_id, kind)``, so no task is charged or refunded twice, whatever is replayed.
+
+API keys are random 256-bit tokens; only their SHA-256 is stored (a fast hash is the right tool for
+high-entropy secrets: it cannot be brute-forced, and it keeps authentication one indexed lookup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from nanogen.db import accounts, api_keys, ledger
+
+KEY_PREFIX = "ng_"
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str
+    balance: int
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: str
+    account_id: str
+    account_name: str
+    name: str
+    prefix: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class Totals:
+    granted: int
+    debited: int
+    refunded: int
+
+    @property
+    def expected_balance(self) -> int:
+        return self.granted - self.debited + self.refunded
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One task's debit: what ``debit`` takes for each task of a request."""
+
+    task_id: str
+    amount: int
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# -- accounts ----------------------------------------------------------------------------------------
+def create_account(conn: sa.Connection, name: str, credits: int = 0) -> Account:
+    account_id = new_id("acct")
+    conn.execute(sa.insert(accounts).values(id=account_id, name=name, balance=0, created_at=time.time()))
+    if credits:
+        grant(conn, account_id, credits, memo="initial credits")
+    return Account(account_id, name, credits)
+
+
+def find_account(conn: sa.Connection, id_or_name: str) -> Account | None:
+    row = conn.execute(
+        sa.select(accounts.c.id, accounts.c.name, accounts.c.balance).where(
+            sa.or_(accounts.c.id == id_or_name, accounts.c.name == id_or_name)
+        )
+    ).first()
+    return Account(row.id, row.name, row.balance) if row else None
+
+
+def list_accounts(conn: sa.Connection) -> list[Account]:
+    rows = conn.execute(
+        sa.select(accounts.c.id, accounts.c.name, accounts.c.balance).order_by(accounts.c.created_at)
+    )
+    return [Account(r.id, r.name, r.balance) for r in rows]
+
+
+def balance(conn: sa.Connection, account_id: str) -> int | None:
+    value = conn.execute(sa.select(accounts.c.balance).where(accounts.c.id == account_id)).scalar()
+    return None if value is None else int(value)
+
+
+def totals(conn: sa.Connection, account_id: str) -> Totals:
+    rows = conn.execute(
+        sa.select(ledger.c.kind, sa.func.coalesce(sa.func.sum(ledger.c.amount), 0))
+        .where(ledger.c.account_id == account_id)
+        .group_by(ledger.c.kind)
+    ).all()
+    sums = {kind: int(total) for kind, total in rows}
+    return Totals(sums.get("grant", 0), sums.get("debit", 0), sums.get("refund", 0))
+
+
+# -- keys --------------------------------------------------------------------------------------------
+def create_key(conn: sa.Connection, account_id: str, name: str = "") -> tuple[str, str]:
+    """A new key for the account: returns (key id, the key itself). The key is not stored."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = new_id("key")
+    conn.execute(
+        sa.insert(api_keys).values(
+            id=key_id,
+            account_id=account_id,
+            name=name,
+            key_hash=hash_key(key),
+            key_prefix=key[:10],
+            created_at=time.time(),
+        )
+    )
+    return key_id, key
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from: the live key and its account."""
+
+    account_id: str
+    key_id: str
+
+
+def authenticate(conn: sa.Connection, key: str) -> Caller | None:
+    row = conn.execute(
+        sa.select(api_keys.c.account_id, api_keys.c.id).where(
+            api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+        )
+    ).first()
+    return None if row is None else Caller(row.account_id, row.id)
+
+
+def list_keys(conn: sa.Connection, account_id: str | None = None) -> list[ApiKeyInfo]:
+    query = (
+        sa.select(api_keys, accounts.c.name.label("account_name"))
+        .join(accounts, accounts.c.id == api_keys.c.account_id)
+        .order_by(api_keys.c.created_at)
+    )
+    if account_id:
+        query = query.where(api_keys.c.account_id == account_id)
+    return [
+        ApiKeyInfo(r.id, r.account_id, r.account_name, r.name, r.key_prefix, r.created_at, r.revoked_at)
+        for r in conn.execute(query)
+    ]
+
+
+def revoke_key(conn: sa.Connection, key_id: str) -> bool:
+    result = conn.execute(
+        sa.update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=time.time())
+    )
+    return result.rowcount == 1
+
+
+# -- credits -----------------------------------------------------------------------------------------
+def grant(conn: sa.Connection, account_id: str, amount: int, memo: str = "") -> int:
+    """Add credits; returns the new balance."""
+    if amount <= 0:
+        raise ValueError("a grant must be a positive number of credits")
+    conn.execute(
+        sa.insert(ledger).values(
+            account_id=account_id, kind="grant", amount=amount, memo=memo, created_at=time.time()
+        )
+    )
+    new_balance = conn.execute(
+        sa.update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(balance=accounts.c.balance + amount)
+        .returning(accounts.c.balance)
+    ).scalar_one()
+    return int(new_balance)
+
+
+def debit(conn: sa.Connection, account_id: str, generation_id: str, charges: Sequence[Charge]) -> bool:
+    """Charge a request's tasks if the balance covers all of them; False (and nothing written) if not.
+
+    The conditional UPDATE is the check: two concurrent requests cannot both pass it on one balance.
+    """
+    total = sum(c.amount for c in charges)
+    result = conn.execute(
+        sa.update(accounts)
+        .where(accounts.c.id == account_id, accounts.c.balance >= total)
+        .values(balance=accounts.c.balance - total)
+    )
+    if result.rowcount != 1:
+        return False
+    now = time.time()
+    conn.execute(
+        sa.insert(ledger),
+        [
+            dict(
+                account_id=account_id,
+                kind="debit",
+                amount=c.amount,
+                task_id=c.task_id,
+                generation_id=generation_id,
+                memo="",
+                created_at=now,
+            )
+            for c in charges
+        ],
+    )
+    return True
+
+
+def refund(conn: sa.Connection, account_id: str, task_id: str, amount: int, memo: str = "") -> None:
+    """Give a failed task's credits back. A second refund of the same task violates
+    ``uq_ledger_task_kind`` and raises, so callers refund inside the transaction that fails the task."""
+    conn.execute(
+        sa.insert(ledger).values(
+            account_id=account_id,
+            kind="refund",
+            amount=amount,
+            task_id=task_id,
+            memo=memo[:500],
+            created_at=time.time(),
+        )
+    )
+    conn.execute(
+        sa.update(accounts).where(accounts.c.id == account_id).values(balance=accounts.c.balance + amount)
+    )

@@ -1,0 +1,1 @@
+"""Media helpers: fetching input images safely, images (Pillow), video (PyAV)."""

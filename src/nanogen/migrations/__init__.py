@@ -1,0 +1,1 @@
+"""Alembic migrations for nanogen's tables (run by ``nanogen migrate``)."""

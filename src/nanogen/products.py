@@ -1,0 +1,146 @@
+"""The catalogue: every product, option, pixel size, credit price and limit, in one place.
+
+Values marked *contract* come from the public pages in ``shared/spec`` and must not change.
+Everything else is nanogen's documented choice (see ``docs/api.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+
+class Product(StrEnum):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+class ImageMode(StrEnum):
+    GENERATE = "generate"
+    EDIT = "edit"
+
+
+class ImageAspectRatio(StrEnum):
+    LANDSCAPE = "16:9"
+    PORTRAIT = "9:16"
+    CLASSIC_LANDSCAPE = "4:3"
+    CLASSIC_PORTRAIT = "3:4"
+
+
+class ImageQuality(StrEnum):
+    Q1K = "1K"
+    Q2K = "2K"
+    Q4K = "4K"
+
+
+class GenerationType(StrEnum):
+    TEXT_2_VIDEO = "TEXT_2_VIDEO"
+    FIRST_AND_LAST_FRAMES_2_VIDEO = "FIRST_AND_LAST_FRAMES_2_VIDEO"
+    REFERENCE_2_VIDEO = "REFERENCE_2_VIDEO"
+
+
+class VideoAspectRatio(StrEnum):
+    LANDSCAPE = "16:9"
+    PORTRAIT = "9:16"
+
+
+class Resolution(StrEnum):
+    P720 = "720p"
+    P1080 = "1080p"
+    K4 = "4k"
+
+    @classmethod
+    def parse(cls, value: str) -> Resolution:
+        """Accept the documented spellings; "4K" is what the credits table prints."""
+        return cls(value.lower())
+
+
+# -- contract: credits ------------------------------------------------------------------------------
+IMAGE_CREDITS: Final[dict[ImageQuality, int]] = {
+    ImageQuality.Q1K: 4,
+    ImageQuality.Q2K: 8,
+    ImageQuality.Q4K: 16,
+}
+SHOT_CREDITS: Final[dict[Resolution, int]] = {
+    Resolution.P720: 10,
+    Resolution.P1080: 14,
+    Resolution.K4: 30,
+}
+
+# -- contract: limits -------------------------------------------------------------------------------
+MAX_SHOTS: Final = 21
+MAX_INPUT_IMAGES: Final = 14
+SINGLE_SHOT_RESOLUTIONS: Final = frozenset({Resolution.P1080, Resolution.K4})
+SHOT_SECONDS: Final = 8
+SHOT_FPS: Final = 24
+GENERATE_REQUESTS_PER_HOUR: Final = 100
+
+# (min, max) images per generation type (contract).
+SHOT_IMAGE_COUNT: Final[dict[GenerationType, tuple[int, int]]] = {
+    GenerationType.TEXT_2_VIDEO: (0, 0),
+    GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO: (1, 2),
+    GenerationType.REFERENCE_2_VIDEO: (1, 3),
+}
+
+# -- nanogen's choices ------------------------------------------------------------------------------
+DEFAULT_IMAGE_ASPECT_RATIO: Final = ImageAspectRatio.LANDSCAPE
+DEFAULT_IMAGE_QUALITY: Final = ImageQuality.Q1K
+DEFAULT_RESOLUTION: Final = Resolution.P720
+MAX_PROMPT_CHARS: Final = 10_000
+MAX_SHOT_ID_CHARS: Final = 128
+MAX_URL_CHARS: Final = 4_096
+
+# Pixel sizes of the Gemini 3 image models (shared/design/google.md): what a Nano Banana 2 client expects.
+IMAGE_SIZES: Final[dict[tuple[ImageAspectRatio, ImageQuality], tuple[int, int]]] = {
+    (ImageAspectRatio.LANDSCAPE, ImageQuality.Q1K): (1376, 768),
+    (ImageAspectRatio.LANDSCAPE, ImageQuality.Q2K): (2752, 1536),
+    (ImageAspectRatio.LANDSCAPE, ImageQuality.Q4K): (5504, 3072),
+    (ImageAspectRatio.PORTRAIT, ImageQuality.Q1K): (768, 1376),
+    (ImageAspectRatio.PORTRAIT, ImageQuality.Q2K): (1536, 2752),
+    (ImageAspectRatio.PORTRAIT, ImageQuality.Q4K): (3072, 5504),
+    (ImageAspectRatio.CLASSIC_LANDSCAPE, ImageQuality.Q1K): (1200, 896),
+    (ImageAspectRatio.CLASSIC_LANDSCAPE, ImageQuality.Q2K): (2400, 1792),
+    (ImageAspectRatio.CLASSIC_LANDSCAPE, ImageQuality.Q4K): (4800, 3584),
+    (ImageAspectRatio.CLASSIC_PORTRAIT, ImageQuality.Q1K): (896, 1200),
+    (ImageAspectRatio.CLASSIC_PORTRAIT, ImageQuality.Q2K): (1792, 2400),
+    (ImageAspectRatio.CLASSIC_PORTRAIT, ImageQuality.Q4K): (3584, 4800),
+}
+
+# Veo 3.1's frame sizes: 16:9 is landscape, 9:16 the same size turned.
+VIDEO_SIZES: Final[dict[tuple[VideoAspectRatio, Resolution], tuple[int, int]]] = {
+    (VideoAspectRatio.LANDSCAPE, Resolution.P720): (1280, 720),
+    (VideoAspectRatio.LANDSCAPE, Resolution.P1080): (1920, 1080),
+    (VideoAspectRatio.LANDSCAPE, Resolution.K4): (3840, 2160),
+    (VideoAspectRatio.PORTRAIT, Resolution.P720): (720, 1280),
+    (VideoAspectRatio.PORTRAIT, Resolution.P1080): (1080, 1920),
+    (VideoAspectRatio.PORTRAIT, Resolution.K4): (2160, 3840),
+}
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one request costs: credits per unit times the number of units."""
+
+    per_unit: int
+    units: int
+
+    @property
+    def total(self) -> int:
+        return self.per_unit * self.units
+
+
+def image_price(quality: ImageQuality) -> Price:
+    return Price(IMAGE_CREDITS[quality], 1)
+
+
+def video_price(resolution: Resolution, shots: int) -> Price:
+    return Price(SHOT_CREDITS[resolution], shots)
+
+
+def image_size(aspect_ratio: ImageAspectRatio, quality: ImageQuality) -> tuple[int, int]:
+    return IMAGE_SIZES[(aspect_ratio, quality)]
+
+
+def video_size(aspect_ratio: VideoAspectRatio, resolution: Resolution) -> tuple[int, int]:
+    return VIDEO_SIZES[(aspect_ratio, resolution)]

@@ -1,0 +1,289 @@
+"""Request and response models of the contract (shared by the server, its OpenAPI schema and the SDK).
+
+Parsing goes through :func:`parse_image_request` / :func:`parse_video_request`, which check what the
+pages give an error code for in the pages' order (prompt, images, shots...) and map every other
+type or enum problem to ``INVALID_PARAMETER`` naming the field, so no client input yields a 422/500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nanogen import errors
+from nanogen.products import (
+    DEFAULT_IMAGE_ASPECT_RATIO,
+    DEFAULT_IMAGE_QUALITY,
+    DEFAULT_RESOLUTION,
+    MAX_INPUT_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SHOT_ID_CHARS,
+    MAX_SHOTS,
+    MAX_URL_CHARS,
+    SHOT_IMAGE_COUNT,
+    SINGLE_SHOT_RESOLUTIONS,
+    GenerationType,
+    ImageAspectRatio,
+    ImageMode,
+    ImageQuality,
+    Resolution,
+    VideoAspectRatio,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored (the hosted service's clients may send more); known ones are typed.
+    model_config = ConfigDict(extra="ignore", use_enum_values=False)
+
+
+# -- images --------------------------------------------------------------------------------------------
+class ImageGenerateRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Image generation prompt")
+    mode: ImageMode | None = Field(
+        default=None,
+        description="generate (text-to-image) or edit (image-to-image). nanogen: when omitted, "
+        "edit if inputImageUrls is non-empty, else generate.",
+    )
+    aspectRatio: ImageAspectRatio = DEFAULT_IMAGE_ASPECT_RATIO
+    imageQuality: ImageQuality = DEFAULT_IMAGE_QUALITY
+    googleSearch: bool = False
+    inputImageUrls: list[str] = Field(
+        default_factory=list, description="Public image URLs for edit mode (max 14). Required in edit."
+    )
+
+    @property
+    def effective_mode(self) -> ImageMode:
+        if self.mode is not None:
+            return self.mode
+        return ImageMode.EDIT if self.inputImageUrls else ImageMode.GENERATE
+
+
+class ImageGenerateResponse(BaseModel):
+    success: bool = True
+    generationId: str
+    taskId: str
+    status: Literal["pending"] = "pending"
+    creditsUsed: int = Field(description="nanogen addition: credits debited for this request")
+
+
+class ImageStatusRequest(_Request):
+    generationId: str = Field(min_length=1, max_length=100)
+
+
+class ImageStatusResponse(BaseModel):
+    success: bool
+    status: Literal["pending", "generating", "completed", "failed"]
+    generationId: str
+    progress: int
+    imageUrl: str | None = None
+    error: str | None = None
+
+
+# -- video ---------------------------------------------------------------------------------------------
+class Shot(_Request):
+    id: str = Field(min_length=1, max_length=MAX_SHOT_ID_CHARS, description="Unique identifier for the shot")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    generationType: GenerationType
+    aspectRatio: VideoAspectRatio = Field(
+        default=VideoAspectRatio.LANDSCAPE, description="16:9 or 9:16 (nanogen: 16:9 when omitted)"
+    )
+    imageUrls: list[str] = Field(default_factory=list)
+
+
+class VideoGenerateRequest(_Request):
+    shots: list[Shot] = Field(min_length=1, max_length=MAX_SHOTS)
+    resolution: str = Field(default=DEFAULT_RESOLUTION.value, description="720p (default), 1080p or 4k (4K)")
+
+    @property
+    def parsed_resolution(self) -> Resolution:
+        return Resolution.parse(self.resolution)
+
+
+class ShotAccepted(BaseModel):
+    shotId: str
+    taskId: str
+    status: Literal["processing"] = "processing"
+
+
+class VideoGenerateResponse(BaseModel):
+    status: Literal["processing"] = "processing"
+    shots: list[ShotAccepted]
+    creditsUsed: int
+    generationId: str = Field(description="nanogen addition: the request's id")
+
+
+class TaskRef(_Request):
+    shotId: str = Field(default="", max_length=MAX_SHOT_ID_CHARS)
+    taskId: str = Field(min_length=1, max_length=100)
+
+
+class VideoStatusRequest(_Request):
+    taskIds: list[TaskRef] = Field(min_length=1, max_length=MAX_SHOTS * 10)
+    resolution: str | None = Field(
+        default=None, description="Accepted and validated for compatibility; answers are the same."
+    )
+
+
+class ShotStatus(BaseModel):
+    shotId: str
+    taskId: str
+    status: Literal["processing", "completed", "failed"]
+    videoUrl: str | None = None
+    generationTime: int | None = None
+    error: str | None = None
+    progress: int = Field(description="nanogen addition: 0-100")
+
+
+class VideoStatusResponse(BaseModel):
+    status: Literal["processing", "completed", "failed"]
+    shots: list[ShotStatus]
+    concatenatedVideoUrl: str | None = Field(
+        default=None,
+        description="nanogen addition: the shots joined in order, once every shot of a multi-shot "
+        "request completed",
+    )
+    concatenationError: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    errorCode: str
+    requiredCredits: int | None = None
+
+
+# -- parsing -------------------------------------------------------------------------------------------
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def validate(model: type[Model], data: dict[str, Any], prefix: str = "") -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = prefix + _field_path(tuple(first["loc"]))
+        raise errors.InvalidParameter(f"{field}: {first['msg']}", field=field) from None
+
+
+def _is_inline_image(value: object) -> bool:
+    """True for what the pages say the API refuses: base64 / data: URLs instead of public URLs."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return text.lower().startswith("data:") or (len(text) > 256 and "://" not in text[:16])
+
+
+def _check_urls(urls: list[str]) -> None:
+    for url in urls:
+        if _is_inline_image(url):
+            raise errors.ImageUrlsRequired()
+        lowered = url.strip().lower()
+        if len(url) > MAX_URL_CHARS or not lowered.startswith(("http://", "https://")):
+            raise errors.InvalidImageUrl("Image URLs must be public http(s) URLs", url=url[:200])
+
+
+def _require_prompt(data: dict[str, Any], error: type[errors.BadRequest], where: str = "") -> None:
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise error(f"{error.default_message}{where}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise error(f"Prompt longer than {MAX_PROMPT_CHARS} characters{where}")
+
+
+def parse_image_request(data: dict[str, Any]) -> ImageGenerateRequest:
+    if data.get("inputImages"):
+        raise errors.ImageUrlsRequired("API calls only accept inputImageUrls (base64 inputImages is not supported)")
+    _require_prompt(data, errors.InvalidPrompt)
+    urls = data.get("inputImageUrls")
+    if isinstance(urls, list):
+        if len(urls) > MAX_INPUT_IMAGES:
+            raise errors.TooManyImages()
+        if any(_is_inline_image(u) for u in urls):
+            raise errors.ImageUrlsRequired()
+    request = validate(ImageGenerateRequest, data)
+    request.prompt = request.prompt.strip()
+    mode = request.effective_mode
+    if mode is ImageMode.EDIT and not request.inputImageUrls:
+        raise errors.MissingInputImage()
+    if mode is ImageMode.GENERATE and request.inputImageUrls:
+        raise errors.InvalidParameter(
+            'inputImageUrls is only used in edit mode: send "mode": "edit" to edit images',
+            field="inputImageUrls",
+        )
+    _check_urls(request.inputImageUrls)
+    return request
+
+
+def parse_video_request(data: dict[str, Any]) -> VideoGenerateRequest:
+    shots = data.get("shots")
+    if shots is None or shots == []:
+        raise errors.ShotsRequired()
+    if not isinstance(shots, list):
+        raise errors.InvalidParameter("shots must be an array of shot objects", field="shots")
+    if len(shots) > MAX_SHOTS:
+        raise errors.TooManyShots(f"At most {MAX_SHOTS} shots per request (got {len(shots)})")
+    for index, shot in enumerate(shots):
+        if not isinstance(shot, dict):
+            raise errors.InvalidParameter(f"shots[{index}] must be an object", field=f"shots[{index}]")
+        _require_prompt(shot, errors.PromptRequired, f" (shots[{index}])")
+        urls = shot.get("imageUrls")
+        if isinstance(urls, list) and any(_is_inline_image(u) for u in urls):
+            raise errors.ImageUrlsRequired()
+    request = validate(VideoGenerateRequest, data)
+    _check_shots(request)
+    try:
+        resolution = request.parsed_resolution
+    except ValueError:
+        raise errors.InvalidParameter(
+            "resolution must be one of 720p, 1080p, 4k", field="resolution"
+        ) from None
+    if resolution in SINGLE_SHOT_RESOLUTIONS and len(request.shots) > 1:
+        raise errors.ResolutionNotAvailable()
+    return request
+
+
+def _check_shots(request: VideoGenerateRequest) -> None:
+    seen: set[str] = set()
+    for index, shot in enumerate(request.shots):
+        shot.prompt = shot.prompt.strip()
+        if shot.id in seen:
+            raise errors.DuplicateShotId(f"Shot id {shot.id!r} is used twice", field=f"shots[{index}].id")
+        seen.add(shot.id)
+        low, high = SHOT_IMAGE_COUNT[shot.generationType]
+        if not low <= len(shot.imageUrls) <= high:
+            wanted = "no images" if high == 0 else f"{low}-{high} images"
+            raise errors.InvalidImageCount(
+                f"{shot.generationType.value} takes {wanted}; shot {shot.id!r} has {len(shot.imageUrls)}",
+                field=f"shots[{index}].imageUrls",
+            )
+        _check_urls(shot.imageUrls)
+
+
+def parse_video_status_request(data: dict[str, Any]) -> VideoStatusRequest:
+    task_ids = data.get("taskIds")
+    if task_ids is None or task_ids == []:
+        raise errors.TaskIdsRequired()
+    if not isinstance(task_ids, list):
+        raise errors.InvalidParameter("taskIds must be an array of {shotId, taskId}", field="taskIds")
+    request = validate(VideoStatusRequest, data)
+    if request.resolution is not None:
+        try:
+            Resolution.parse(request.resolution)
+        except ValueError:
+            raise errors.InvalidParameter(
+                "resolution must be one of 720p, 1080p, 4k", field="resolution"
+            ) from None
+    return request
+
+
+def parse_image_status_request(data: dict[str, Any]) -> ImageStatusRequest:
+    value = data.get("generationId")
+    if not isinstance(value, str) or not value.strip():
+        raise errors.GenerationIdRequired()
+    return validate(ImageStatusRequest, data)

@@ -1,0 +1,31 @@
+"""The app factory: routes, error handlers and the lifespan that starts the services."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from nanogen import __version__
+from nanogen.server import errors
+from nanogen.server.routes import admin, files, health, images, videos
+from nanogen.server.services import lifespan
+from nanogen.settings import Settings
+
+DESCRIPTION = """Self-hosted, API-compatible NanoPhoto image (Nano Banana 2) and video (Veo 3.1) generation.
+Authenticate with `Authorization: Bearer YOUR_API_KEY`. Every error is `{"error", "errorCode", ...}`;
+see docs/api.md for the contract as implemented."""
+
+
+def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
+    """``work``: also run generation workflows in this process (``nanogen serve`` does by default)."""
+    app = FastAPI(
+        title="nanogen",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan(settings, work=work),
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    errors.install(app)
+    for module in (images, videos, files, admin, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,67 @@
+"""Pieces the generate routes share: OpenAPI documentation of bodies and errors, the balance
+pre-check, and submitting with input cleanup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from nanogen import errors, ledger
+from nanogen.db import read_connection
+from nanogen.products import Product
+from nanogen.schemas import ErrorResponse
+from nanogen.server.inputs import discard_inputs
+from nanogen.server.services import Services
+from nanogen.tasks.submit import Submission
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Document a body the route parses itself (so that errors use the contract's codes)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "Invalid input (errorCode names the problem)",
+        401: "LOGIN_REQUIRED",
+        402: "INSUFFICIENT_CREDITS (with requiredCredits)",
+        403: "FORBIDDEN",
+        404: "NOT_FOUND / TASK_NOT_FOUND",
+        429: "API_KEY_RATE_LIMIT_EXCEEDED (with Retry-After)",
+        500: "INTERNAL_ERROR / CREDIT_RESERVATION_FAILED",
+        503: "SERVICE_UNAVAILABLE",
+    }
+    return {code: {"model": ErrorResponse, "description": described[code]} for code in codes}
+
+
+def check_engine(svc: Services, product: Product, **options: str) -> None:
+    """Refuse, before any credit moves, what the configured engine cannot do."""
+    reason = svc.runtime.engines[product].unsupported(product, **options)
+    if reason:
+        raise errors.InvalidParameter(f"Not available on this server: {reason}")
+
+
+def _balance(svc: Services, account_id: str) -> int:
+    with read_connection(svc.runtime.db) as conn:
+        return ledger.balance(conn, account_id) or 0
+
+
+async def precheck_balance(svc: Services, account_id: str, credits: int) -> None:
+    """Fail fast before fetching inputs; the debit itself is the authoritative check."""
+    if await run_in_threadpool(_balance, svc, account_id) < credits:
+        raise errors.InsufficientCredits(credits)
+
+
+async def submit(svc: Services, submission: Submission, stored_inputs: dict[str, dict[str, Any]]) -> None:
+    try:
+        await svc.writer.submit(submission)
+    except errors.APIError:
+        await discard_inputs(svc, stored_inputs)
+        raise

@@ -1,0 +1,107 @@
+"""Nano Banana 2: ``POST /api/nano-banana-2/generate`` and ``/check-status``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from nanogen import errors, ledger, schemas
+from nanogen.db import read_connection
+from nanogen.ledger import new_id
+from nanogen.products import Product, image_price, image_size
+from nanogen.server.deps import generate_caller, json_body, services, status_caller
+from nanogen.server.inputs import fetch_inputs
+from nanogen.server.responses import FastJSONResponse, without_none
+from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
+from nanogen.server.services import Services
+from nanogen.tasks import store
+from nanogen.tasks.status import TaskStatus
+from nanogen.tasks.submit import NewTask, Submission
+
+router = APIRouter(prefix="/api/nano-banana-2", tags=["Nano Banana 2"])
+
+
+@router.post(
+    "/generate",
+    summary="Create an image generation task",
+    response_model=schemas.ImageGenerateResponse,
+    responses=error_responses(400, 401, 402, 429, 500, 503),
+    openapi_extra=body_schema(schemas.ImageGenerateRequest),
+)
+async def generate(request: Request, who: ledger.Caller = Depends(generate_caller)) -> Response:
+    svc = services(request)
+    body = schemas.parse_image_request(await json_body(request))
+    check_engine(svc, Product.IMAGE, quality=body.imageQuality.value)
+    price = image_price(body.imageQuality)
+    if body.inputImageUrls:
+        await precheck_balance(svc, who.account_id, price.total)
+    stored = await fetch_inputs(svc, body.inputImageUrls)
+    width, height = image_size(body.aspectRatio, body.imageQuality)
+    generation_id, task_id = new_id("gen"), new_id("task")
+    params = {
+        "prompt": body.prompt,
+        "mode": body.effective_mode.value,
+        "aspectRatio": body.aspectRatio.value,
+        "imageQuality": body.imageQuality.value,
+        "googleSearch": body.googleSearch,
+        "width": width,
+        "height": height,
+        "inputs": [stored[url] for url in body.inputImageUrls],
+    }
+    submission = Submission(
+        account_id=who.account_id,
+        generation_id=generation_id,
+        product=Product.IMAGE,
+        engine=svc.runtime.engine_names[Product.IMAGE],
+        queue=svc.runtime.queue_for(Product.IMAGE),
+        params={k: v for k, v in params.items() if k != "inputs"} | {"inputImageUrls": body.inputImageUrls},
+        tasks=(NewTask(task_id, 0, price.total, params),),
+        deadline_s=svc.settings.image_deadline_s,
+    )
+    await submit(svc, submission, stored)
+    return FastJSONResponse(
+        {
+            "success": True,
+            "generationId": generation_id,
+            "taskId": task_id,
+            "status": "pending",
+            "creditsUsed": price.total,
+        }
+    )
+
+
+def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
+    with read_connection(svc.runtime.db) as conn:
+        found = store.generation_tasks(conn, generation_id)
+    return found[0] if found and found[0].product is Product.IMAGE else None
+
+
+@router.post(
+    "/check-status",
+    summary="Check task status and retrieve result",
+    response_model=schemas.ImageStatusResponse,
+    responses=error_responses(400, 401, 403, 404, 429, 503),
+    openapi_extra=body_schema(schemas.ImageStatusRequest),
+)
+async def check_status(request: Request, who: ledger.Caller = Depends(status_caller)) -> Response:
+    svc = services(request)
+    body = schemas.parse_image_status_request(await json_body(request))
+    task = await run_in_threadpool(_lookup, svc, body.generationId)
+    if task is None:
+        raise errors.NotFound()
+    if task.account_id != who.account_id:
+        raise errors.Forbidden()
+    return FastJSONResponse(without_none(image_status(task)))
+
+
+def image_status(task: store.TaskRecord) -> dict[str, object]:
+    failed = task.status is TaskStatus.FAILED
+    return {
+        "success": not failed,
+        "status": task.status.value,
+        "generationId": task.generation_id,
+        "progress": task.progress,
+        "imageUrl": task.output_url if task.status is TaskStatus.COMPLETED else None,
+        "error": (task.error or "Generation failed") if failed else None,
+    }

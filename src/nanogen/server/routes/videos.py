@@ -1,0 +1,170 @@
+"""Veo 3.1: ``POST /api/veo-3/generate`` and ``/check-status``.
+
+Overall status of a check (documented in docs/api.md): ``processing`` while any shot runs (and, for a
+multi-shot request whose shots all completed, until the concatenated video is ready); then
+``completed`` when every shot completed, else ``failed`` (failed shots are refunded; completed shots
+keep their ``videoUrl``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from nanogen import errors, ledger, schemas
+from nanogen.db import read_connection
+from nanogen.ledger import new_id
+from nanogen.products import Product, VideoAspectRatio, video_price, video_size
+from nanogen.server.deps import generate_caller, json_body, services, status_caller
+from nanogen.server.inputs import fetch_inputs
+from nanogen.server.responses import FastJSONResponse, without_none
+from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
+from nanogen.server.services import Services
+from nanogen.tasks import store
+from nanogen.tasks.status import TaskStatus
+from nanogen.tasks.submit import NewTask, Submission
+
+router = APIRouter(prefix="/api/veo-3", tags=["Veo 3.1"])
+
+
+@router.post(
+    "/generate",
+    summary="Generate a video (1-21 shots of 8 s, concatenated automatically)",
+    response_model=schemas.VideoGenerateResponse,
+    responses=error_responses(400, 401, 402, 429, 500, 503),
+    openapi_extra=body_schema(schemas.VideoGenerateRequest),
+)
+async def generate(request: Request, who: ledger.Caller = Depends(generate_caller)) -> Response:
+    svc = services(request)
+    body = schemas.parse_video_request(await json_body(request))
+    resolution = body.parsed_resolution
+    for shot in body.shots:
+        check_engine(svc, Product.VIDEO, resolution=resolution.value, generation_type=shot.generationType.value)
+    price = video_price(resolution, len(body.shots))
+    urls = [url for shot in body.shots for url in shot.imageUrls]
+    if urls:
+        await precheck_balance(svc, who.account_id, price.total)
+    stored = await fetch_inputs(svc, urls)
+    generation_id = new_id("gen")
+    tasks = tuple(
+        NewTask(
+            id=new_id("task"),
+            position=index,
+            credits=price.per_unit,
+            shot_id=shot.id,
+            params=_shot_params(shot, resolution.value, stored),
+        )
+        for index, shot in enumerate(body.shots)
+    )
+    submission = Submission(
+        account_id=who.account_id,
+        generation_id=generation_id,
+        product=Product.VIDEO,
+        engine=svc.runtime.engine_names[Product.VIDEO],
+        queue=svc.runtime.queue_for(Product.VIDEO),
+        params={"resolution": resolution.value, "shots": [s.model_dump(mode="json") for s in body.shots]},
+        tasks=tasks,
+        deadline_s=svc.settings.video_deadline_s,
+        concatenate=len(tasks) > 1,
+    )
+    await submit(svc, submission, stored)
+    return FastJSONResponse(
+        {
+            "status": "processing",
+            "shots": [{"shotId": t.shot_id, "taskId": t.id, "status": "processing"} for t in tasks],
+            "creditsUsed": price.total,
+            "generationId": generation_id,
+        }
+    )
+
+
+def _shot_params(shot: schemas.Shot, resolution: str, stored: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from nanogen.products import Resolution
+
+    width, height = video_size(VideoAspectRatio(shot.aspectRatio), Resolution(resolution))
+    return {
+        "prompt": shot.prompt,
+        "generationType": shot.generationType.value,
+        "aspectRatio": shot.aspectRatio.value,
+        "resolution": resolution,
+        "width": width,
+        "height": height,
+        "inputs": [stored[url] for url in shot.imageUrls],
+    }
+
+
+def _lookup(
+    svc: Services, task_ids: list[str]
+) -> tuple[dict[str, store.TaskRecord], store.GenerationRecord | None]:
+    with read_connection(svc.runtime.db) as conn:
+        found = store.get_tasks(conn, task_ids)
+        generation_ids = {t.generation_id for t in found.values()}
+        generation = store.get_generation(conn, generation_ids.pop()) if len(generation_ids) == 1 else None
+    return found, generation
+
+
+@router.post(
+    "/check-status",
+    summary="Check task status",
+    response_model=schemas.VideoStatusResponse,
+    responses=error_responses(400, 401, 404, 429, 503),
+    openapi_extra=body_schema(schemas.VideoStatusRequest),
+)
+async def check_status(request: Request, who: ledger.Caller = Depends(status_caller)) -> Response:
+    svc = services(request)
+    body = schemas.parse_video_status_request(await json_body(request))
+    ids = [ref.taskId for ref in body.taskIds]
+    found, generation = await run_in_threadpool(_lookup, svc, ids)
+    for ref in body.taskIds:
+        task = found.get(ref.taskId)
+        if task is None or task.account_id != who.account_id or task.product is not Product.VIDEO:
+            raise errors.TaskNotFound(f"Task not found or not owned by user: {ref.taskId}")
+    shots = [found[i] for i in ids]
+    return FastJSONResponse(without_none(video_status(shots, generation)))
+
+
+def video_status(shots: list[store.TaskRecord], generation: store.GenerationRecord | None) -> dict[str, Any]:
+    per_shot = [without_none(_shot_status(t)) for t in shots]
+    whole = _whole_generation(shots, generation)
+    concat_status = whole.concat_status if whole else None
+    if any(not t.status.is_terminal for t in shots) or concat_status == "pending":
+        overall = "processing"
+    elif all(t.status is TaskStatus.COMPLETED for t in shots):
+        overall = "completed"
+    else:
+        overall = "failed"
+    return {
+        "status": overall,
+        "shots": per_shot,
+        "concatenatedVideoUrl": whole.concat_url if whole and concat_status == "completed" else None,
+        "concatenationError": whole.concat_error if whole and concat_status == "failed" else None,
+        "generationId": whole.id if whole else None,
+    }
+
+
+def _whole_generation(
+    shots: list[store.TaskRecord], generation: store.GenerationRecord | None
+) -> store.GenerationRecord | None:
+    """The generation, when the request names exactly its shots (the concatenation belongs to them)."""
+    if generation is None or {t.id for t in shots} != {t.id for t in shots if t.generation_id == generation.id}:
+        return None
+    if len({t.id for t in shots}) != generation.task_count:
+        return None
+    return generation
+
+
+def _shot_status(task: store.TaskRecord) -> dict[str, Any]:
+    completed = task.status is TaskStatus.COMPLETED
+    return {
+        "shotId": task.shot_id,
+        "taskId": task.id,
+        "status": task.status.video_status,
+        "videoUrl": task.output_url if completed else None,
+        "generationTime": task.generation_seconds,
+        "error": (task.error or "Video generation failed") if task.status is TaskStatus.FAILED else None,
+        "progress": task.progress,
+        "resolution": task.params.get("resolution"),
+    }

@@ -1,0 +1,74 @@
+"""What the routes use, built in the app's lifespan (never at import) and kept on ``app.state``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from nanogen.media.fetch import FetchPolicy, ImageFetcher
+from nanogen.ratelimit import RateLimiter
+from nanogen.settings import Settings
+from nanogen.tasks.lifecycle import Process, launch
+from nanogen.tasks.runtime import Runtime
+from nanogen.tasks.submit import Enqueue, SubmitWriter
+from nanogen.tasks.workflows import RUN_TASK
+
+
+@dataclass
+class Services:
+    settings: Settings
+    process: Process
+    writer: SubmitWriter
+    fetcher: ImageFetcher
+    limiter: RateLimiter
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.process.runtime
+
+
+def enqueue_into(rt: Runtime) -> Enqueue:
+    def enqueue(conn: sa.Connection, task_id: str, queue: str) -> None:
+        rt.dbos_client.enqueue_in_transaction(
+            conn,
+            {
+                "workflow_name": RUN_TASK,
+                "queue_name": queue,
+                "workflow_id": task_id,
+                "app_version": rt.settings.application_version,
+            },
+            task_id,
+        )
+
+    return enqueue
+
+
+@asynccontextmanager
+async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Services]:
+    # DBOS.launch on a worker thread: launched on uvicorn's loop, async workflows would share it.
+    process = await asyncio.to_thread(launch, settings, "serve" if work else "api", work=work)
+    writer = SubmitWriter(process.runtime.db, enqueue_into(process.runtime))
+    writer.start()
+    fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
+    limiter = RateLimiter(settings.rate_limit_generate, settings.rate_limit_status, settings.rate_limit_storage)
+    try:
+        yield Services(settings, process, writer, fetcher, limiter)
+    finally:
+        writer.stop()
+        await fetcher.aclose()
+        await asyncio.to_thread(process.stop)
+
+
+def lifespan(settings: Settings, *, work: bool):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        async with start_services(settings, work=work) as services:
+            app.state.services = services
+            yield
+
+    return run

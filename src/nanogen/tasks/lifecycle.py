@@ -1,0 +1,154 @@
+"""Starting and stopping a process's runtime: database, storage, engines, DBOS, the deadline watchdog.
+
+The four DBOS settings that decide whether paid work is lost or done twice
+(shared/design/execution.md) are set here: a pinned ``application_version``, one stable
+``executor_id`` per process (``<role>-<hostname>`` unless set), steps that re-run after a crash
+(the workflows are written for it), and cancellation that the watchdog follows with its own refund.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dbos import DBOS, DBOSClient
+
+from nanogen.db import make_engine, read_connection, write_transaction
+from nanogen.engines.base import Engine
+from nanogen.engines.registry import default_registry
+from nanogen.products import Product
+from nanogen.settings import Settings
+from nanogen.storage import LocalStorage
+from nanogen.tasks import runtime as runtime_module
+from nanogen.tasks import store
+from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
+
+log = logging.getLogger(__name__)
+
+DEADLINE_ERROR = "Generation timed out (deadline exceeded); credits refunded"
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    registry = default_registry()
+    names = {Product.IMAGE: settings.engine_images, Product.VIDEO: settings.engine_videos}
+    instances: dict[str, Engine] = {}
+    engines: dict[Product, Engine] = {}
+    for product, name in names.items():
+        if name not in instances:
+            instances[name] = registry.create(name, settings)
+        engines[product] = instances[name]
+    url = settings.resolved_database_url
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    return Runtime(
+        settings=settings,
+        db=make_engine(url),
+        storage=LocalStorage(settings.outputs_dir, settings.resolved_public_url),
+        engines=engines,
+        dbos_client=DBOSClient(system_database_url=url, lazy=True),
+        engine_names=names,
+    )
+
+
+@dataclass
+class Process:
+    """A launched runtime; ``stop()`` undoes ``launch()``."""
+
+    runtime: Runtime
+    watchdog: Watchdog | None = None
+    queues: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        DBOS.destroy(workflow_completion_timeout_sec=5)
+        self.runtime.dbos_client.destroy()
+        self.runtime.db.dispose()
+        runtime_module.install(None)
+
+
+def concurrency(rt: Runtime, product: Product) -> int:
+    configured = {
+        Product.IMAGE: rt.settings.image_concurrency,
+        Product.VIDEO: rt.settings.video_concurrency,
+    }[product]
+    return configured or rt.engines[product].default_concurrency
+
+
+def launch(settings: Settings, role: str, *, work: bool) -> Process:
+    """Launch DBOS for this process. ``work``: also run workflows (listen to the queues)."""
+    from nanogen.tasks import workflows  # noqa: F401  (registers the workflows before launch)
+
+    rt = build_runtime(settings)
+    runtime_module.install(rt)
+    queues = {rt.queue_for(p): concurrency(rt, p) for p in Product}
+    queues[MEDIA_QUEUE] = 2
+    DBOS(
+        config={
+            "name": "nanogen",
+            "system_database_url": settings.resolved_database_url,
+            "application_version": settings.application_version,
+            "executor_id": settings.executor_id_for(role),
+            "max_executor_threads": settings.max_executor_threads,
+            "notification_listener_polling_interval_sec": 0.1,
+            "console_log_level": "WARNING",
+            "log_level": "WARNING",
+        }
+    )
+    DBOS.listen_queues(list(queues) if work else [])
+    DBOS.launch()
+    for name, limit in queues.items():
+        DBOS.register_queue(
+            name,
+            worker_concurrency=limit,
+            polling_interval_sec=settings.queue_polling_interval_s,
+            on_conflict="always_update",
+        )
+    process = Process(rt, queues=list(queues))
+    if work:
+        process.watchdog = Watchdog(rt)
+        process.watchdog.start()
+    return process
+
+
+class Watchdog:
+    """Fails and refunds every task past its deadline, then cancels its workflow.
+
+    Idempotent (a conditional transition), so any number of processes may run one.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nanogen-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._rt.settings.watchdog_interval_s):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("deadline sweep failed; will retry")
+
+    def sweep(self) -> int:
+        with read_connection(self._rt.db) as conn:
+            overdue = store.overdue_task_ids(conn, time.time())
+        failed = 0
+        for task_id in overdue:
+            with write_transaction(self._rt.db) as conn:
+                if not store.fail_and_refund(conn, task_id, DEADLINE_ERROR):
+                    continue
+            failed += 1
+            log.warning("task %s passed its deadline: failed and refunded", task_id)
+            try:
+                DBOS.cancel_workflow(task_id)
+            except Exception:
+                log.exception("could not cancel workflow %s", task_id)
+        return failed

@@ -1,0 +1,220 @@
+"""Every SQL statement on generations and tasks.
+
+Transitions are conditional UPDATEs on the current status, so each one happens at most once no
+matter how many workflows, replays or watchdogs race for it; the first terminal transition wins and
+settles the money (a failure refunds in the same transaction).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from nanogen import ledger
+from nanogen.db import generations, tasks
+from nanogen.products import Product
+from nanogen.tasks.status import OPEN, TaskStatus
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    generation_id: str
+    account_id: str
+    product: Product
+    position: int
+    shot_id: str | None
+    engine: str
+    status: TaskStatus
+    progress: int
+    credits: int
+    params: dict[str, Any]
+    output_url: str | None
+    output_key: str | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    deadline_at: float
+
+    @property
+    def generation_seconds(self) -> int | None:
+        """Seconds from submission to completion, as the Veo page's ``generationTime``."""
+        if self.finished_at is None or self.status != TaskStatus.COMPLETED:
+            return None
+        return max(0, round(self.finished_at - self.created_at))
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    id: str
+    account_id: str
+    product: Product
+    params: dict[str, Any]
+    credits: int
+    task_count: int
+    created_at: float
+    concat_status: str | None
+    concat_url: str | None
+    concat_error: str | None
+
+
+def _task(row: sa.Row[Any]) -> TaskRecord:
+    m = row._mapping
+    return TaskRecord(
+        id=m["id"],
+        generation_id=m["generation_id"],
+        account_id=m["account_id"],
+        product=Product(m["product"]),
+        position=m["position"],
+        shot_id=m["shot_id"],
+        engine=m["engine"],
+        status=TaskStatus(m["status"]),
+        progress=m["progress"],
+        credits=int(m["credits"]),
+        params=m["params"],
+        output_url=m["output_url"],
+        output_key=m["output_key"],
+        error=m["error"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        deadline_at=m["deadline_at"],
+    )
+
+
+def _generation(row: sa.Row[Any]) -> GenerationRecord:
+    m = row._mapping
+    return GenerationRecord(
+        id=m["id"],
+        account_id=m["account_id"],
+        product=Product(m["product"]),
+        params=m["params"],
+        credits=int(m["credits"]),
+        task_count=m["task_count"],
+        created_at=m["created_at"],
+        concat_status=m["concat_status"],
+        concat_url=m["concat_url"],
+        concat_error=m["concat_error"],
+    )
+
+
+# -- writes at submission (inside the debit's transaction) -------------------------------------------
+def insert_generation(conn: sa.Connection, values: dict[str, Any]) -> None:
+    conn.execute(sa.insert(generations).values(**values))
+
+
+def insert_tasks(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    conn.execute(sa.insert(tasks), list(rows))
+
+
+# -- reads -------------------------------------------------------------------------------------------
+def get_task(conn: sa.Connection, task_id: str) -> TaskRecord | None:
+    row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+    return _task(row) if row else None
+
+
+def get_tasks(conn: sa.Connection, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+    ids = list(dict.fromkeys(task_ids))
+    rows = conn.execute(sa.select(tasks).where(tasks.c.id.in_(ids))) if ids else []
+    return {r.id: _task(r) for r in rows}
+
+
+def generation_tasks(conn: sa.Connection, generation_id: str) -> list[TaskRecord]:
+    rows = conn.execute(
+        sa.select(tasks).where(tasks.c.generation_id == generation_id).order_by(tasks.c.position)
+    )
+    return [_task(r) for r in rows]
+
+
+def get_generation(conn: sa.Connection, generation_id: str) -> GenerationRecord | None:
+    row = conn.execute(sa.select(generations).where(generations.c.id == generation_id)).first()
+    return _generation(row) if row else None
+
+
+def overdue_task_ids(conn: sa.Connection, now: float, limit: int = 100) -> list[str]:
+    rows = conn.execute(
+        sa.select(tasks.c.id)
+        .where(tasks.c.status.in_(OPEN), tasks.c.deadline_at < now)
+        .order_by(tasks.c.deadline_at)
+        .limit(limit)
+    )
+    return [r.id for r in rows]
+
+
+# -- transitions -------------------------------------------------------------------------------------
+def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
+    """pending -> generating (counting the attempt); the task as it now is, or None once terminal."""
+    conn.execute(
+        sa.update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
+        .values(
+            status=TaskStatus.GENERATING.value,
+            started_at=sa.func.coalesce(tasks.c.started_at, time.time()),
+            attempts=tasks.c.attempts + 1,
+        )
+    )
+    record = get_task(conn, task_id)
+    return None if record is None or record.status.is_terminal else record
+
+
+def set_progress(conn: sa.Connection, task_id: str, progress: int) -> None:
+    """Progress only moves forward, and only while the task runs."""
+    conn.execute(
+        sa.update(tasks)
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.status == TaskStatus.GENERATING.value,
+            tasks.c.progress < progress,
+        )
+        .values(progress=min(100, max(0, progress)))
+    )
+
+
+def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str) -> bool:
+    result = conn.execute(
+        sa.update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
+        .values(
+            status=TaskStatus.COMPLETED.value,
+            progress=100,
+            output_url=output_url,
+            output_key=output_key,
+            finished_at=time.time(),
+        )
+    )
+    return result.rowcount == 1
+
+
+def fail_and_refund(conn: sa.Connection, task_id: str, error: str) -> bool:
+    """Fail an open task and refund its credits, in the caller's transaction. False if it had ended."""
+    result = conn.execute(
+        sa.update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
+        .values(status=TaskStatus.FAILED.value, progress=0, error=error[:2000], finished_at=time.time())
+        .returning(tasks.c.account_id, tasks.c.credits)
+    ).first()
+    if result is None:
+        return False
+    ledger.refund(conn, result.account_id, task_id, int(result.credits), memo=error)
+    return True
+
+
+def set_concat(
+    conn: sa.Connection,
+    generation_id: str,
+    status: str,
+    *,
+    url: str | None = None,
+    key: str | None = None,
+    error: str | None = None,
+) -> None:
+    conn.execute(
+        sa.update(generations)
+        .where(generations.c.id == generation_id)
+        .values(concat_status=status, concat_url=url, concat_key=key, concat_error=error)
+    )

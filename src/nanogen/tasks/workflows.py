@@ -1,0 +1,198 @@
+"""DBOS workflows that drive engines. A task's workflow id is the task id.
+
+Each workflow is a few steps whose effects are idempotent: ``start`` and the terminal transitions
+are conditional on the task's current status (store.py), and a failure refunds in the transaction
+that fails the task. A step interrupted by a crash runs again on recovery (shared/design/execution.md):
+for the sandbox that means rendering again; engines that spend money record their provider
+operation first and resume it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from dbos import DBOS
+
+from nanogen.db import read_connection, write_transaction
+from nanogen.engines.base import Output
+from nanogen.errors import EngineError
+from nanogen.media.video import concat_videos
+from nanogen.products import Product
+from nanogen.storage import new_key
+from nanogen.tasks import jobs, store
+from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime, current
+from nanogen.tasks.status import TaskStatus
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "nanogen.run_task"
+CONCATENATE = "nanogen.concatenate"
+FAILED_MESSAGE = {Product.IMAGE: "Image generation failed", Product.VIDEO: "Video generation failed"}
+
+
+@DBOS.workflow(name=RUN_TASK)
+def run_task(task_id: str) -> str:
+    started = start_step(task_id)
+    if started is None:
+        return "ended"
+    outcome = render_step(task_id)
+    if "error" in outcome:
+        fail_step(task_id, outcome["error"])
+        return TaskStatus.FAILED.value
+    if not complete_step(task_id, outcome["url"], outcome["key"]):
+        return "ended"
+    if started["concatenate"]:
+        request_concat_step(started["generation_id"])
+    return TaskStatus.COMPLETED.value
+
+
+@DBOS.step(name="nanogen.start")
+def start_step(task_id: str) -> dict[str, Any] | None:
+    rt = current()
+    with write_transaction(rt.db) as conn:
+        record = store.start(conn, task_id)
+        if record is None:
+            return None
+        generation = store.get_generation(conn, record.generation_id)
+    return {
+        "generation_id": record.generation_id,
+        "concatenate": generation is not None and generation.concat_status is not None,
+    }
+
+
+@DBOS.step(name="nanogen.render")
+def render_step(task_id: str) -> dict[str, str]:
+    """Run the engine and store its output. Returns {"key", "url"} or {"error"}; never raises, so
+    the outcome is recorded as this step's result and a replay sees the same one."""
+    rt = current()
+    with read_connection(rt.db) as conn:
+        record = store.get_task(conn, task_id)
+    if record is None or record.status.is_terminal:
+        return {"error": "Task ended before it ran"}
+    scratch = rt.settings.scratch_dir / task_id
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        output = _generate(rt, record, scratch)
+        key = new_key("out", f"{task_id}{Path(output.path).suffix}")
+        rt.storage.put_file(key, output.path)
+        return {"key": key, "url": rt.storage.url_for(key)}
+    except EngineError as exc:
+        log.info("task %s failed in engine %s: %s", task_id, record.engine, exc.message)
+        return {"error": exc.message}
+    except Exception:
+        log.exception("task %s: engine %s raised", task_id, record.engine)
+        return {"error": FAILED_MESSAGE[record.product]}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path) -> Output:
+    engine = rt.engines[record.product]
+    images = jobs.load_inputs(rt.storage, record.params)
+    progress = _progress_reporter(rt, record.id)
+    if record.product is Product.IMAGE:
+        return engine.generate_image(
+            jobs.image_job(record.id, record.params, images), scratch / "image.png", progress
+        )
+    return engine.generate_shot(jobs.shot_job(record.id, record.params, images), scratch / "shot.mp4", progress)
+
+
+def _progress_reporter(rt: Runtime, task_id: str) -> Any:
+    last = {"value": 0}
+
+    def report(value: int) -> None:
+        value = max(0, min(99, int(value)))  # 100 means completed, which only complete() says
+        if value <= last["value"]:
+            return
+        last["value"] = value
+        with write_transaction(rt.db) as conn:
+            store.set_progress(conn, task_id, value)
+
+    return report
+
+
+@DBOS.step(name="nanogen.complete")
+def complete_step(task_id: str, url: str, key: str) -> bool:
+    rt = current()
+    with write_transaction(rt.db) as conn:
+        done = store.complete(conn, task_id, url, key)
+    if not done:  # failed meanwhile (deadline): the late output is nobody's
+        rt.storage.delete(key)
+    return done
+
+
+@DBOS.step(name="nanogen.fail")
+def fail_step(task_id: str, error: str) -> bool:
+    rt = current()
+    with write_transaction(rt.db) as conn:
+        return store.fail_and_refund(conn, task_id, error)
+
+
+@DBOS.step(name="nanogen.request_concat")
+def request_concat_step(generation_id: str) -> bool:
+    """Start the concatenation once every shot completed. Every shot asks after completing; the
+    fixed workflow id makes the concatenation run once however many ask."""
+    rt = current()
+    with read_connection(rt.db) as conn:
+        shots = store.generation_tasks(conn, generation_id)
+    if not all(s.status is TaskStatus.COMPLETED for s in shots):
+        return False
+    rt.dbos_client.enqueue(
+        {
+            "workflow_name": CONCATENATE,
+            "queue_name": MEDIA_QUEUE,
+            "workflow_id": f"concat_{generation_id}",
+            "app_version": rt.settings.application_version,
+        },
+        generation_id,
+    )
+    return True
+
+
+@DBOS.workflow(name=CONCATENATE)
+def concatenate(generation_id: str) -> str:
+    return concat_step(generation_id)
+
+
+@DBOS.step(name="nanogen.concat")
+def concat_step(generation_id: str) -> str:
+    rt = current()
+    with read_connection(rt.db) as conn:
+        generation = store.get_generation(conn, generation_id)
+        shots = store.generation_tasks(conn, generation_id)
+    if generation is None or generation.concat_status == "completed":
+        return "ended"
+    scratch = rt.settings.scratch_dir / f"concat_{generation_id}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        inputs = [_local_copy(rt, s.output_key, scratch / f"{i:02d}.mp4") for i, s in enumerate(shots)]
+        dest = scratch / "concatenated.mp4"
+        started = time.monotonic()
+        result = concat_videos(inputs, dest)
+        key = new_key("out", f"{generation_id}.mp4")
+        rt.storage.put_file(key, dest)
+        with write_transaction(rt.db) as conn:
+            store.set_concat(conn, generation_id, "completed", url=rt.storage.url_for(key), key=key)
+        log.info("concatenated %s (%s) in %.2fs", generation_id, result, time.monotonic() - started)
+        return "completed"
+    except Exception as exc:
+        log.exception("concatenation of %s failed", generation_id)
+        with write_transaction(rt.db) as conn:
+            store.set_concat(conn, generation_id, "failed", error=f"Concatenation failed: {exc}")
+        return "failed"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _local_copy(rt: Runtime, key: str | None, dest: Path) -> Path:
+    if key is None:
+        raise ValueError("a completed shot has no output")
+    local = rt.storage.local_path(key)
+    if local is not None:
+        return local
+    dest.write_bytes(rt.storage.read_bytes(key))
+    return dest

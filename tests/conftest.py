@@ -1,0 +1,223 @@
+"""Shared fixtures: real nanogen servers (uvicorn subprocesses over HTTP), real SQLite files, and a
+local HTTP server that plays the part of the public web for input image URLs.
+
+DBOS is a process-wide singleton, so every server runs in its own process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+ADMIN_TOKEN = "test-admin-token"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nanogen_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nanogen", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@dataclass
+class Server:
+    """A `nanogen serve` process on a free port, with its own data directory."""
+
+    home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGEN_")}
+        env.update(
+            NANOGEN_HOME=str(self.home),
+            NANOGEN_ADMIN_TOKEN=ADMIN_TOKEN,
+            NANOGEN_FETCH_ALLOW_HOSTS="127.0.0.1",
+            NANOGEN_EXECUTOR_ID="test-serve",
+            NANOGEN_LOG_LEVEL="warning",
+            NANOGEN_WATCHDOG_INTERVAL_S="0.5",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> Server:
+        log = open(self.home / "server.log", "ab")  # noqa: SIM115 - closed with the process
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nanogen", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not start:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        path = self.home / "server.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    # -- helpers the tests use
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+    def new_account(self, credits: int) -> Account:
+        with self.client(ADMIN_TOKEN) as c:
+            name = f"acct-{time.monotonic_ns()}"
+            r = c.post("/admin/accounts", json={"name": name, "credits": credits})
+            assert r.status_code == 201, r.text
+            body = r.json()
+        return Account(self, body["account"]["id"], body["apiKey"])
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.home / "nanogen.sqlite", timeout=30)
+
+
+@dataclass
+class Account:
+    server: Server
+    id: str
+    key: str
+
+    def client(self) -> httpx.Client:
+        return self.server.client(self.key)
+
+    def balance(self) -> int:
+        with self.server.db() as db:
+            return int(db.execute("SELECT balance FROM nanogen_accounts WHERE id=?", (self.id,)).fetchone()[0])
+
+    def ledger_sums(self) -> dict[str, int]:
+        with self.server.db() as db:
+            rows = db.execute(
+                "SELECT kind, SUM(amount) FROM nanogen_ledger WHERE account_id=? GROUP BY kind", (self.id,)
+            ).fetchall()
+        return {kind: int(total) for kind, total in rows}
+
+    def assert_books_balance(self) -> None:
+        sums = self.ledger_sums()
+        expected = sums.get("grant", 0) - sums.get("debit", 0) + sums.get("refund", 0)
+        assert self.balance() == expected, sums
+
+
+def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
+    """Poll ``check()`` until it returns something truthy (behaviour, not speed: a generous bound)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One shared server on the embedded default, for tests that don't restart it."""
+    srv = Server(tmp_path_factory.mktemp("nanogen-home")).start()
+    yield srv
+    srv.stop()
+
+
+# -- a stand-in for "the public web": images at http://127.0.0.1:<port>/<name> ------------------------
+def image_bytes(colour: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+class ImageHost:
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {
+            "/red.png": (image_bytes((230, 20, 20)), "image/png"),
+            "/blue.png": (image_bytes((20, 20, 230)), "image/png"),
+            "/green.jpg": (image_bytes((20, 200, 20), "JPEG"), "image/jpeg"),
+            "/not-an-image.png": (b"this is text, not a picture", "image/png"),
+        }
+        self.hits = 0
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                host.hits += 1
+                found = host.files.get(self.path)
+                if found is None:
+                    self.send_error(404)
+                    return
+                body, content_type = found
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[ImageHost]:
+    host = ImageHost()
+    yield host
+    host.close()
