@@ -191,7 +191,7 @@ class ImageHost:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 host.hits += 1
-                found = host.files.get(self.path)
+                found = host.files.get(self.path.split("?")[0])
                 if found is None:
                     self.send_error(404)
                     return

@@ -252,9 +252,7 @@ def render_shot(job: ShotJob, text: str, dest: Path) -> int:
         return writer.frames
 
 
-def _scene(
-    job: ShotJob, text: str, palette: Palette, reserve: int
-) -> tuple[Image.Image, Image.Image | None]:
+def _scene(job: ShotJob, text: str, palette: Palette, reserve: int) -> tuple[Image.Image, Image.Image | None]:
     """The still picture(s) the shot animates: a card, or the first and last frames."""
     size = (job.width, job.height)
     kind = job.generation_type
@@ -292,11 +290,12 @@ class Motion:
         self.bar = max(2, unit // 2 // 2 * 2)
         self.lane_top = self.height - self.bar - unit - self.block
         self.reserve = self.bar + 2 * unit + self.block
-        self.font_size = unit
-        self.counter = (self.width - unit * 12, self.lane_top, self.width - unit, self.lane_top + self.block)
+        self.glyphs = _glyphs(unit, self.block)
+        cell = next(iter(self.glyphs.values())).shape[1]
+        width = len(self._label(frames - 1)) * cell + unit
+        left = (self.width - unit - width) // 2 * 2
+        self.counter = (left, self.lane_top, left + width, self.lane_top + self.block)
         self.accent = _yuv(accent)
-        # Luma of counter text: a dark box with light digits, mapped through a lookup table.
-        self.lut = np.linspace(32, 235, 256).astype(np.uint8)
         self.hold = min(fps, frames // 4)  # wipes hold the first and last picture this long
 
     def draw(self, planes: vid.Planes, index: int, wiping: bool) -> list[Box]:
@@ -331,13 +330,18 @@ class Motion:
         vid.fill_box(planes, box, self.accent)
         return box
 
+    def _label(self, index: int) -> str:
+        return f"{index + 1:03d}/{self.frames} {index / self.fps:5.2f}s"
+
     def _counter(self, planes: vid.Planes, index: int) -> None:
+        """Paste pre-rendered glyphs: rendering text with Pillow every frame cost more than encoding."""
         left, top, right, bottom = self.counter
-        label = Image.new("L", (right - left, bottom - top))
-        draw = ImageDraw.Draw(label)
-        text = f"{index + 1:03d}/{self.frames}  {index / self.fps:5.2f}s"
-        draw.text((self.font_size // 2, (bottom - top - self.font_size) // 2), text, 255, im.font(self.font_size))
-        planes.y[top:bottom, left:right] = self.lut[np.asarray(label)]
+        planes.y[top:bottom, left:right] = self.glyphs[" "][0, 0]
+        x = left + _unit((self.width, self.height)) // 2
+        for char in self._label(index):
+            glyph = self.glyphs[char]
+            planes.y[top:bottom, x : x + glyph.shape[1]] = glyph
+            x += glyph.shape[1]
         planes.u[top // 2 : bottom // 2, left // 2 : right // 2] = 128
         planes.v[top // 2 : bottom // 2, left // 2 : right // 2] = 128
 
@@ -345,6 +349,20 @@ class Motion:
         filled = round((index + 1) / self.frames * self.width / 2) * 2
         vid.fill_box(planes, (0, self.height - self.bar, self.width, self.height), (40, 128, 128))
         vid.fill_box(planes, (0, self.height - self.bar, filled, self.height), self.accent)
+
+
+def _glyphs(size: int, height: int) -> dict[str, vid.Plane]:
+    """Luma of each counter character in a fixed-width cell: light digits on a dark box."""
+    face = im.font(size)
+    chars = "0123456789/. s"
+    cell = max(int(face.getlength(c)) for c in chars) + 1
+    lut = np.linspace(32, 235, 256).astype(np.uint8)
+    glyphs = {}
+    for char in chars:
+        label = Image.new("L", (cell, height))
+        ImageDraw.Draw(label).text((0, (height - size) // 2), char, 255, face)
+        glyphs[char] = lut[np.asarray(label)]
+    return glyphs
 
 
 def _yuv(colour: RGB) -> vid.YUV:

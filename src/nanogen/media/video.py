@@ -9,6 +9,7 @@ and no creation time, so equal frames give equal bytes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -99,9 +100,8 @@ def rgb_to_planes(rgb: NDArray[np.uint8]) -> Planes:
     """Convert an RGB array (even height and width) to BT.709 limited-range I420, once per picture."""
     f = rgb.astype(np.float32) * (1.0 / 255.0)
     luma = f @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
-    h, w = luma.shape
     # Chroma from the 2x2 mean: what yuv420p stores.
-    quad = f.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    quad = (f[0::2, 0::2] + f[0::2, 1::2] + f[1::2, 0::2] + f[1::2, 1::2]) * 0.25
     quad_luma = quad @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
     u = 128.0 + 224.0 * (quad[..., 2] - quad_luma) / 1.8556
     v = 128.0 + 224.0 * (quad[..., 0] - quad_luma) / 1.5748
@@ -109,7 +109,8 @@ def rgb_to_planes(rgb: NDArray[np.uint8]) -> Planes:
 
 
 def _u8(values: NDArray[np.float32]) -> Plane:
-    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+    rounded: Plane = np.clip(values + 0.5, 0, 255).astype(np.uint8)
+    return rounded
 
 
 def _chroma(box: Box) -> Box:
@@ -199,13 +200,20 @@ class H264Writer:
 
 
 def concat_videos(inputs: Sequence[Path], dest: Path) -> ConcatResult:
-    """Concatenate MP4s into ``dest``: stream copy when the inputs match, else re-encode to H.264."""
+    """Concatenate MP4s into ``dest``: stream copy when the inputs match, else re-encode to H.264.
+
+    Stream copy keeps the first audio track too when every input has a matching one; the re-encode
+    path (inputs that differ in codec, size, pixel format or time base) writes video only, at the
+    first input's size and frame rate, letterboxing the others.
+    """
     if not inputs:
         raise ValueError("nothing to concatenate")
-    reason = _copy_mismatch(inputs)
-    if reason is None:
-        frames, duration = _stream_copy(inputs, dest)
-        return ConcatResult(dest, True, frames, duration)
+    with ExitStack() as stack:  # each input is opened once, for both the check and the copy
+        sources = [stack.enter_context(av.open(str(path))) for path in inputs]
+        reason = _copy_mismatch(inputs, sources)
+        if reason is None:
+            frames, duration = _stream_copy(sources, dest)
+            return ConcatResult(dest, True, frames, duration)
     frames, duration = _reencode(inputs, dest)
     return ConcatResult(dest, False, frames, duration, reason)
 
@@ -217,20 +225,20 @@ def _signature(stream: Any) -> tuple[object, ...]:
         shape: tuple[object, ...] = (ctx.width, ctx.height, ctx.format.name if ctx.format else None)
     else:
         shape = (ctx.sample_rate, ctx.layout.name if ctx.layout else None, ctx.format.name)
+    # Equal extradata (SPS/PPS) means the decoder set up for the first file can decode them all.
     return (ctx.name, *shape, stream.time_base, bytes(ctx.extradata or b""))
 
 
-def _copy_mismatch(inputs: Sequence[Path]) -> str | None:
+def _copy_mismatch(inputs: Sequence[Path], sources: Sequence[Any]) -> str | None:
     """Why the inputs cannot be stream-copied together, or None when they can."""
     first: tuple[object, ...] | None = None
-    for path in inputs:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path.name} has no video stream")
-            sig = (
-                _signature(container.streams.video[0]),
-                tuple(_signature(s) for s in container.streams.audio[:1]),
-            )
+    for path, container in zip(inputs, sources, strict=True):
+        if not container.streams.video:
+            raise ValueError(f"{path.name} has no video stream")
+        sig = (
+            _signature(container.streams.video[0]),
+            tuple(_signature(s) for s in container.streams.audio[:1]),
+        )
         if first is None:
             first = sig
         elif sig != first:
@@ -238,41 +246,41 @@ def _copy_mismatch(inputs: Sequence[Path]) -> str | None:
     return None
 
 
-def _stream_copy(inputs: Sequence[Path], dest: Path) -> tuple[int, float]:
+def _stream_copy(sources: Sequence[Any], dest: Path) -> tuple[int, float]:
     """Remux every packet, shifting each file's timestamps to start where the previous one ended."""
     offset = Fraction(0)  # seconds already written
     frames = 0
     with av.open(str(dest), "w", format="mp4", options=MP4_OPTIONS) as out:
-        outputs: list[Any] = []
-        for path in inputs:
-            with av.open(str(path)) as src:
-                sources = [src.streams.video[0], *src.streams.audio[:1]]
-                if not outputs:
-                    outputs = [out.add_stream_from_template(s) for s in sources]
-                end, count = _copy_packets(out, src, sources, outputs, offset)
+        templates = [sources[0].streams.video[0], *sources[0].streams.audio[:1]]
+        outputs = [out.add_stream_from_template(s) for s in templates]
+        for src in sources:
+            streams = [src.streams.video[0], *src.streams.audio[:1]]
+            end, count = _copy_packets(out, src, streams, outputs, offset)
             offset, frames = end, frames + count
     return frames, float(offset)
 
 
 def _copy_packets(
-    out: Any, src: Any, sources: list[Any], outputs: list[Any], offset: Fraction
+    out: Any, src: Any, streams: list[Any], outputs: list[Any], offset: Fraction
 ) -> tuple[Fraction, int]:
     """Copy one file's packets to ``outputs`` starting at ``offset`` s; returns its end and frame count."""
-    shifts = {s.index: round(offset / s.time_base) - (s.start_time or 0) for s in sources}
-    targets = {s.index: o for s, o in zip(sources, outputs, strict=True)}
-    end, frames = offset, 0
-    for packet in src.demux(sources):
+    shifts = [round(offset / s.time_base) - (s.start_time or 0) for s in streams]
+    ends = [0] * len(streams)  # in each stream's own ticks: cheaper than Fractions per packet
+    slots = {s.index: i for i, s in enumerate(streams)}
+    frames = 0
+    for packet in src.demux(streams):
         if packet.dts is None:  # the demuxer's empty flush packet
             continue
-        stream = packet.stream
-        shift = shifts[stream.index]
+        slot = slots[packet.stream.index]
+        shift = shifts[slot]
+        pts = packet.pts if packet.pts is not None else packet.dts
         packet.dts += shift
-        packet.pts = (packet.pts if packet.pts is not None else packet.dts - shift) + shift
-        end = max(end, (packet.pts + (packet.duration or 0)) * stream.time_base)
-        frames += stream.type == "video"
-        packet.stream = targets[stream.index]
+        packet.pts = pts + shift
+        ends[slot] = max(ends[slot], packet.pts + packet.duration)
+        frames += slot == 0
+        packet.stream = outputs[slot]
         out.mux(packet)
-    return end, frames
+    return max(offset, *(end * s.time_base for end, s in zip(ends, streams, strict=True))), frames
 
 
 def _reencode(inputs: Sequence[Path], dest: Path) -> tuple[int, float]:

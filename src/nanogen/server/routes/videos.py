@@ -130,12 +130,11 @@ def video_status(shots: list[store.TaskRecord], generation: store.GenerationReco
     per_shot = [without_none(_shot_status(t)) for t in shots]
     whole = _whole_generation(shots, generation)
     concat_status = whole.concat_status if whole else None
-    if any(not t.status.is_terminal for t in shots) or concat_status == "pending":
+    all_completed = all(t.status is TaskStatus.COMPLETED for t in shots)
+    if any(not t.status.is_terminal for t in shots) or (all_completed and concat_status == "pending"):
         overall = "processing"
-    elif all(t.status is TaskStatus.COMPLETED for t in shots):
-        overall = "completed"
     else:
-        overall = "failed"
+        overall = "completed" if all_completed else "failed"
     return {
         "status": overall,
         "shots": per_shot,

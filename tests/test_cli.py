@@ -1,0 +1,197 @@
+"""The ``nanogen`` command line as a user runs it: ``python -m nanogen ...`` in a subprocess.
+
+Keys made by the CLI are used against a running server on the same data directory (the shared
+``server`` fixture's home: one SQLite file, written by both processes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Server
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGEN_")}
+    env["NANOGEN_HOME"] = str(home)
+    env["COLUMNS"] = "250"  # a wide terminal: rich tables keep whole ids
+    return env
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nanogen", *args], env=_env(home), capture_output=True, text=True, timeout=120
+    )
+
+
+def ok(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = cli(home, *args)
+    assert result.returncode == 0, f"nanogen {' '.join(args)} -> {result.returncode}\n{result.stderr}"
+    return result
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stdout.strip().splitlines()
+    assert lines, result.stderr
+    return lines[-1].strip()
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The body rows of a rich table, as lists of cell texts."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in stdout.splitlines() if line.startswith("│")]
+
+
+def check_status(server: Server, key: str) -> httpx.Response:
+    with server.client(key) as c:
+        return c.post("/api/nano-banana-2/check-status", json={"generationId": "gen_does_not_exist"})
+
+
+def assert_key_works(server: Server, key: str) -> None:
+    r = check_status(server, key)
+    # 404 for an unknown generation: authentication passed (a bad key would be 401).
+    assert r.status_code == 404, r.text
+    assert r.json()["errorCode"] == "NOT_FOUND"
+
+
+def show(home: Path, account: str) -> dict[str, int | str]:
+    rows = table_rows(ok(home, "credits", "show", account).stdout)
+    assert len(rows) == 1, rows
+    name, account_id, balance, granted, debited, refunded = rows[0]
+    return {
+        "name": name,
+        "id": account_id,
+        "balance": int(balance),
+        "granted": int(granted),
+        "debited": int(debited),
+        "refunded": int(refunded),
+    }
+
+
+def test_keys_create_list_revoke(server: Server) -> None:
+    home = server.home
+    name = f"alice-{uuid.uuid4().hex[:8]}"
+    created = ok(home, "keys", "create", "--credits", "50", "--name", name)
+    key = last_line(created)
+    assert key.startswith("ng_") and len(key) > 40
+    assert key not in created.stderr  # shown once, on stdout
+    assert name in created.stderr and "balance 50" in created.stderr
+
+    assert_key_works(server, key)
+    assert show(home, name)["balance"] == 50
+
+    listing = ok(home, "keys", "list", "--account", name)
+    assert key not in listing.stdout and key not in listing.stderr
+    assert key[10:20] not in listing.stdout
+    rows = table_rows(listing.stdout)
+    assert len(rows) == 1, rows
+    key_id, account, _key_name, prefix, state = rows[0]
+    assert (account, state) == (name, "live")
+    assert key_id.startswith("key_")
+    assert prefix.rstrip("…") == key[:10]
+
+    revoked = ok(home, "keys", "revoke", key_id)
+    assert key_id in revoked.stderr
+    r = check_status(server, key)
+    assert r.status_code == 401, r.text
+    assert r.json()["errorCode"] == "LOGIN_REQUIRED"
+    assert table_rows(ok(home, "keys", "list", "--account", name).stdout)[0][-1] == "revoked"
+
+    again = cli(home, "keys", "revoke", key_id)
+    assert again.returncode == 2
+    assert "no live key" in again.stderr
+
+
+def test_a_second_key_for_an_existing_account(server: Server) -> None:
+    home = server.home
+    name = f"bob-{uuid.uuid4().hex[:8]}"
+    first = last_line(ok(home, "keys", "create", "--credits", "5", "--name", name))
+    second = last_line(ok(home, "keys", "create", "--account", name, "--credits", "7", "--name", "ci"))
+    assert first != second
+    assert_key_works(server, first)
+    assert_key_works(server, second)
+    numbers = show(home, name)
+    assert (numbers["balance"], numbers["granted"]) == (12, 12)
+    rows = table_rows(ok(home, "keys", "list", "--account", name).stdout)
+    assert sorted(r[2] for r in rows) == ["", "ci"]
+
+
+def test_credits_grant_and_show_add_up(server: Server) -> None:
+    home = server.home
+    name = f"carol-{uuid.uuid4().hex[:8]}"
+    key = last_line(ok(home, "keys", "create", "--credits", "50", "--name", name))
+    with server.client(key) as c:
+        r = c.post("/api/nano-banana-2/generate", json={"prompt": "a lighthouse at dusk"})
+    assert r.status_code == 200, r.text
+    spent = r.json()["creditsUsed"]
+    assert spent > 0
+
+    granted = ok(home, "credits", "grant", name, "25", "--memo", "monthly top-up")
+    assert f"balance {75 - spent}" in granted.stderr
+
+    numbers = show(home, name)
+    assert numbers["name"] == name and str(numbers["id"]).startswith("acct_")
+    assert numbers["granted"] == 75
+    assert numbers["debited"] == spent
+    assert numbers["balance"] == numbers["granted"] - numbers["debited"] + numbers["refunded"]
+
+    # By id as well as by name; the full listing includes the account with the same numbers.
+    assert show(home, str(numbers["id"])) == numbers
+    everyone = table_rows(ok(home, "credits", "show").stdout)
+    assert [numbers["name"], numbers["id"], *(str(numbers[k]) for k in ("balance", "granted", "debited", "refunded"))] in everyone
+    for row in everyone:
+        balance, grants, debits, refunds = (int(x) for x in row[2:])
+        assert balance == grants - debits + refunds, row
+
+
+def test_demo_prints_a_working_key(server: Server) -> None:
+    home = server.home
+    first, second = (ok(home, "demo") for _ in range(2))
+    key1, key2 = last_line(first), last_line(second)
+    assert key1.startswith("ng_") and key2.startswith("ng_") and key1 != key2
+    assert_key_works(server, key1)
+    assert_key_works(server, key2)
+    numbers = show(home, "demo")
+    # Running demo again adds a key, not another 1000 credits.
+    assert numbers["granted"] == 1000
+    assert numbers["balance"] == numbers["granted"] - numbers["debited"] + numbers["refunded"]
+
+
+def test_unknown_account_or_key_exits_2_with_a_message(server: Server) -> None:
+    home = server.home  # already migrated, so the commands may run side by side
+    missing = f"nobody-{uuid.uuid4().hex[:8]}"
+    commands = [
+        ("credits", "grant", missing, "5"),
+        ("credits", "show", missing),
+        ("keys", "create", "--account", missing, "--credits", "3"),
+        ("keys", "revoke", "key_" + uuid.uuid4().hex[:24]),
+    ]
+    with ThreadPoolExecutor(len(commands)) as pool:
+        results = list(pool.map(lambda args: cli(home, *args), commands))
+    for args, result in zip(commands, results):
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+        assert "no account" in result.stderr or "no live key" in result.stderr, (args, result.stderr)
+        assert result.stdout.strip() == "", (args, result.stdout)  # no key printed
+        assert "Traceback" not in result.stderr
+    assert missing in results[0].stderr
+
+
+def test_invalid_amounts_are_usage_errors(tmp_path: Path) -> None:
+    ok(tmp_path, "keys", "create", "--credits", "1", "--name", "dave")
+    with ThreadPoolExecutor(3) as pool:
+        results = list(
+            pool.map(
+                lambda args: cli(tmp_path, *args),
+                [("credits", "grant", "dave", "0"), ("credits", "grant", "dave", "-3"), ("keys", "create", "--credits", "-1")],
+            )
+        )
+    for result in results:
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+    assert show(tmp_path, "dave")["balance"] == 1
