@@ -148,15 +148,20 @@ def overdue_task_ids(conn: sa.Connection, now: float, limit: int = 100) -> list[
 
 # -- transitions -------------------------------------------------------------------------------------
 def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
-    """pending -> generating (counting the attempt); the task as it now is, or None once terminal."""
+    """pending -> generating; the task as it now is, or None once terminal."""
     conn.execute(
         sa.update(tasks)
         .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
-        .values(
-            status=TaskStatus.GENERATING.value,
-            started_at=sa.func.coalesce(tasks.c.started_at, time.time()),
-            attempts=tasks.c.attempts + 1,
-        )
+        .values(status=TaskStatus.GENERATING.value, started_at=sa.func.coalesce(tasks.c.started_at, time.time()))
+    )
+    record = get_task(conn, task_id)
+    return None if record is None or record.status.is_terminal else record
+
+
+def count_attempt(conn: sa.Connection, task_id: str) -> TaskRecord | None:
+    """Record that the engine is about to run for an open task (a re-run after a crash counts again)."""
+    conn.execute(
+        sa.update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(OPEN)).values(attempts=tasks.c.attempts + 1)
     )
     record = get_task(conn, task_id)
     return None if record is None or record.status.is_terminal else record

@@ -69,9 +69,9 @@ def render_step(task_id: str) -> dict[str, str]:
     """Run the engine and store its output. Returns {"key", "url"} or {"error"}; never raises, so
     the outcome is recorded as this step's result and a replay sees the same one."""
     rt = current()
-    with read_connection(rt.db) as conn:
-        record = store.get_task(conn, task_id)
-    if record is None or record.status.is_terminal:
+    with write_transaction(rt.db) as conn:
+        record = store.count_attempt(conn, task_id)
+    if record is None:
         return {"error": "Task ended before it ran"}
     scratch = rt.settings.scratch_dir / task_id
     scratch.mkdir(parents=True, exist_ok=True)
