@@ -18,7 +18,9 @@ from nanogen import ledger
 from nanogen.db import make_engine, read_connection, write_transaction
 from nanogen.settings import Settings
 
-app = typer.Typer(help="nanogen: self-hosted NanoPhoto-compatible image and video generation.", no_args_is_help=True)
+app = typer.Typer(
+    help="nanogen: self-hosted NanoPhoto-compatible image and video generation.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant and show credits.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -97,7 +99,9 @@ def run_worker() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    err.print(f"nanogen worker {settings.executor_id_for('worker')} running (queues: {', '.join(process.queues)})")
+    err.print(
+        f"nanogen worker {settings.executor_id_for('worker')} running (queues: {', '.join(process.queues)})"
+    )
     stop.wait()
     err.print("stopping worker")
     process.stop()

@@ -100,9 +100,7 @@ tasks = sa.Table(
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
     sa.Column("deadline_at", sa.Float, nullable=False),
-    sa.CheckConstraint(
-        "status IN ('pending', 'generating', 'completed', 'failed')", name="ck_tasks_status"
-    ),
+    sa.CheckConstraint("status IN ('pending', 'generating', 'completed', 'failed')", name="ck_tasks_status"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_tasks_progress"),
     sa.Index("ix_tasks_generation", "generation_id"),
     sa.Index("ix_tasks_open_deadline", "status", "deadline_at"),

@@ -20,8 +20,8 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   │   ├── InvalidParameter           INVALID_PARAMETER       (nanogen: type, enum, length)
     │   │   ├── TooManyShots               TOO_MANY_SHOTS          (nanogen)
     │   │   ├── DuplicateShotId            DUPLICATE_SHOT_ID       (nanogen)
-    │   │   ├── ResolutionNotAvailable     RESOLUTION_NOT_AVAILABLE(nanogen: 1080p/4k with >1 shot)
-    │   │   ├── InvalidImageUrl            INVALID_IMAGE_URL       (nanogen: unreachable, refused, not an image)
+    │   │   ├── ResolutionNotAvailable     RESOLUTION_NOT_AVAILABLE (nanogen: 1080p/4k, >1 shot)
+    │   │   ├── InvalidImageUrl            INVALID_IMAGE_URL       (nanogen: refused, unreachable...)
     │   │   └── RequestTooLarge            REQUEST_TOO_LARGE       (nanogen: body over the size cap)
     │   ├── LoginRequired (401)            LOGIN_REQUIRED
     │   ├── InsufficientCredits (402)      INSUFFICIENT_CREDITS, requiredCredits
@@ -35,7 +35,7 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   │   └── CreditReservationFailed    CREDIT_RESERVATION_FAILED
     │   └── ServiceUnavailable (503)       SERVICE_UNAVAILABLE
     ├── EngineError                        an engine could not make the output; the task fails and is refunded
-    └── FetchError                         an input image URL was refused or unusable (becomes InvalidImageUrl)
+    └── FetchError                         an input URL was refused or unusable (becomes InvalidImageUrl)
 """
 
 from __future__ import annotations

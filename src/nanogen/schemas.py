@@ -198,7 +198,9 @@ def _require_prompt(data: dict[str, Any], error: type[errors.BadRequest], where:
 
 def parse_image_request(data: dict[str, Any]) -> ImageGenerateRequest:
     if data.get("inputImages"):
-        raise errors.ImageUrlsRequired("API calls only accept inputImageUrls (base64 inputImages is not supported)")
+        raise errors.ImageUrlsRequired(
+            "API calls only accept inputImageUrls (base64 inputImages is not supported)"
+        )
     _require_prompt(data, errors.InvalidPrompt)
     urls = data.get("inputImageUrls")
     if isinstance(urls, list):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from nanogen import __version__
 
@@ -45,8 +45,12 @@ class Settings(BaseSettings):
 
     # -- limits
     rate_limit_generate: str = Field(default="100/hour", description="Per API key, both generate endpoints.")
-    rate_limit_status: str = Field(default="3600/minute", description="Per API key, both check-status endpoints.")
-    rate_limit_storage: str = Field(default="memory://", description="limits storage URI (redis://... to share).")
+    rate_limit_status: str = Field(
+        default="3600/minute", description="Per API key, both check-status endpoints."
+    )
+    rate_limit_storage: str = Field(
+        default="memory://", description="limits storage URI (redis://... to share)."
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
     # -- fetching input images

@@ -8,6 +8,7 @@ same protocol.
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import re
@@ -84,7 +85,5 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):  # other files left in the folder: keep it
             path.parent.rmdir()
-        except OSError:
-            pass

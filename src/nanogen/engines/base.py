@@ -81,7 +81,7 @@ class Output:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
-class Engine(ABC):  # noqa: B024 - an engine overrides the methods for the products it makes
+class Engine(ABC):
     """Base class of engines. Subclasses set the capabilities and override what they support."""
 
     name: ClassVar[str]

@@ -55,7 +55,9 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
     writer = SubmitWriter(process.runtime.db, enqueue_into(process.runtime))
     writer.start()
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
-    limiter = RateLimiter(settings.rate_limit_generate, settings.rate_limit_status, settings.rate_limit_storage)
+    limiter = RateLimiter(
+        settings.rate_limit_generate, settings.rate_limit_status, settings.rate_limit_storage
+    )
     try:
         yield Services(settings, process, writer, fetcher, limiter)
     finally:

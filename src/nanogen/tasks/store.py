@@ -120,8 +120,9 @@ def get_task(conn: sa.Connection, task_id: str) -> TaskRecord | None:
 
 def get_tasks(conn: sa.Connection, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
     ids = list(dict.fromkeys(task_ids))
-    rows = conn.execute(sa.select(tasks).where(tasks.c.id.in_(ids))) if ids else []
-    return {r.id: _task(r) for r in rows}
+    if not ids:
+        return {}
+    return {r.id: _task(r) for r in conn.execute(sa.select(tasks).where(tasks.c.id.in_(ids)))}
 
 
 def generation_tasks(conn: sa.Connection, generation_id: str) -> list[TaskRecord]:
@@ -152,7 +153,9 @@ def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     conn.execute(
         sa.update(tasks)
         .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
-        .values(status=TaskStatus.GENERATING.value, started_at=sa.func.coalesce(tasks.c.started_at, time.time()))
+        .values(
+            status=TaskStatus.GENERATING.value, started_at=sa.func.coalesce(tasks.c.started_at, time.time())
+        )
     )
     record = get_task(conn, task_id)
     return None if record is None or record.status.is_terminal else record
@@ -161,7 +164,9 @@ def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
 def count_attempt(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     """Record that the engine is about to run for an open task (a re-run after a crash counts again)."""
     conn.execute(
-        sa.update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(OPEN)).values(attempts=tasks.c.attempts + 1)
+        sa.update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
+        .values(attempts=tasks.c.attempts + 1)
     )
     record = get_task(conn, task_id)
     return None if record is None or record.status.is_terminal else record

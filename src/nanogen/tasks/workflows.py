@@ -98,7 +98,9 @@ def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path) -> Output:
         return engine.generate_image(
             jobs.image_job(record.id, record.params, images), scratch / "image.png", progress
         )
-    return engine.generate_shot(jobs.shot_job(record.id, record.params, images), scratch / "shot.mp4", progress)
+    return engine.generate_shot(
+        jobs.shot_job(record.id, record.params, images), scratch / "shot.mp4", progress
+    )
 
 
 def _progress_reporter(rt: Runtime, task_id: str) -> Any:

@@ -78,9 +78,7 @@ def upgrade() -> None:
     op.create_table(
         "nanogen_tasks",
         sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column(
-            "generation_id", sa.String(40), sa.ForeignKey("nanogen_generations.id"), nullable=False
-        ),
+        sa.Column("generation_id", sa.String(40), sa.ForeignKey("nanogen_generations.id"), nullable=False),
         sa.Column("account_id", sa.String(40), sa.ForeignKey("nanogen_accounts.id"), nullable=False),
         sa.Column("product", sa.String(10), nullable=False),
         sa.Column("position", sa.Integer, nullable=False),

@@ -12,7 +12,9 @@ from nanogen.storage import content_type_for
 router = APIRouter(tags=["Files"])
 
 
-@router.get("/files/{key:path}", summary="Download a generated file", responses={404: {"description": "NOT_FOUND"}})
+@router.get(
+    "/files/{key:path}", summary="Download a generated file", responses={404: {"description": "NOT_FOUND"}}
+)
 async def download(key: str, request: Request) -> Response:
     path = services(request).runtime.storage.local_path(key)
     if path is None:

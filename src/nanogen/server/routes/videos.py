@@ -42,7 +42,9 @@ async def generate(request: Request, who: ledger.Caller = Depends(generate_calle
     body = schemas.parse_video_request(await json_body(request))
     resolution = body.parsed_resolution
     for shot in body.shots:
-        check_engine(svc, Product.VIDEO, resolution=resolution.value, generation_type=shot.generationType.value)
+        check_engine(
+            svc, Product.VIDEO, resolution=resolution.value, generation_type=shot.generationType.value
+        )
     price = video_price(resolution, len(body.shots))
     urls = [url for shot in body.shots for url in shot.imageUrls]
     if urls:
@@ -148,7 +150,9 @@ def _whole_generation(
     shots: list[store.TaskRecord], generation: store.GenerationRecord | None
 ) -> store.GenerationRecord | None:
     """The generation, when the request names exactly its shots (the concatenation belongs to them)."""
-    if generation is None or {t.id for t in shots} != {t.id for t in shots if t.generation_id == generation.id}:
+    if generation is None or {t.id for t in shots} != {
+        t.id for t in shots if t.generation_id == generation.id
+    }:
         return None
     if len({t.id for t in shots}) != generation.task_count:
         return None
