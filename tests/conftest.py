@@ -135,7 +135,9 @@ class Account:
 
     def balance(self) -> int:
         with self.server.db() as db:
-            return int(db.execute("SELECT balance FROM nanogen_accounts WHERE id=?", (self.id,)).fetchone()[0])
+            return int(
+                db.execute("SELECT balance FROM nanogen_accounts WHERE id=?", (self.id,)).fetchone()[0]
+            )
 
     def ledger_sums(self) -> dict[str, int]:
         with self.server.db() as db:

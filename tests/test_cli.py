@@ -12,6 +12,7 @@ import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -45,7 +46,11 @@ def last_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def table_rows(stdout: str) -> list[list[str]]:
     """The body rows of a rich table, as lists of cell texts."""
-    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in stdout.splitlines() if line.startswith("│")]
+    return [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in stdout.splitlines()
+        if line.startswith("│")
+    ]
 
 
 def check_status(server: Server, key: str) -> httpx.Response:
@@ -60,7 +65,7 @@ def assert_key_works(server: Server, key: str) -> None:
     assert r.json()["errorCode"] == "NOT_FOUND"
 
 
-def show(home: Path, account: str) -> dict[str, int | str]:
+def show(home: Path, account: str) -> dict[str, Any]:
     rows = table_rows(ok(home, "credits", "show", account).stdout)
     assert len(rows) == 1, rows
     name, account_id, balance, granted, debited, refunded = rows[0]
@@ -136,7 +141,11 @@ def test_credits_grant_and_show_add_up(server: Server) -> None:
 
     # The full listing has the account with the same numbers, and every row adds up.
     everyone = table_rows(ok(home, "credits", "show").stdout)
-    assert [numbers["name"], numbers["id"], *(str(numbers[k]) for k in ("balance", "granted", "debited", "refunded"))] in everyone
+    assert [
+        numbers["name"],
+        numbers["id"],
+        *(str(numbers[k]) for k in ("balance", "granted", "debited", "refunded")),
+    ] in everyone
     for row in everyone:
         balance, grants, debits, refunds = (int(x) for x in row[2:])
         assert balance == grants - debits + refunds, row
@@ -165,7 +174,7 @@ def test_unknown_account_exits_2_with_a_message(server: Server) -> None:
     ]
     with ThreadPoolExecutor(len(commands)) as pool:
         results = list(pool.map(lambda args: cli(home, *args), commands))
-    for args, result in zip(commands, results):
+    for args, result in zip(commands, results, strict=True):
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert f"no account '{missing}'" in result.stderr, (args, result.stderr)
         assert result.stdout.strip() == "", (args, result.stdout)  # no key printed
@@ -173,10 +182,14 @@ def test_unknown_account_exits_2_with_a_message(server: Server) -> None:
 
 
 def test_invalid_amounts_are_usage_errors(tmp_path: Path) -> None:
-    commands = [("credits", "grant", "dave", "0"), ("credits", "grant", "dave", "--", "-3"), ("keys", "create", "--credits", "-1")]
+    commands = [
+        ("credits", "grant", "dave", "0"),
+        ("credits", "grant", "dave", "--", "-3"),
+        ("keys", "create", "--credits", "-1"),
+    ]
     with ThreadPoolExecutor(len(commands)) as pool:
         results = list(pool.map(lambda args: cli(tmp_path, *args), commands))
-    for args, result in zip(commands, results):
+    for args, result in zip(commands, results, strict=True):
         assert result.returncode == 2, (args, result.stderr)
         assert "Invalid value" in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr

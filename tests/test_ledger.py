@@ -11,12 +11,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from nanogen import ledger
 from nanogen.db import accounts, api_keys, generations, make_engine, metadata, tasks, write_transaction
+from nanogen.db import ledger as ledger_table
 from nanogen.migrate import migrate
 from nanogen.products import Product
 from nanogen.tasks import store
@@ -25,8 +28,7 @@ from nanogen.tasks.status import TaskStatus
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _postgres_or_skip() -> object:
-    psycopg = pytest.importorskip("psycopg")
+def _postgres_or_skip() -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
@@ -45,7 +47,7 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         return
     admin = _postgres_or_skip()
     name = f"nanogen_test_ledger_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         migrate(url)
@@ -55,8 +57,8 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         finally:
             eng.dispose()
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
-        admin.close()  # type: ignore[attr-defined]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def _name() -> str:
@@ -66,9 +68,9 @@ def _name() -> str:
 def _ledger_rows(engine: sa.Engine, account_id: str) -> list[tuple[str, int, str | None]]:
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(metadata.tables["nanogen_ledger"].c["kind", "amount", "task_id"])
-            .where(metadata.tables["nanogen_ledger"].c.account_id == account_id)
-            .order_by(metadata.tables["nanogen_ledger"].c.id)
+            sa.select(ledger_table.c.kind, ledger_table.c.amount, ledger_table.c.task_id)
+            .where(ledger_table.c.account_id == account_id)
+            .order_by(ledger_table.c.id)
         ).all()
     return [(r.kind, int(r.amount), r.task_id) for r in rows]
 
@@ -171,7 +173,10 @@ def test_account_names_are_unique(engine: sa.Engine) -> None:
 # -- debits ------------------------------------------------------------------------------------------
 def test_debit_with_enough_credits_writes_one_row_per_task(engine: sa.Engine) -> None:
     account = _account(engine, 10)
-    charges = [ledger.Charge("task_a" + uuid.uuid4().hex[:8], 3), ledger.Charge("task_b" + uuid.uuid4().hex[:8], 4)]
+    charges = [
+        ledger.Charge("task_a" + uuid.uuid4().hex[:8], 3),
+        ledger.Charge("task_b" + uuid.uuid4().hex[:8], 4),
+    ]
     with write_transaction(engine) as conn:
         assert ledger.debit(conn, account.id, "gen_x", charges) is True
     assert _balance(engine, account.id) == 3
@@ -201,8 +206,8 @@ def test_debit_without_enough_credits_writes_nothing(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         task_rows = conn.execute(
             sa.select(sa.func.count())
-            .select_from(metadata.tables["nanogen_ledger"])
-            .where(metadata.tables["nanogen_ledger"].c.task_id.in_([c.task_id for c in charges]))
+            .select_from(ledger_table)
+            .where(ledger_table.c.task_id.in_([c.task_id for c in charges]))
         ).scalar_one()
     assert task_rows == 0
 
@@ -228,7 +233,9 @@ def test_the_same_task_cannot_be_debited_twice(engine: sa.Engine) -> None:
 def test_database_refuses_a_negative_balance(engine: sa.Engine) -> None:
     account = _account(engine, 3)
     with pytest.raises(sa.exc.IntegrityError), write_transaction(engine) as conn:
-        conn.execute(sa.update(accounts).where(accounts.c.id == account.id).values(balance=accounts.c.balance - 4))
+        conn.execute(
+            sa.update(accounts).where(accounts.c.id == account.id).values(balance=accounts.c.balance - 4)
+        )
     assert _balance(engine, account.id) == 3
 
 
@@ -263,7 +270,7 @@ def test_ledger_checks_refuse_malformed_rows(engine: sa.Engine, values: dict[str
     account = _account(engine, 1)
     row = {"account_id": account.id, "memo": "", "created_at": time.time(), **values}
     with pytest.raises(sa.exc.IntegrityError), write_transaction(engine) as conn:
-        conn.execute(sa.insert(metadata.tables["nanogen_ledger"]).values(**row))
+        conn.execute(sa.insert(ledger_table).values(**row))
     assert _ledger_rows(engine, account.id) == [("grant", 1, None)]
 
 
@@ -393,7 +400,9 @@ def test_plaintext_key_is_not_stored(engine: sa.Engine) -> None:
             for column in table.c:
                 if isinstance(column.type, sa.String):
                     hits = conn.execute(
-                        sa.select(sa.func.count()).select_from(table).where(column.contains(secret_part, autoescape=True))
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(column.contains(secret_part, autoescape=True))
                     ).scalar_one()
                     assert hits == 0, f"{table.name}.{column.name}"
 
@@ -415,7 +424,9 @@ def test_plaintext_key_is_nowhere_in_the_database(engine: sa.Engine) -> None:
                     if isinstance(column.type, sa.String):
                         scanned += 1
                         hits = conn.execute(
-                            sa.select(sa.func.count()).select_from(table).where(column.contains(secret_part, autoescape=True))
+                            sa.select(sa.func.count())
+                            .select_from(table)
+                            .where(column.contains(secret_part, autoescape=True))
                         ).scalar_one()
                         assert hits == 0, f"{table_name}.{column.name}"
     assert scanned > 20  # nanogen's and DBOS's tables were all there to scan
@@ -462,6 +473,8 @@ def test_every_account_balances(engine: sa.Engine) -> None:
             assert each.balance >= 0
             assert ledger.totals(conn, each.id).expected_balance == each.balance, each
         open_rows = conn.execute(
-            sa.select(tasks.c.id, generations.c.id).join(generations, generations.c.id == tasks.c.generation_id)
+            sa.select(tasks.c.id, generations.c.id).join(
+                generations, generations.c.id == tasks.c.generation_id
+            )
         ).all()
     assert open_rows  # tasks were created and hang off their generations

@@ -11,13 +11,16 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from dbos import DBOSClient
 
 from nanogen import ledger
-from nanogen.db import generations, ledger as ledger_table, make_engine, tasks, write_transaction
+from nanogen.db import generations, make_engine, tasks, write_transaction
+from nanogen.db import ledger as ledger_table
 from nanogen.errors import CreditReservationFailed, InsufficientCredits
 from nanogen.migrate import migrate
 from nanogen.products import Product
@@ -36,25 +39,33 @@ class Database:
     def enqueue(self, conn: sa.Connection, task_id: str, queue: str) -> None:
         self.client.enqueue_in_transaction(
             conn,
-            {"workflow_name": "nanogen.run_task", "queue_name": queue, "workflow_id": task_id, "app_version": "test"},
+            {
+                "workflow_name": "nanogen.run_task",
+                "queue_name": queue,
+                "workflow_id": task_id,
+                "app_version": "test",
+            },
             task_id,
         )
 
     def workflows(self, ids: list[str]) -> list[tuple[str, str, str]]:
         ws = self.workflow_status.c
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ws.workflow_uuid, ws.queue_name, ws.status).where(ws.workflow_uuid.in_(ids)))
+            rows = conn.execute(
+                sa.select(ws.workflow_uuid, ws.queue_name, ws.status).where(ws.workflow_uuid.in_(ids))
+            )
             return sorted((r.workflow_uuid, r.queue_name, r.status) for r in rows)
 
     def count(self, table: sa.Table, column: sa.Column[str], ids: list[str]) -> int:
         with self.engine.connect() as conn:
             return int(
-                conn.execute(sa.select(sa.func.count()).select_from(table).where(column.in_(ids))).scalar_one()
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(table).where(column.in_(ids))
+                ).scalar_one()
             )
 
 
-def _postgres_or_skip() -> object:
-    psycopg = pytest.importorskip("psycopg")
+def _postgres_or_skip() -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
@@ -80,12 +91,12 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         return
     admin = _postgres_or_skip()
     name = f"nanogen_test_submit_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield from _open(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", "dbos")
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
-        admin.close()  # type: ignore[attr-defined]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def _account(db: Database, credits: int) -> str:
@@ -102,7 +113,10 @@ def _submission(account_id: str, *task_credits: int, task_ids: list[str] | None 
         engine="sandbox",
         queue=QUEUE,
         params={"prompt": "a red bicycle"},
-        tasks=tuple(NewTask(tid, i, c, {"prompt": "a red bicycle"}) for i, (tid, c) in enumerate(zip(ids, task_credits))),
+        tasks=tuple(
+            NewTask(tid, i, c, {"prompt": "a red bicycle"})
+            for i, (tid, c) in enumerate(zip(ids, task_credits, strict=True))
+        ),
         deadline_s=600,
     )
 
@@ -120,7 +134,9 @@ async def _submit_all(
     return [r if isinstance(r, BaseException) else None for r in results]
 
 
-def _run(db: Database, subs: list[Submission], enqueue: Enqueue | None = None, **kwargs: object) -> list[BaseException | None]:
+def _run(
+    db: Database, subs: list[Submission], enqueue: Enqueue | None = None, **kwargs: object
+) -> list[BaseException | None]:
     writer = SubmitWriter(db.engine, enqueue or db.enqueue)
     start_after_queued = bool(kwargs.get("start_after_queued"))
     if not start_after_queued:
@@ -143,14 +159,19 @@ def test_a_submission_writes_debit_generation_tasks_and_workflows(db: Database) 
     with db.engine.connect() as conn:
         assert ledger.balance(conn, account) == 5
         gen = conn.execute(sa.select(generations).where(generations.c.id == sub.generation_id)).one()
-        rows = conn.execute(sa.select(tasks).where(tasks.c.generation_id == sub.generation_id).order_by(tasks.c.position)).all()
+        rows = conn.execute(
+            sa.select(tasks).where(tasks.c.generation_id == sub.generation_id).order_by(tasks.c.position)
+        ).all()
         debits = conn.execute(
             sa.select(ledger_table.c.task_id, ledger_table.c.amount, ledger_table.c.generation_id).where(
                 ledger_table.c.kind == "debit", ledger_table.c.account_id == account
             )
         ).all()
     assert (gen.credits, gen.task_count, gen.product) == (5, 2, "image")
-    assert [(r.id, r.status, r.credits, r.position) for r in rows] == [(ids[0], "pending", 2, 0), (ids[1], "pending", 3, 1)]
+    assert [(r.id, r.status, r.credits, r.position) for r in rows] == [
+        (ids[0], "pending", 2, 0),
+        (ids[1], "pending", 3, 1),
+    ]
     assert sorted((d.task_id, int(d.amount), d.generation_id) for d in debits) == sorted(
         [(ids[0], 2, sub.generation_id), (ids[1], 3, sub.generation_id)]
     )
@@ -162,19 +183,22 @@ def test_one_thousand_concurrent_submissions_on_one_hundred_credits(db: Database
     subs = [_submission(account, 1) for _ in range(1000)]
     results = _run(db, subs)
 
-    succeeded = [s for s, r in zip(subs, results) if r is None]
-    refused = [r for r in results if r is not None]
+    succeeded = [s for s, r in zip(subs, results, strict=True) if r is None]
+    failed = [r for r in results if r is not None]
+    refused = [r for r in failed if isinstance(r, InsufficientCredits)]
     assert len(succeeded) == 100
-    assert len(refused) == 900
-    assert all(isinstance(r, InsufficientCredits) for r in refused), {type(r) for r in refused}
-    assert all(r.required_credits == 1 and r.body()["requiredCredits"] == 1 for r in refused)  # type: ignore[union-attr]
-    assert all(r.body()["errorCode"] == "INSUFFICIENT_CREDITS" for r in refused)  # type: ignore[union-attr]
+    assert len(failed) == 900
+    assert len(refused) == 900, {type(r) for r in failed}
+    assert all(r.required_credits == 1 and r.body()["requiredCredits"] == 1 for r in refused)
+    assert all(r.body()["errorCode"] == "INSUFFICIENT_CREDITS" for r in refused)
 
     ok_ids, all_ids = _task_ids(succeeded), _task_ids(subs)
     with db.engine.connect() as conn:
         assert ledger.balance(conn, account) == 0
         totals = ledger.totals(conn, account)
-        negative = conn.execute(sa.text("SELECT count(*) FROM nanogen_accounts WHERE balance < 0")).scalar_one()
+        negative = conn.execute(
+            sa.text("SELECT count(*) FROM nanogen_accounts WHERE balance < 0")
+        ).scalar_one()
     assert totals == ledger.Totals(granted=100, debited=100, refunded=0)
     assert totals.expected_balance == 0
     assert negative == 0

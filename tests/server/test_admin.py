@@ -1,4 +1,4 @@
-"""The admin API (``/admin/*``) on a running server: the powers of ``nanogen keys`` / ``credits`` over HTTP."""
+"""The admin API (``/admin/*``) on a running server: ``nanogen keys`` and ``credits`` over HTTP."""
 
 from __future__ import annotations
 
@@ -142,7 +142,17 @@ def test_duplicate_account_name_is_400(admin: httpx.Client) -> None:
         {"name": "frac-credits", "credits": 1.5},
         {"name": "long-key-name", "keyName": "k" * 201},
     ],
-    ids=["empty", "empty-name", "long-name", "int-name", "null-name", "negative", "string", "fraction", "long-key"],
+    ids=[
+        "empty",
+        "empty-name",
+        "long-name",
+        "int-name",
+        "null-name",
+        "negative",
+        "string",
+        "fraction",
+        "long-key",
+    ],
 )
 def test_invalid_new_account_is_400(admin: httpx.Client, body: dict[str, Any]) -> None:
     _assert_envelope(admin.post("/admin/accounts", json=body), 400, "INVALID_PARAMETER")
@@ -173,7 +183,14 @@ def test_grant_adds_to_the_balance(server: Server, admin: httpx.Client) -> None:
     name, account_id = created["account"]["name"], created["account"]["id"]
     r = admin.post(f"/admin/accounts/{name}/credits", json={"credits": 15, "memo": "top-up"})
     assert r.status_code == 200, r.text
-    assert r.json() == {"id": account_id, "name": name, "balance": 25, "granted": 25, "debited": 0, "refunded": 0}
+    assert r.json() == {
+        "id": account_id,
+        "name": name,
+        "balance": 25,
+        "granted": 25,
+        "debited": 0,
+        "refunded": 0,
+    }
     r = admin.post(f"/admin/accounts/{account_id}/credits", json={"credits": 5})
     assert r.json()["balance"] == 30
     assert admin.get(f"/admin/accounts/{name}").json()["balance"] == 30
@@ -198,7 +215,18 @@ def test_grant_adds_to_the_balance(server: Server, admin: httpx.Client) -> None:
         {},
         {"credits": 5, "memo": "m" * 501},
     ],
-    ids=["zero", "negative", "string", "empty-string", "null", "fraction", "list", "object", "missing", "long-memo"],
+    ids=[
+        "zero",
+        "negative",
+        "string",
+        "empty-string",
+        "null",
+        "fraction",
+        "list",
+        "object",
+        "missing",
+        "long-memo",
+    ],
 )
 def test_invalid_grant_is_400_never_500(admin: httpx.Client, body: dict[str, Any]) -> None:
     created = _create(admin, 10)
@@ -222,6 +250,33 @@ def test_new_account_credits_too_large_for_the_database_is_400_never_500(admin: 
     r = admin.post("/admin/accounts", json={"name": name, "credits": 2**63})
     _assert_envelope(r, 400, "INVALID_PARAMETER")
     _assert_envelope(admin.get(f"/admin/accounts/{name}"), 404, "NOT_FOUND")
+
+
+def test_grant_that_would_overflow_the_balance_is_400(admin: httpx.Client) -> None:
+    """A balance at the column's maximum: one more credit cannot be stored, and retrying won't help."""
+    r = admin.post("/admin/accounts", json={"name": _name("full"), "credits": 2**63 - 1})
+    if r.status_code == 400:  # a cap on credits below the column's range also keeps this from happening
+        _assert_envelope(r, 400, "INVALID_PARAMETER")
+        return
+    assert r.status_code == 201, r.text
+    name = r.json()["account"]["name"]
+    _assert_envelope(
+        admin.post(f"/admin/accounts/{name}/credits", json={"credits": 1}), 400, "INVALID_PARAMETER"
+    )
+    assert admin.get(f"/admin/accounts/{name}").json()["balance"] == 2**63 - 1
+
+
+@pytest.mark.parametrize("value", ["10", True], ids=["numeric-string", "boolean"])
+def test_credits_must_be_a_json_integer(admin: httpx.Client, value: object) -> None:
+    """Money amounts are JSON integers: no coercion of "10" or true into credits."""
+    name = _name("strict")
+    _assert_envelope(
+        admin.post("/admin/accounts", json={"name": name, "credits": value}), 400, "INVALID_PARAMETER"
+    )
+    created = _create(admin, 10)["account"]["name"]
+    r = admin.post(f"/admin/accounts/{created}/credits", json={"credits": value})
+    _assert_envelope(r, 400, "INVALID_PARAMETER")
+    assert admin.get(f"/admin/accounts/{created}").json()["balance"] == 10
 
 
 # -- keys -------------------------------------------------------------------------------------------

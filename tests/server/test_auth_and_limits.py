@@ -20,7 +20,9 @@ ENDPOINTS = [
     "authorization",
     [None, "", "Bearer", "Basic dXNlcjpwYXNz", "Bearer ng_unknownkey", "Token ng_x", "bearer"],
 )
-def test_missing_malformed_or_unknown_keys(server: Server, path: str, body: dict[str, object], authorization: str | None) -> None:
+def test_missing_malformed_or_unknown_keys(
+    server: Server, path: str, body: dict[str, object], authorization: str | None
+) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     r = httpx.post(server.base_url + path, json=body, headers=headers)
     assert r.status_code == 401
@@ -32,7 +34,9 @@ def test_revoked_key_is_refused(server: Server) -> None:
     with account.client() as c:
         assert c.post("/api/nano-banana-2/check-status", json={"generationId": "gen_x"}).status_code == 404
     with server.client(ADMIN_TOKEN) as admin:
-        key_id = next(k["id"] for k in admin.get("/admin/keys").json()["keys"] if k["accountId"] == account.id)
+        key_id = next(
+            k["id"] for k in admin.get("/admin/keys").json()["keys"] if k["accountId"] == account.id
+        )
         assert admin.post(f"/admin/keys/{key_id}/revoke").status_code == 200
     with account.client() as c:
         r = c.post("/api/nano-banana-2/check-status", json={"generationId": "gen_x"})
@@ -81,7 +85,10 @@ def test_polling_budget_is_enforced_too(tmp_path: object) -> None:
     try:
         account = srv.new_account(0)
         with account.client() as c:
-            codes = [c.post("/api/nano-banana-2/check-status", json={"generationId": "g"}).status_code for _ in range(6)]
+            codes = [
+                c.post("/api/nano-banana-2/check-status", json={"generationId": "g"}).status_code
+                for _ in range(6)
+            ]
         assert codes == [404] * 5 + [429]
     finally:
         srv.stop()

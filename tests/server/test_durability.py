@@ -30,11 +30,15 @@ def test_kill_9_mid_generation_then_restart_finishes_every_task(tmp_path: Path) 
                 ]
             },
         ).json()
-        failing = c.post("/api/nano-banana-2/generate", json={"prompt": "x [sandbox:slow=3] [sandbox:fail]"}).json()
+        failing = c.post(
+            "/api/nano-banana-2/generate", json={"prompt": "x [sandbox:slow=3] [sandbox:fail]"}
+        ).json()
     assert account.balance() == 1000 - 4 - 30 - 4
     wait_for(lambda: all(status == "generating" for _, status, _, _ in task_rows(server, account)))
     server.kill()
-    assert all(status == "generating" for _, status, _, _ in task_rows(server, account)), "killed mid-generation"
+    assert all(status == "generating" for _, status, _, _ in task_rows(server, account)), (
+        "killed mid-generation"
+    )
 
     server.start()  # same home, same executor id: DBOS recovers the interrupted workflows
     try:
@@ -64,7 +68,9 @@ def test_a_task_past_its_deadline_fails_and_is_refunded(tmp_path: Path) -> None:
     try:
         account = server.new_account(100)
         with account.client() as c:
-            accepted = c.post("/api/nano-banana-2/generate", json={"prompt": "never ends [sandbox:slow=600]"}).json()
+            accepted = c.post(
+                "/api/nano-banana-2/generate", json={"prompt": "never ends [sandbox:slow=600]"}
+            ).json()
 
             def failed() -> dict[str, Any] | None:
                 body: dict[str, Any] = c.post(

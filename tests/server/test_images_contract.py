@@ -189,7 +189,10 @@ def test_engine_crash_fails_and_refunds(account: Account) -> None:
         ({"prompt": "x" * 10_001}, "INVALID_PROMPT"),
         ({"prompt": "edit me", "mode": "edit"}, "MISSING_INPUT_IMAGE"),
         ({"prompt": "edit me", "mode": "edit", "inputImageUrls": []}, "MISSING_INPUT_IMAGE"),
-        ({"prompt": "x", "mode": "edit", "inputImageUrls": ["data:image/png;base64,iVBORw0KGgo="]}, "IMAGE_URLS_REQUIRED"),
+        (
+            {"prompt": "x", "mode": "edit", "inputImageUrls": ["data:image/png;base64,iVBORw0KGgo="]},
+            "IMAGE_URLS_REQUIRED",
+        ),
         ({"prompt": "x", "mode": "edit", "inputImages": ["iVBORw0KGgoAAAANSUhEUg"]}, "IMAGE_URLS_REQUIRED"),
         ({"prompt": "x", "mode": "paint"}, "INVALID_PARAMETER"),
         ({"prompt": "x", "aspectRatio": "1:1"}, "INVALID_PARAMETER"),
@@ -197,10 +200,16 @@ def test_engine_crash_fails_and_refunds(account: Account) -> None:
         ({"prompt": "x", "imageQuality": "2k"}, "INVALID_PARAMETER"),
         ({"prompt": "x", "googleSearch": "very"}, "INVALID_PARAMETER"),
         ({"prompt": "x", "inputImageUrls": "http://127.0.0.1/a.png", "mode": "edit"}, "INVALID_PARAMETER"),
-        ({"prompt": "x", "mode": "generate", "inputImageUrls": ["http://127.0.0.1/a.png"]}, "INVALID_PARAMETER"),
+        (
+            {"prompt": "x", "mode": "generate", "inputImageUrls": ["http://127.0.0.1/a.png"]},
+            "INVALID_PARAMETER",
+        ),
         ({"prompt": "x", "mode": "edit", "inputImageUrls": ["ftp://example.com/a.png"]}, "INVALID_IMAGE_URL"),
         ({"prompt": "x", "mode": "edit", "inputImageUrls": ["http://10.0.0.1/a.png"]}, "INVALID_IMAGE_URL"),
-        ({"prompt": "x", "mode": "edit", "inputImageUrls": ["http://169.254.169.254/latest"]}, "INVALID_IMAGE_URL"),
+        (
+            {"prompt": "x", "mode": "edit", "inputImageUrls": ["http://169.254.169.254/latest"]},
+            "INVALID_IMAGE_URL",
+        ),
     ],
 )
 def test_bad_input_gets_the_contract_code_and_costs_nothing(
@@ -217,16 +226,23 @@ def test_bad_input_gets_the_contract_code_and_costs_nothing(
 def test_unusable_urls_are_refused_before_any_debit(account: Account, image_host: ImageHost) -> None:
     for name in ("missing.png", "not-an-image.png"):
         with account.client() as c:
-            r = c.post(GENERATE, json={"prompt": "x", "mode": "edit", "inputImageUrls": [image_host.url(name)]})
+            r = c.post(
+                GENERATE, json={"prompt": "x", "mode": "edit", "inputImageUrls": [image_host.url(name)]}
+            )
         assert r.status_code == 400 and r.json()["errorCode"] == "INVALID_IMAGE_URL", r.text
         assert r.json()["url"] == image_host.url(name)
     assert account.balance() == 1000
     with account.server.db() as db:
-        assert db.execute("SELECT COUNT(*) FROM nanogen_tasks WHERE account_id=?", (account.id,)).fetchone()[0] == 0
+        assert (
+            db.execute("SELECT COUNT(*) FROM nanogen_tasks WHERE account_id=?", (account.id,)).fetchone()[0]
+            == 0
+        )
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{not json", b"[1, 2]", b'"prompt"', b"", b"\xff\xfe"], ids=["broken", "array", "string", "empty", "bytes"]
+    "raw",
+    [b"{not json", b"[1, 2]", b'"prompt"', b"", b"\xff\xfe"],
+    ids=["broken", "array", "string", "empty", "bytes"],
 )
 def test_malformed_bodies(account: Account, raw: bytes) -> None:
     with account.client() as c:
@@ -247,11 +263,22 @@ def test_insufficient_credits_creates_nothing(server: Server) -> None:
     with poor.client() as c:
         r = c.post(GENERATE, json={"prompt": "x", "imageQuality": "2K"})
     assert r.status_code == 402
-    assert r.json() == {"error": "Insufficient credits", "errorCode": "INSUFFICIENT_CREDITS", "requiredCredits": 8}
+    assert r.json() == {
+        "error": "Insufficient credits",
+        "errorCode": "INSUFFICIENT_CREDITS",
+        "requiredCredits": 8,
+    }
     assert poor.balance() == 7
     with server.db() as db:
-        assert db.execute("SELECT COUNT(*) FROM nanogen_tasks WHERE account_id=?", (poor.id,)).fetchone()[0] == 0
-        assert db.execute("SELECT COUNT(*) FROM nanogen_generations WHERE account_id=?", (poor.id,)).fetchone()[0] == 0
+        assert (
+            db.execute("SELECT COUNT(*) FROM nanogen_tasks WHERE account_id=?", (poor.id,)).fetchone()[0] == 0
+        )
+        assert (
+            db.execute("SELECT COUNT(*) FROM nanogen_generations WHERE account_id=?", (poor.id,)).fetchone()[
+                0
+            ]
+            == 0
+        )
 
 
 def test_check_status_errors(server: Server, account: Account) -> None:

@@ -19,7 +19,9 @@ def account(server: Server) -> Account:
     return server.new_account(1000)
 
 
-def shot(shot_id: str, prompt: str, kind: str = "TEXT_2_VIDEO", ratio: str = "16:9", **extra: Any) -> dict[str, Any]:
+def shot(
+    shot_id: str, prompt: str, kind: str = "TEXT_2_VIDEO", ratio: str = "16:9", **extra: Any
+) -> dict[str, Any]:
     return {"id": shot_id, "prompt": prompt, "generationType": kind, "aspectRatio": ratio, **extra}
 
 
@@ -64,14 +66,14 @@ def test_text_to_video_single_shot_example(account: Account, tmp_path: Path) -> 
     accepted = submit(
         account,
         {
-            "shots": [
-                shot("shot-1", "A golden retriever running on a beach at sunset, cinematic lighting")
-            ],
+            "shots": [shot("shot-1", "A golden retriever running on a beach at sunset, cinematic lighting")],
             "resolution": "720p",
         },
     )
     assert accepted["status"] == "processing" and accepted["creditsUsed"] == 10
-    assert accepted["shots"] == [{"shotId": "shot-1", "taskId": accepted["shots"][0]["taskId"], "status": "processing"}]
+    assert accepted["shots"] == [
+        {"shotId": "shot-1", "taskId": accepted["shots"][0]["taskId"], "status": "processing"}
+    ]
     final = poll(account, accepted)
     assert final["status"] == "completed"
     (only,) = final["shots"]
@@ -95,7 +97,11 @@ def test_multi_shot_example_is_concatenated(account: Account, tmp_path: Path) ->
             "resolution": "720p",
         },
     )
-    assert accepted["creditsUsed"] == 30 and [s["shotId"] for s in accepted["shots"]] == ["shot-1", "shot-2", "shot-3"]
+    assert accepted["creditsUsed"] == 30 and [s["shotId"] for s in accepted["shots"]] == [
+        "shot-1",
+        "shot-2",
+        "shot-3",
+    ]
     final = poll(account, accepted)
     assert final["status"] == "completed"
     assert all(s["status"] == "completed" and s["videoUrl"] for s in final["shots"])
@@ -105,7 +111,9 @@ def test_multi_shot_example_is_concatenated(account: Account, tmp_path: Path) ->
     assert account.balance() == 970
 
 
-def test_reference_and_first_last_frame_examples(account: Account, image_host: ImageHost, tmp_path: Path) -> None:
+def test_reference_and_first_last_frame_examples(
+    account: Account, image_host: ImageHost, tmp_path: Path
+) -> None:
     accepted = submit(
         account,
         {
@@ -195,15 +203,28 @@ def test_shots_run_in_parallel(server: Server, account: Account) -> None:
         ({"shots": None}, "SHOTS_REQUIRED"),
         ({"shots": "shot"}, "INVALID_PARAMETER"),
         ({"shots": [shot("a", "")]}, "PROMPT_REQUIRED"),
-        ({"shots": [{"id": "a", "generationType": "TEXT_2_VIDEO", "aspectRatio": "16:9"}]}, "PROMPT_REQUIRED"),
+        (
+            {"shots": [{"id": "a", "generationType": "TEXT_2_VIDEO", "aspectRatio": "16:9"}]},
+            "PROMPT_REQUIRED",
+        ),
         ({"shots": [shot("a", "x", imageUrls=["http://127.0.0.1/a.png"])]}, "INVALID_IMAGE_COUNT"),
         ({"shots": [shot("a", "x", "FIRST_AND_LAST_FRAMES_2_VIDEO")]}, "INVALID_IMAGE_COUNT"),
         (
-            {"shots": [shot("a", "x", "FIRST_AND_LAST_FRAMES_2_VIDEO", imageUrls=["http://127.0.0.1/a.png"] * 3)]},
+            {
+                "shots": [
+                    shot("a", "x", "FIRST_AND_LAST_FRAMES_2_VIDEO", imageUrls=["http://127.0.0.1/a.png"] * 3)
+                ]
+            },
             "INVALID_IMAGE_COUNT",
         ),
-        ({"shots": [shot("a", "x", "REFERENCE_2_VIDEO", imageUrls=["http://127.0.0.1/a.png"] * 4)]}, "INVALID_IMAGE_COUNT"),
-        ({"shots": [shot("a", "x", "REFERENCE_2_VIDEO", imageUrls=["data:image/png;base64,AAAA"])]}, "IMAGE_URLS_REQUIRED"),
+        (
+            {"shots": [shot("a", "x", "REFERENCE_2_VIDEO", imageUrls=["http://127.0.0.1/a.png"] * 4)]},
+            "INVALID_IMAGE_COUNT",
+        ),
+        (
+            {"shots": [shot("a", "x", "REFERENCE_2_VIDEO", imageUrls=["data:image/png;base64,AAAA"])]},
+            "IMAGE_URLS_REQUIRED",
+        ),
         ({"shots": [shot("a", "x"), shot("b", "y")], "resolution": "1080p"}, "RESOLUTION_NOT_AVAILABLE"),
         ({"shots": [shot("a", "x"), shot("b", "y")], "resolution": "4k"}, "RESOLUTION_NOT_AVAILABLE"),
         ({"shots": [shot("a", "x"), shot("a", "y")]}, "DUPLICATE_SHOT_ID"),
@@ -234,7 +255,11 @@ def test_insufficient_credits(server: Server) -> None:
     with poor.client() as c:
         r = c.post(GENERATE, json={"shots": [shot("a", "x"), shot("b", "y"), shot("c", "z")]})
     assert r.status_code == 402
-    assert r.json() == {"error": "Insufficient credits", "errorCode": "INSUFFICIENT_CREDITS", "requiredCredits": 30}
+    assert r.json() == {
+        "error": "Insufficient credits",
+        "errorCode": "INSUFFICIENT_CREDITS",
+        "requiredCredits": 30,
+    }
     assert poor.balance() == 25
 
 

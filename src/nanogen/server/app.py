@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from nanogen import __version__
 from nanogen.server import errors
@@ -28,4 +31,21 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
     errors.install(app)
     for module in (images, videos, files, admin, health):
         app.include_router(module.router)
+    app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_body_models(app: FastAPI) -> dict[str, Any]:
+    """Routes parse their bodies themselves (for the contract's error codes) and document them with
+    ``openapi_extra``; move those schemas' nested models into ``components`` where $refs point."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path in schema["paths"].values():
+            for operation in path.values():
+                content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                components.update(content.get("schema", {}).pop("$defs", {}))
+        app.openapi_schema = schema
+    return app.openapi_schema
