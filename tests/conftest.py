@@ -48,6 +48,7 @@ class Server:
     home: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +73,7 @@ class Server:
         log = open(self.home / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.home.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nanogen", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "nanogen", "serve", "--port", str(self.port), *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from nanogen import ledger
 from nanogen.db import make_engine, read_connection, write_transaction
+from nanogen.products import MAX_GRANT
 from nanogen.settings import Settings
 
 app = typer.Typer(
@@ -124,7 +125,7 @@ def demo() -> None:
 
 @keys_app.command("create")
 def keys_create(
-    credits: Annotated[int, typer.Option(min=0, help="Credits granted with the key.")] = 0,
+    credits: Annotated[int, typer.Option(min=0, max=MAX_GRANT, help="Credits granted with the key.")] = 0,
     name: Annotated[str, typer.Option(help="Name of the new account (or of the key with --account).")] = "",
     account: Annotated[str | None, typer.Option(help="Add the key to this existing account instead.")] = None,
 ) -> None:
@@ -155,6 +156,7 @@ def keys_list(account: Annotated[str | None, typer.Option(help="Only this accoun
         owner = ledger.find_account(conn, account) if account else None
         rows = ledger.list_keys(conn, owner.id if owner else None)
     table = Table("key id", "account", "name", "prefix", "state")
+    table.columns[0].overflow = "fold"  # ids are copied into other commands: never cut them
     for k in rows:
         table.add_row(k.id, k.account_name, k.name, k.prefix + "…", "revoked" if k.revoked_at else "live")
     out.print(table)
@@ -175,7 +177,7 @@ def keys_revoke(key_id: str) -> None:
 @credits_app.command("grant")
 def credits_grant(
     account: str,
-    amount: Annotated[int, typer.Argument(min=1)],
+    amount: Annotated[int, typer.Argument(min=1, max=MAX_GRANT)],
     memo: Annotated[str, typer.Option(help="Why (kept in the ledger).")] = "",
 ) -> None:
     """Grant credits to an account (id or name)."""
@@ -185,7 +187,11 @@ def credits_grant(
         if found is None:
             err.print(f"[red]no account {account!r}[/red]")
             raise typer.Exit(2)
-        balance = ledger.grant(conn, found.id, amount, memo)
+        try:
+            balance = ledger.grant(conn, found.id, amount, memo)
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
     err.print(f"{found.name}: +{amount} credits, balance {balance}")
 
 
@@ -202,6 +208,7 @@ def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> Non
                 raise typer.Exit(2)
         rows = [(a, ledger.totals(conn, a.id)) for a in accounts]
     table = Table("account", "id", "balance", "granted", "debited", "refunded")
+    table.columns[1].overflow = "fold"
     for a, t in rows:
         table.add_row(a.name, a.id, str(a.balance), str(t.granted), str(t.debited), str(t.refunded))
     out.print(table)

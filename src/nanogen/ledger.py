@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from nanogen.db import accounts, api_keys, ledger
+from nanogen.products import MAX_BALANCE, MAX_GRANT
 
 KEY_PREFIX = "ng_"
 
@@ -169,20 +170,23 @@ def revoke_key(conn: sa.Connection, key_id: str) -> bool:
 
 # -- credits -----------------------------------------------------------------------------------------
 def grant(conn: sa.Connection, account_id: str, amount: int, memo: str = "") -> int:
-    """Add credits; returns the new balance."""
-    if amount <= 0:
-        raise ValueError("a grant must be a positive number of credits")
+    """Add credits; returns the new balance. ValueError for a grant out of range or a balance that
+    would pass MAX_BALANCE."""
+    if not 0 < amount <= MAX_GRANT:
+        raise ValueError(f"a grant must be between 1 and {MAX_GRANT} credits")
+    new_balance = conn.execute(
+        sa.update(accounts)
+        .where(accounts.c.id == account_id, accounts.c.balance <= MAX_BALANCE - amount)
+        .values(balance=accounts.c.balance + amount)
+        .returning(accounts.c.balance)
+    ).scalar()
+    if new_balance is None:
+        raise ValueError(f"the balance would exceed {MAX_BALANCE} credits (or the account does not exist)")
     conn.execute(
         sa.insert(ledger).values(
             account_id=account_id, kind="grant", amount=amount, memo=memo, created_at=time.time()
         )
     )
-    new_balance = conn.execute(
-        sa.update(accounts)
-        .where(accounts.c.id == account_id)
-        .values(balance=accounts.c.balance + amount)
-        .returning(accounts.c.balance)
-    ).scalar_one()
     return int(new_balance)
 
 

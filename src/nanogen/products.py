@@ -84,6 +84,8 @@ SHOT_IMAGE_COUNT: Final[dict[GenerationType, tuple[int, int]]] = {
 }
 
 # -- nanogen's choices ------------------------------------------------------------------------------
+MAX_GRANT: Final = 10**12  # credits in one grant
+MAX_BALANCE: Final = 10**15  # far inside a 64-bit column, so no sum of grants can overflow it
 DEFAULT_IMAGE_ASPECT_RATIO: Final = ImageAspectRatio.LANDSCAPE
 DEFAULT_IMAGE_QUALITY: Final = ImageQuality.Q1K
 DEFAULT_RESOLUTION: Final = Resolution.P720

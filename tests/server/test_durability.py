@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,4 +103,35 @@ def test_a_task_whose_deadline_passed_while_the_server_was_down_is_refunded_on_s
         assert account.balance() == 100
         account.assert_books_balance()
     finally:
+        server.stop()
+
+
+def test_api_only_server_with_a_separate_worker_process(tmp_path: Path) -> None:
+    server = Server(tmp_path, args=("--no-worker",)).start()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        account = server.new_account(100)
+        with account.client() as c:
+            accepted = c.post(
+                "/api/veo-3/generate",
+                json={
+                    "shots": [
+                        {"id": "a", "prompt": "worker one", "generationType": "TEXT_2_VIDEO"},
+                        {"id": "b", "prompt": "worker two", "generationType": "TEXT_2_VIDEO"},
+                    ]
+                },
+            ).json()
+        time.sleep(1.0)
+        assert {s for _, s, _, _ in task_rows(server, account)} == {"pending"}, "the API process runs nothing"
+        env = server.env | {"NANOGEN_EXECUTOR_ID": "test-worker"}
+        with open(tmp_path / "worker.log", "ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "nanogen", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for(lambda: _concatenated(account, accepted["shots"]), 120)
+        assert account.balance() == 80
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0, "the worker stops cleanly on SIGTERM"
         server.stop()

@@ -12,12 +12,13 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from nanogen import errors, ledger
 from nanogen.db import read_connection, write_transaction
+from nanogen.products import MAX_GRANT
 from nanogen.server.deps import json_body, services
 from nanogen.server.responses import FastJSONResponse
 
@@ -40,12 +41,12 @@ router = APIRouter(prefix="/admin", tags=["Admin"], dependencies=[Depends(requir
 
 class NewAccount(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    credits: int = Field(default=0, ge=0)
+    credits: StrictInt = Field(default=0, ge=0, le=MAX_GRANT)
     keyName: str = Field(default="", max_length=200)
 
 
 class Grant(BaseModel):
-    credits: int = Field(gt=0)
+    credits: StrictInt = Field(gt=0, le=MAX_GRANT)
     memo: str = Field(default="", max_length=500)
 
 
@@ -116,7 +117,10 @@ async def grant(account: str, request: Request) -> Response:
     def give(db: sa.Engine) -> dict[str, Any]:
         with write_transaction(db) as conn:
             found = _find(conn, account)
-            new_balance = ledger.grant(conn, found.id, body.credits, body.memo)
+            try:
+                new_balance = ledger.grant(conn, found.id, body.credits, body.memo)
+            except ValueError as exc:
+                raise errors.InvalidParameter(str(exc), field="credits") from None
             return _account_view(conn, ledger.Account(found.id, found.name, new_balance))
 
     return FastJSONResponse(await _run(request, give))
