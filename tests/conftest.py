@@ -186,6 +186,7 @@ class ImageHost:
             "/red.png": (image_bytes((230, 20, 20)), "image/png"),
             "/blue.png": (image_bytes((20, 20, 230)), "image/png"),
             "/green.jpg": (image_bytes((20, 200, 20), "JPEG"), "image/jpeg"),
+            "/demo.webp": (image_bytes((240, 200, 40), "WEBP", (96, 64)), "image/webp"),
             "/not-an-image.png": (b"this is text, not a picture", "image/png"),
         }
         self.hits = 0
