@@ -74,6 +74,11 @@ def serve(
     settings = _settings(host=host, port=port)
     with _database(settings):
         pass
+    if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
+        err.print(
+            "[yellow]listening on all interfaces: set NANOGEN_PUBLIC_URL to the address clients use, "
+            f"or output URLs will point at {settings.resolved_public_url}[/yellow]"
+        )
     err.print(
         f"nanogen {'API + worker' if worker else 'API only'} on [bold]http://{settings.host}:{settings.port}[/bold]"
         f" (data: {settings.home.resolve()}, engines: images={settings.engine_images}, "
@@ -133,6 +138,11 @@ def keys_create(
     settings = _settings()
     with _database(settings) as db, write_transaction(db) as conn:
         if account is None:
+            if name and ledger.find_account(conn, name):
+                err.print(
+                    f"[red]an account named {name!r} exists[/red]: add a key to it with --account {name}"
+                )
+                raise typer.Exit(2)
             owner = ledger.create_account(conn, name or ledger.new_id("account"), credits)
         else:
             found = ledger.find_account(conn, account)
