@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -230,6 +231,11 @@ class WrkResult:
     max_ms: float
     non2xx: int
     socket_errors: int
+    server_cpu_s: float = 0.0  # CPU time the server process used during the run
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.server_cpu_s / max(1, self.requests) * 1e3
 
     @property
     def rps(self) -> float:
@@ -245,6 +251,7 @@ class WrkResult:
             "requests": self.requests,
             "non2xx": self.non2xx,
             "socket_errors": self.socket_errors,
+            "server_cpu_ms_per_request": round(self.cpu_ms_per_request, 3),
         }
 
 
@@ -272,16 +279,47 @@ def wrk(url: str, body: dict[str, Any], key: str | None, tmp: Path, seconds: int
     )
 
 
+def process_cpu_s(service: Service) -> float:
+    """utime + stime of the service's process (all its threads), in seconds."""
+    assert service.process is not None
+    fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(service: Service, run: Callable[[], WrkResult]) -> WrkResult:
+    before = process_cpu_s(service)
+    result = run()
+    return dataclasses.replace(result, server_cpu_s=process_cpu_s(service) - before)
+
+
 def wrk_pair(
-    ours: tuple[str, dict[str, Any], str], base: tuple[str, dict[str, Any]], tmp: Path
+    server: Service, ours: tuple[str, dict[str, Any], str], base: Service, body: dict[str, Any], tmp: Path
 ) -> tuple[WrkResult, WrkResult]:
-    """Warm up, then the same wrk run against nanogen and against the bare baseline."""
-    url, body, key = ours
-    wrk(url, body, key, tmp, WRK_WARMUP_SECONDS)
-    result = wrk(url, body, key, tmp)
-    wrk(base[0], base[1], None, tmp, WRK_WARMUP_SECONDS)
-    baseline = wrk(base[0], base[1], None, tmp)
+    """Warm up, then the same wrk run against nanogen and against the bare baseline (POST /json)."""
+    url, ours_body, key = ours
+    wrk(url, ours_body, key, tmp, WRK_WARMUP_SECONDS)
+    result = measured(server, lambda: wrk(url, ours_body, key, tmp))
+    wrk(f"{base.url}/json", body, None, tmp, WRK_WARMUP_SECONDS)
+    baseline = measured(base, lambda: wrk(f"{base.url}/json", body, None, tmp))
     return result, baseline
+
+
+def machine_busy() -> dict[str, float]:
+    """How busy the machine is before we start: others' work skews every figure here."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(1)
+    total1, idle1 = sample()
+    busy = 1 - (idle1 - idle0) / max(1, total1 - total0)
+    return {
+        "cpus": os.cpu_count() or 0,
+        "busy_pct_before_start": round(busy * 100, 1),
+        "loadavg_1m": os.getloadavg()[0],
+    }
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -323,6 +361,16 @@ class Report:
                 print("  ".join("-" * w for w in widths))
 
 
+def cpu_row(name: str, ours: WrkResult, baseline: WrkResult) -> Row:
+    return Row(
+        name,
+        f"{ours.cpu_ms_per_request:.2f} ms",
+        f"{baseline.cpu_ms_per_request:.2f} ms",
+        f"{ours.cpu_ms_per_request / max(1e-9, baseline.cpu_ms_per_request):.0f}x",
+        "",
+    )
+
+
 def ms(value: float) -> str:
     return f"{value:.1f} ms"
 
@@ -340,10 +388,9 @@ def bench_status_and_overhead(tmp: Path, base: Service, report: Report) -> None:
             r.raise_for_status()
             generation_id = r.json()["generationId"]
             wait_image(c, generation_id, 0.05)
+        body = {"generationId": generation_id}
         ours, baseline = wrk_pair(
-            (f"{server.url}/api/nano-banana-2/check-status", {"generationId": generation_id}, account.key),
-            (f"{base.url}/json", {"generationId": generation_id}),
-            tmp,
+            server, (f"{server.url}/api/nano-banana-2/check-status", body, account.key), base, body, tmp
         )
     finally:
         server.stop()
@@ -370,6 +417,7 @@ def bench_status_and_overhead(tmp: Path, base: Service, report: Report) -> None:
             "",
         )
     )
+    report.add(cpu_row("   server CPU per check-status", ours, baseline))
     finish_overhead(tmp, samples, report)
 
 
@@ -492,8 +540,10 @@ def bench_submit(tmp: Path, base: Service, report: Report) -> None:
     try:
         account = new_account(server, 10**9)
         ours, baseline = wrk_pair(
+            server,
             (f"{server.url}/api/nano-banana-2/generate", IMAGE_BODY, account.key),
-            (f"{base.url}/json", IMAGE_BODY),
+            base,
+            IMAGE_BODY,
             tmp,
         )
         with contextlib.closing(sqlite3.connect(server.env["NANOGEN_HOME"] + "/nanogen.sqlite")) as db:
@@ -538,6 +588,7 @@ def bench_submit(tmp: Path, base: Service, report: Report) -> None:
             ok and ours.rps >= 800,
         )
     )
+    report.add(cpu_row("   server CPU per submit", ours, baseline))
 
 
 # -- 3: 1,000 concurrent debits through the SubmitWriter (in-process) ---------------------------------
@@ -772,6 +823,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (bench/run installs it)")
     report = Report()
+    machine = machine_busy()
+    report.emit(bench="machine", **machine)
     with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="nanogen-bench-") as name:
         tmp = Path(name)
         base = baseline_server(tmp).start()
@@ -785,6 +838,11 @@ def main() -> None:
         timed("3 debits", lambda: bench_debits(tmp, report))
         timed("4 video 21 vs 1", lambda: bench_video(tmp, report))
     report.table()
+    print(
+        f"\nmachine: {machine['cpus']} CPUs, {machine['busy_pct_before_start']}% busy with other work"
+        f" before the start (1-min load {machine['loadavg_1m']:.2f}); baselines run in the same conditions."
+        f" Submit mode: submit-only (NANOGEN_SANDBOX_LATENCY_S={SUBMIT_LATENCY_S:.0f}: no render competes)."
+    )
 
 
 if __name__ == "__main__":
