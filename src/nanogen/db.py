@@ -111,6 +111,10 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for ``url``. SQLite gets WAL, a busy timeout and explicit BEGIN handling."""
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    # A pool as large as the request thread pool: opening a SQLite connection (pragmas, schema
+    # parse) costs more than the query, and churn under load was a quarter of the request CPU.
+    kwargs.setdefault("pool_size", 40)
+    kwargs.setdefault("max_overflow", 24)
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
     _tune_sqlite(engine)
     return engine

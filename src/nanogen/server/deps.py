@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem
 from starlette.concurrency import run_in_threadpool
 
 from nanogen import errors, ledger
@@ -22,35 +22,38 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _authenticate(db: sa.Engine, key: str) -> ledger.Caller | None:
-    with read_connection(db) as conn:
-        return ledger.authenticate(conn, key)
-
-
-async def caller(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
-) -> ledger.Caller:
-    """401 LOGIN_REQUIRED for a missing, malformed, unknown or revoked key."""
-    if credentials is None or not credentials.credentials.startswith(ledger.KEY_PREFIX):
-        raise errors.LoginRequired()
-    found = await run_in_threadpool(_authenticate, services(request).runtime.db, credentials.credentials)
+def _authenticate(svc: Services, key: str, budget: RateLimitItem) -> ledger.Caller:
+    """Look the key up and count the request against its budget, in one worker-thread hop (the
+    limiter may start a timer thread, which must not stall the event loop)."""
+    with read_connection(svc.runtime.db) as conn:
+        found = ledger.authenticate(conn, key)
     if found is None:
         raise errors.LoginRequired()
+    svc.limiter.hit(budget, found.key_id)
     return found
 
 
-async def generate_caller(request: Request, who: ledger.Caller = Depends(caller)) -> ledger.Caller:
-    """Counts against the key's generate budget (the pages' 100 requests/hour)."""
-    limiter = services(request).limiter
-    limiter.hit(limiter.generate, who.key_id)
-    return who
+def _bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """401 LOGIN_REQUIRED for a missing or malformed key (unknown and revoked ones fail the lookup)."""
+    if credentials is None or not credentials.credentials.startswith(ledger.KEY_PREFIX):
+        raise errors.LoginRequired()
+    return credentials.credentials
 
 
-async def status_caller(request: Request, who: ledger.Caller = Depends(caller)) -> ledger.Caller:
-    """Counts against the key's separate, generous polling budget."""
-    limiter = services(request).limiter
-    limiter.hit(limiter.status, who.key_id)
-    return who
+async def generate_caller(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
+) -> ledger.Caller:
+    """Authenticates and counts against the key's generate budget (the pages' 100 requests/hour)."""
+    svc = services(request)
+    return await run_in_threadpool(_authenticate, svc, _bearer_key(credentials), svc.limiter.generate)
+
+
+async def status_caller(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
+) -> ledger.Caller:
+    """Authenticates and counts against the key's separate, generous polling budget."""
+    svc = services(request)
+    return await run_in_threadpool(_authenticate, svc, _bearer_key(credentials), svc.limiter.status)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
