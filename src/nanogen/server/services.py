@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -66,7 +66,7 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
         await asyncio.to_thread(process.stop)
 
 
-def lifespan(settings: Settings, *, work: bool):  # type: ignore[no-untyped-def]
+def lifespan(settings: Settings, *, work: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         async with start_services(settings, work=work) as services:

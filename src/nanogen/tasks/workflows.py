@@ -18,7 +18,7 @@ from typing import Any
 from dbos import DBOS
 
 from nanogen.db import read_connection, write_transaction
-from nanogen.engines.base import Output
+from nanogen.engines.base import Output, ProgressFn
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
 from nanogen.products import Product
@@ -103,14 +103,15 @@ def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path) -> Output:
     )
 
 
-def _progress_reporter(rt: Runtime, task_id: str) -> Any:
-    last = {"value": 0}
+def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
+    last = 0
 
     def report(value: int) -> None:
+        nonlocal last
         value = max(0, min(99, int(value)))  # 100 means completed, which only complete() says
-        if value <= last["value"]:
+        if value <= last:
             return
-        last["value"] = value
+        last = value
         with write_transaction(rt.db) as conn:
             store.set_progress(conn, task_id, value)
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from nanogen import errors, ledger
 from nanogen.db import read_connection, write_transaction
 from nanogen.products import MAX_GRANT
+from nanogen.schemas import validate
 from nanogen.server.deps import json_body, services
 from nanogen.server.responses import FastJSONResponse
 
@@ -68,8 +69,6 @@ def _run(request: Request, fn: Any, *args: Any) -> Any:
 
 @router.post("/accounts", summary="Create an account with credits and a first API key")
 async def create_account(request: Request) -> Response:
-    from nanogen.schemas import validate
-
     body = validate(NewAccount, await json_body(request))
 
     def create(db: sa.Engine) -> dict[str, Any]:
@@ -110,8 +109,6 @@ async def show_account(account: str, request: Request) -> Response:
 
 @router.post("/accounts/{account}/credits", summary="Grant credits")
 async def grant(account: str, request: Request) -> Response:
-    from nanogen.schemas import validate
-
     body = validate(Grant, await json_body(request))
 
     def give(db: sa.Engine) -> dict[str, Any]:

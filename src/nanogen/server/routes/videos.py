@@ -17,7 +17,7 @@ from starlette.responses import Response
 from nanogen import errors, ledger, schemas
 from nanogen.db import read_connection
 from nanogen.ledger import new_id
-from nanogen.products import Product, VideoAspectRatio, video_price, video_size
+from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
 from nanogen.server.deps import generate_caller, json_body, services, status_caller
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
@@ -84,8 +84,6 @@ async def generate(request: Request, who: ledger.Caller = Depends(generate_calle
 
 
 def _shot_params(shot: schemas.Shot, resolution: str, stored: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from nanogen.products import Resolution
-
     width, height = video_size(VideoAspectRatio(shot.aspectRatio), Resolution(resolution))
     return {
         "prompt": shot.prompt,
@@ -150,13 +148,9 @@ def _whole_generation(
     shots: list[store.TaskRecord], generation: store.GenerationRecord | None
 ) -> store.GenerationRecord | None:
     """The generation, when the request names exactly its shots (the concatenation belongs to them)."""
-    if generation is None or {t.id for t in shots} != {
-        t.id for t in shots if t.generation_id == generation.id
-    }:
+    if generation is None or any(t.generation_id != generation.id for t in shots):
         return None
-    if len({t.id for t in shots}) != generation.task_count:
-        return None
-    return generation
+    return generation if len({t.id for t in shots}) == generation.task_count else None
 
 
 def _shot_status(task: store.TaskRecord) -> dict[str, Any]:
