@@ -153,6 +153,15 @@ class Account:
         assert self.balance() == expected, sums
 
 
+def assert_envelope(r: httpx.Response, status: int, code: str) -> None:
+    """The contract's error envelope: this status, this errorCode and a message."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"error", "errorCode"}, body
+    assert body["errorCode"] == code, body
+    assert isinstance(body["error"], str) and body["error"]
+
+
 def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
     """Poll ``check()`` until it returns something truthy (behaviour, not speed: a generous bound)."""
     deadline = time.monotonic() + timeout

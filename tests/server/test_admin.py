@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, Server
+from tests.conftest import ADMIN_TOKEN, Server, assert_envelope
 
 
 def _name(prefix: str = "admin") -> str:
@@ -33,14 +33,6 @@ def _create(admin: httpx.Client, credits: int = 0, **extra: Any) -> dict[str, An
 def _check_status(server: Server, key: str) -> httpx.Response:
     with server.client(key) as c:
         return c.post("/api/nano-banana-2/check-status", json={"generationId": "gen_unknown_to_anyone"})
-
-
-def _assert_envelope(r: httpx.Response, status: int, code: str) -> None:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) >= {"error", "errorCode"}, body
-    assert body["errorCode"] == code, body
-    assert isinstance(body["error"], str) and body["error"]
 
 
 # -- the token --------------------------------------------------------------------------------------
@@ -71,22 +63,22 @@ def test_wrong_or_missing_admin_token_is_403(server: Server, headers: dict[str, 
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as c:
         for method, path, body in ADMIN_ROUTES:
             r = c.request(method, path, json=body)
-            _assert_envelope(r, 403, "ADMIN_TOKEN_INVALID")
+            assert_envelope(r, 403, "ADMIN_TOKEN_INVALID")
             assert set(r.json()) == {"error", "errorCode"}
         assert c.get("/admin/accounts/never-created").status_code == 403
     with server.client(ADMIN_TOKEN) as c:
         # Nothing the refused requests asked for happened.
-        _assert_envelope(c.get("/admin/accounts/never-created"), 404, "NOT_FOUND")
+        assert_envelope(c.get("/admin/accounts/never-created"), 404, "NOT_FOUND")
 
 
 def test_an_api_key_is_not_an_admin_token(server: Server, admin: httpx.Client) -> None:
     key = _create(admin, 5)["apiKey"]
     with server.client(key) as c:
-        _assert_envelope(c.get("/admin/accounts"), 403, "ADMIN_TOKEN_INVALID")
+        assert_envelope(c.get("/admin/accounts"), 403, "ADMIN_TOKEN_INVALID")
 
 
 def test_admin_token_is_not_an_api_key(server: Server) -> None:
-    _assert_envelope(_check_status(server, ADMIN_TOKEN), 401, "LOGIN_REQUIRED")
+    assert_envelope(_check_status(server, ADMIN_TOKEN), 401, "LOGIN_REQUIRED")
 
 
 # -- accounts ---------------------------------------------------------------------------------------
@@ -102,7 +94,7 @@ def test_create_account_returns_a_working_key(server: Server, admin: httpx.Clien
     assert body["keyId"].startswith("key_") and body["apiKey"].startswith("ng_")
 
     # The key authenticates: an unknown generation is 404 NOT_FOUND, not 401.
-    _assert_envelope(_check_status(server, body["apiKey"]), 404, "NOT_FOUND")
+    assert_envelope(_check_status(server, body["apiKey"]), 404, "NOT_FOUND")
 
     shown = admin.get(f"/admin/accounts/{name}")
     assert shown.status_code == 200
@@ -123,7 +115,7 @@ def test_duplicate_account_name_is_400(admin: httpx.Client) -> None:
     first = _create(admin, 10)
     name = first["account"]["name"]
     r = admin.post("/admin/accounts", json={"name": name, "credits": 99})
-    _assert_envelope(r, 400, "INVALID_PARAMETER")
+    assert_envelope(r, 400, "INVALID_PARAMETER")
     assert r.json().get("field") == "name"
     # The original account is untouched (no second grant).
     assert admin.get(f"/admin/accounts/{name}").json()["balance"] == 10
@@ -155,9 +147,9 @@ def test_duplicate_account_name_is_400(admin: httpx.Client) -> None:
     ],
 )
 def test_invalid_new_account_is_400(admin: httpx.Client, body: dict[str, Any]) -> None:
-    _assert_envelope(admin.post("/admin/accounts", json=body), 400, "INVALID_PARAMETER")
+    assert_envelope(admin.post("/admin/accounts", json=body), 400, "INVALID_PARAMETER")
     if isinstance(body.get("name"), str) and body["name"]:
-        _assert_envelope(admin.get(f"/admin/accounts/{body['name']}"), 404, "NOT_FOUND")
+        assert_envelope(admin.get(f"/admin/accounts/{body['name']}"), 404, "NOT_FOUND")
 
 
 @pytest.mark.parametrize(
@@ -167,14 +159,14 @@ def test_invalid_new_account_is_400(admin: httpx.Client, body: dict[str, Any]) -
 )
 def test_body_that_is_not_a_json_object_is_400(admin: httpx.Client, content: bytes) -> None:
     r = admin.post("/admin/accounts", content=content, headers={"Content-Type": "application/json"})
-    _assert_envelope(r, 400, "INVALID_JSON")
+    assert_envelope(r, 400, "INVALID_JSON")
 
 
 def test_unknown_account_is_404(admin: httpx.Client) -> None:
     missing = _name("missing")
-    _assert_envelope(admin.get(f"/admin/accounts/{missing}"), 404, "NOT_FOUND")
-    _assert_envelope(admin.post(f"/admin/accounts/{missing}/credits", json={"credits": 5}), 404, "NOT_FOUND")
-    _assert_envelope(admin.post(f"/admin/accounts/{missing}/keys", json={}), 404, "NOT_FOUND")
+    assert_envelope(admin.get(f"/admin/accounts/{missing}"), 404, "NOT_FOUND")
+    assert_envelope(admin.post(f"/admin/accounts/{missing}/credits", json={"credits": 5}), 404, "NOT_FOUND")
+    assert_envelope(admin.post(f"/admin/accounts/{missing}/keys", json={}), 404, "NOT_FOUND")
 
 
 # -- credits ----------------------------------------------------------------------------------------
@@ -232,7 +224,7 @@ def test_invalid_grant_is_400_never_500(admin: httpx.Client, body: dict[str, Any
     created = _create(admin, 10)
     name = created["account"]["name"]
     r = admin.post(f"/admin/accounts/{name}/credits", json=body)
-    _assert_envelope(r, 400, "INVALID_PARAMETER")
+    assert_envelope(r, 400, "INVALID_PARAMETER")
     assert admin.get(f"/admin/accounts/{name}").json()["balance"] == 10
 
 
@@ -241,26 +233,26 @@ def test_grant_too_large_for_the_database_is_400_never_500(admin: httpx.Client, 
     created = _create(admin, 10)
     name = created["account"]["name"]
     r = admin.post(f"/admin/accounts/{name}/credits", json={"credits": amount})
-    _assert_envelope(r, 400, "INVALID_PARAMETER")
+    assert_envelope(r, 400, "INVALID_PARAMETER")
     assert admin.get(f"/admin/accounts/{name}").json()["balance"] == 10
 
 
 def test_new_account_credits_too_large_for_the_database_is_400_never_500(admin: httpx.Client) -> None:
     name = _name("huge")
     r = admin.post("/admin/accounts", json={"name": name, "credits": 2**63})
-    _assert_envelope(r, 400, "INVALID_PARAMETER")
-    _assert_envelope(admin.get(f"/admin/accounts/{name}"), 404, "NOT_FOUND")
+    assert_envelope(r, 400, "INVALID_PARAMETER")
+    assert_envelope(admin.get(f"/admin/accounts/{name}"), 404, "NOT_FOUND")
 
 
 def test_grant_that_would_overflow_the_balance_is_400(admin: httpx.Client) -> None:
     """A balance at the column's maximum: one more credit cannot be stored, and retrying won't help."""
     r = admin.post("/admin/accounts", json={"name": _name("full"), "credits": 2**63 - 1})
     if r.status_code == 400:  # a cap on credits below the column's range also keeps this from happening
-        _assert_envelope(r, 400, "INVALID_PARAMETER")
+        assert_envelope(r, 400, "INVALID_PARAMETER")
         return
     assert r.status_code == 201, r.text
     name = r.json()["account"]["name"]
-    _assert_envelope(
+    assert_envelope(
         admin.post(f"/admin/accounts/{name}/credits", json={"credits": 1}), 400, "INVALID_PARAMETER"
     )
     assert admin.get(f"/admin/accounts/{name}").json()["balance"] == 2**63 - 1
@@ -270,12 +262,12 @@ def test_grant_that_would_overflow_the_balance_is_400(admin: httpx.Client) -> No
 def test_credits_must_be_a_json_integer(admin: httpx.Client, value: object) -> None:
     """Money amounts are JSON integers: no coercion of "10" or true into credits."""
     name = _name("strict")
-    _assert_envelope(
+    assert_envelope(
         admin.post("/admin/accounts", json={"name": name, "credits": value}), 400, "INVALID_PARAMETER"
     )
     created = _create(admin, 10)["account"]["name"]
     r = admin.post(f"/admin/accounts/{created}/credits", json={"credits": value})
-    _assert_envelope(r, 400, "INVALID_PARAMETER")
+    assert_envelope(r, 400, "INVALID_PARAMETER")
     assert admin.get(f"/admin/accounts/{created}").json()["balance"] == 10
 
 
@@ -307,27 +299,27 @@ def test_list_keys_never_shows_a_key(admin: httpx.Client) -> None:
 def test_invalid_key_name_is_400(admin: httpx.Client) -> None:
     name = _create(admin)["account"]["name"]
     for body in ({"name": 5}, {"name": "n" * 201}, {"name": None}):
-        _assert_envelope(admin.post(f"/admin/accounts/{name}/keys", json=body), 400, "INVALID_PARAMETER")
+        assert_envelope(admin.post(f"/admin/accounts/{name}/keys", json=body), 400, "INVALID_PARAMETER")
 
 
 def test_revoke_makes_the_key_401(server: Server, admin: httpx.Client) -> None:
     created = _create(admin, 5)
     key, key_id = created["apiKey"], created["keyId"]
     other = admin.post(f"/admin/accounts/{created['account']['id']}/keys", json={}).json()
-    _assert_envelope(_check_status(server, key), 404, "NOT_FOUND")
+    assert_envelope(_check_status(server, key), 404, "NOT_FOUND")
 
     r = admin.post(f"/admin/keys/{key_id}/revoke")
     assert r.status_code == 200, r.text
     assert r.json() == {"id": key_id, "revoked": True}
-    _assert_envelope(_check_status(server, key), 401, "LOGIN_REQUIRED")
-    _assert_envelope(_check_status(server, other["apiKey"]), 404, "NOT_FOUND")  # the other key still works
+    assert_envelope(_check_status(server, key), 401, "LOGIN_REQUIRED")
+    assert_envelope(_check_status(server, other["apiKey"]), 404, "NOT_FOUND")  # the other key still works
 
     listed = {k["id"]: k for k in admin.get("/admin/keys").json()["keys"]}
     assert listed[key_id]["revokedAt"] is not None
     assert listed[other["keyId"]]["revokedAt"] is None
 
-    _assert_envelope(admin.post(f"/admin/keys/{key_id}/revoke"), 404, "NOT_FOUND")
-    _assert_envelope(admin.post("/admin/keys/key_does_not_exist/revoke"), 404, "NOT_FOUND")
+    assert_envelope(admin.post(f"/admin/keys/{key_id}/revoke"), 404, "NOT_FOUND")
+    assert_envelope(admin.post("/admin/keys/key_does_not_exist/revoke"), 404, "NOT_FOUND")
 
 
 # -- no admin token configured: the routes do not exist ---------------------------------------------
@@ -354,6 +346,6 @@ def test_admin_routes_are_404_without_an_admin_token(server_without_admin: Serve
         with httpx.Client(base_url=server_without_admin.base_url, headers=headers, timeout=30) as c:
             for method, path, body in ADMIN_ROUTES:
                 r = c.request(method, path, json=body)
-                _assert_envelope(r, 404, "NOT_FOUND")
+                assert_envelope(r, 404, "NOT_FOUND")
     with server_without_admin.db() as db:
         assert db.execute("SELECT count(*) FROM nanogen_accounts").fetchone() == (0,)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Account, ImageHost, Server, wait_for
+from tests.conftest import Account, ImageHost, Server, assert_envelope, wait_for
 
 GENERATE = "/api/nano-banana-2/generate"
 STATUS = "/api/nano-banana-2/check-status"
@@ -216,10 +216,7 @@ def test_bad_input_gets_the_contract_code_and_costs_nothing(
     account: Account, body: dict[str, Any], code: str
 ) -> None:
     with account.client() as c:
-        r = c.post(GENERATE, json=body)
-    assert r.status_code == 400, r.text
-    assert r.json()["errorCode"] == code
-    assert isinstance(r.json()["error"], str) and r.json()["error"]
+        assert_envelope(c.post(GENERATE, json=body), 400, code)
     assert account.balance() == 1000
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import av
 import pytest
 
-from tests.conftest import Account, ImageHost, Server, wait_for
+from tests.conftest import Account, ImageHost, Server, assert_envelope, wait_for
 
 GENERATE = "/api/veo-3/generate"
 STATUS = "/api/veo-3/check-status"
@@ -244,9 +244,7 @@ def test_bad_input_gets_the_contract_code_and_costs_nothing(
     account: Account, body: dict[str, Any], code: str
 ) -> None:
     with account.client() as c:
-        r = c.post(GENERATE, json=body)
-    assert r.status_code == 400, r.text
-    assert r.json()["errorCode"] == code, r.json()
+        assert_envelope(c.post(GENERATE, json=body), 400, code)
     assert account.balance() == 1000
 
 
