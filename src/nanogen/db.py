@@ -7,11 +7,13 @@ Schema changes go through Alembic (``nanogen/migrations``); this module is the m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from anyio import to_thread
 from sqlalchemy import event
 
 metadata = sa.MetaData()
@@ -155,3 +157,102 @@ def read_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 def is_sqlite(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+# -- the hot paths: compiled once, run on the driver ---------------------------------------------------
+# SQLAlchemy's per-execution work (cache key, parameter processing, result wrapping) costs ~100-200 µs
+# a statement; the same statement on the driver's cursor costs ~10 µs on SQLite. The statements that
+# run per request (authentication, status reads, the debit and its rows) are still written with
+# SQLAlchemy Core, once, and compiled once per dialect; callers pass values the driver takes as they
+# are (JSON already serialised).
+
+
+class Prepared:
+    """A Core statement compiled per dialect and executed on the DBAPI cursor, bound by name."""
+
+    def __init__(self, statement: sa.Executable) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+    def compiled(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+            order = tuple(compiled.positiontup) if compiled.positional else None
+            found = self._compiled[dialect.name] = (compiled.string, order)
+        return found
+
+    def bind(self, dialect: sa.Dialect, params: Mapping[str, Any]) -> tuple[str, Any]:
+        sql, order = self.compiled(dialect)
+        return sql, (tuple(params[name] for name in order) if order is not None else params)
+
+    def run(self, conn: sa.Connection, params: Mapping[str, Any]) -> Any:
+        """Execute inside ``conn``'s transaction; returns the DBAPI cursor."""
+        sql, bound = self.bind(conn.dialect, params)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with driver_errors(conn.dialect, sql, bound):
+            cursor.execute(sql, bound)
+        return cursor
+
+    def run_many(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        sql, order = self.compiled(conn.dialect)
+        bound = [tuple(r[n] for n in order) for r in rows] if order is not None else list(rows)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with driver_errors(conn.dialect, sql, bound):
+            cursor.executemany(sql, bound)
+        cursor.close()
+
+    def all(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        cursor = self.run(conn, params)
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+
+@contextmanager
+def driver_errors(dialect: sa.Dialect, sql: str, params: Any) -> Iterator[None]:
+    """Raise the driver's errors as SQLAlchemy's (IntegrityError, OperationalError, ...), as the
+    rest of the code and the error handlers expect."""
+    dbapi = dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi.Error, dialect=dialect) from exc
+
+
+class Reads:
+    """Short indexed reads for request handlers, without a thread hop where that is safe.
+
+    On SQLite (WAL: readers never wait for the writer) a primary-key lookup takes microseconds, less
+    than handing it to a worker thread, so it runs on the event loop's own read-only connection.
+    Other databases answer over the network: there the read runs in a worker thread.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._sqlite: sqlite3.Connection | None = None
+        if is_sqlite(engine):
+            path = engine.url.database or ""
+            self._sqlite = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._sqlite.execute("PRAGMA query_only=ON")
+
+    async def all(self, statement: Prepared, **params: Any) -> list[tuple[Any, ...]]:
+        if self._sqlite is not None:
+            sql, bound = statement.bind(self._engine.dialect, params)
+            with driver_errors(self._engine.dialect, sql, bound):
+                return self._sqlite.execute(sql, bound).fetchall()
+        return await to_thread.run_sync(self._threaded, statement, params)
+
+    async def first(self, statement: Prepared, **params: Any) -> tuple[Any, ...] | None:
+        rows = await self.all(statement, **params)
+        return rows[0] if rows else None
+
+    def _threaded(self, statement: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        with read_connection(self._engine) as conn:
+            return statement.all(conn, params)
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from nanogen.db import accounts, api_keys, ledger
+from nanogen.db import Prepared, Reads, accounts, api_keys, ledger
 from nanogen.products import MAX_BALANCE, MAX_GRANT
 
 KEY_PREFIX = "ng_"
@@ -95,9 +95,17 @@ def list_accounts(conn: sa.Connection) -> list[Account]:
     return [Account(r.id, r.name, r.balance) for r in rows]
 
 
+_BALANCE = Prepared(sa.select(accounts.c.balance).where(accounts.c.id == sa.bindparam("account_id")))
+
+
 def balance(conn: sa.Connection, account_id: str) -> int | None:
-    value = conn.execute(sa.select(accounts.c.balance).where(accounts.c.id == account_id)).scalar()
-    return None if value is None else int(value)
+    rows = _BALANCE.all(conn, {"account_id": account_id})
+    return int(rows[0][0]) if rows else None
+
+
+async def balance_reading(reads: Reads, account_id: str) -> int | None:
+    row = await reads.first(_BALANCE, account_id=account_id)
+    return None if row is None else int(row[0])
 
 
 def totals(conn: sa.Connection, account_id: str) -> Totals:
@@ -136,13 +144,22 @@ class Caller:
     key_id: str
 
 
+_AUTHENTICATE = Prepared(
+    sa.select(api_keys.c.account_id, api_keys.c.id).where(
+        api_keys.c.key_hash == sa.bindparam("key_hash"), api_keys.c.revoked_at.is_(None)
+    )
+)
+
+
 def authenticate(conn: sa.Connection, key: str) -> Caller | None:
-    row = conn.execute(
-        sa.select(api_keys.c.account_id, api_keys.c.id).where(
-            api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
-        )
-    ).first()
-    return None if row is None else Caller(row.account_id, row.id)
+    rows = _AUTHENTICATE.all(conn, {"key_hash": hash_key(key)})
+    return Caller(*rows[0]) if rows else None
+
+
+async def authenticate_reading(reads: Reads, key: str) -> Caller | None:
+    """``authenticate`` for request handlers (see ``db.Reads``)."""
+    row = await reads.first(_AUTHENTICATE, key_hash=hash_key(key))
+    return None if row is None else Caller(*row)
 
 
 def list_keys(conn: sa.Connection, account_id: str | None = None) -> list[ApiKeyInfo]:
@@ -190,32 +207,46 @@ def grant(conn: sa.Connection, account_id: str, amount: int, memo: str = "") -> 
     return int(new_balance)
 
 
+_DEBIT_BALANCE = Prepared(
+    sa.update(accounts)
+    .where(accounts.c.id == sa.bindparam("account_id"), accounts.c.balance >= sa.bindparam("total"))
+    .values(balance=accounts.c.balance - sa.bindparam("total"))
+)
+_INSERT_DEBIT = Prepared(
+    sa.insert(ledger).values(
+        {
+            name: sa.bindparam(name)
+            for name in ("account_id", "kind", "amount", "task_id", "generation_id", "memo", "created_at")
+        }
+    )
+)
+
+
 def debit(conn: sa.Connection, account_id: str, generation_id: str, charges: Sequence[Charge]) -> bool:
     """Charge a request's tasks if the balance covers all of them; False (and nothing written) if not.
 
     The conditional UPDATE is the check: two concurrent requests cannot both pass it on one balance.
+    Runs on every submit, so its statements are prepared (db.Prepared).
     """
     total = sum(c.amount for c in charges)
-    result = conn.execute(
-        sa.update(accounts)
-        .where(accounts.c.id == account_id, accounts.c.balance >= total)
-        .values(balance=accounts.c.balance - total)
-    )
-    if result.rowcount != 1:
+    cursor = _DEBIT_BALANCE.run(conn, {"account_id": account_id, "total": total})
+    charged = cursor.rowcount == 1
+    cursor.close()
+    if not charged:
         return False
     now = time.time()
-    conn.execute(
-        sa.insert(ledger),
+    _INSERT_DEBIT.run_many(
+        conn,
         [
-            dict(
-                account_id=account_id,
-                kind="debit",
-                amount=c.amount,
-                task_id=c.task_id,
-                generation_id=generation_id,
-                memo="",
-                created_at=now,
-            )
+            {
+                "account_id": account_id,
+                "kind": "debit",
+                "amount": c.amount,
+                "task_id": c.task_id,
+                "generation_id": generation_id,
+                "memo": "",
+                "created_at": now,
+            }
             for c in charges
         ],
     )

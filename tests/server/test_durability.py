@@ -38,7 +38,8 @@ def test_kill_9_mid_generation_then_restart_finishes_every_task(tmp_path: Path) 
             "/api/nano-banana-2/generate", json={"prompt": "x [sandbox:slow=3] [sandbox:fail]"}
         ).json()
     assert account.balance() == 1000 - 4 - 30 - 4
-    wait_for(lambda: all(status == "generating" for _, status, _, _ in task_rows(server, account)))
+    # Mid-generation: every task started and its engine running (the attempt is counted first).
+    wait_for(lambda: all(s == "generating" and n >= 1 for _, s, n, _ in task_rows(server, account)))
     server.kill()
     assert all(status == "generating" for _, status, _, _ in task_rows(server, account)), (
         "killed mid-generation"

@@ -8,10 +8,8 @@ import orjson
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem
-from starlette.concurrency import run_in_threadpool
 
 from nanogen import errors, ledger
-from nanogen.db import read_connection
 from nanogen.server.services import Services
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer YOUR_API_KEY")
@@ -22,14 +20,13 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _authenticate(svc: Services, key: str, budget: RateLimitItem) -> ledger.Caller:
-    """Look the key up and count the request against its budget, in one worker-thread hop (the
-    limiter may start a timer thread, which must not stall the event loop)."""
-    with read_connection(svc.runtime.db) as conn:
-        found = ledger.authenticate(conn, key)
+async def _authenticate(svc: Services, key: str, budget: RateLimitItem) -> ledger.Caller:
+    """Look the key up and count the request against its budget (both without a thread hop on the
+    embedded default: see db.Reads and ratelimit)."""
+    found = await ledger.authenticate_reading(svc.reads, key)
     if found is None:
         raise errors.LoginRequired()
-    svc.limiter.hit(budget, found.key_id)
+    await svc.limiter.count(budget, found.key_id)
     return found
 
 
@@ -45,7 +42,7 @@ async def generate_caller(
 ) -> ledger.Caller:
     """Authenticates and counts against the key's generate budget (the pages' 100 requests/hour)."""
     svc = services(request)
-    return await run_in_threadpool(_authenticate, svc, _bearer_key(credentials), svc.limiter.generate)
+    return await _authenticate(svc, _bearer_key(credentials), svc.limiter.generate)
 
 
 async def status_caller(
@@ -53,7 +50,7 @@ async def status_caller(
 ) -> ledger.Caller:
     """Authenticates and counts against the key's separate, generous polling budget."""
     svc = services(request)
-    return await run_in_threadpool(_authenticate, svc, _bearer_key(credentials), svc.limiter.status)
+    return await _authenticate(svc, _bearer_key(credentials), svc.limiter.status)
 
 
 async def json_body(request: Request) -> dict[str, Any]:

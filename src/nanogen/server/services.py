@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from nanogen.db import Reads
 from nanogen.media.fetch import FetchPolicy, ImageFetcher
 from nanogen.ratelimit import RateLimiter
 from nanogen.settings import Settings
@@ -26,6 +27,7 @@ class Services:
     writer: SubmitWriter
     fetcher: ImageFetcher
     limiter: RateLimiter
+    reads: Reads
 
     @property
     def runtime(self) -> Runtime:
@@ -58,9 +60,11 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
     limiter = RateLimiter(
         settings.rate_limit_generate, settings.rate_limit_status, settings.rate_limit_storage
     )
+    reads = Reads(process.runtime.db)
     try:
-        yield Services(settings, process, writer, fetcher, limiter)
+        yield Services(settings, process, writer, fetcher, limiter, reads)
     finally:
+        reads.close()
         writer.stop()
         await fetcher.aclose()
         await asyncio.to_thread(process.stop)

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import generations, tasks
+from nanogen.db import Prepared, Reads, generations, tasks
 from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
@@ -63,78 +64,114 @@ class GenerationRecord:
     concat_error: str | None
 
 
-def _task(row: sa.Row[Any]) -> TaskRecord:
-    m = row._mapping
+# The columns in the records' field order: the hot reads build records from plain tuples.
+_TASK_COLUMNS = [tasks.c[name] for name in TaskRecord.__dataclass_fields__]
+_GENERATION_COLUMNS = [generations.c[name] for name in GenerationRecord.__dataclass_fields__]
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as the driver gives it: text on SQLite, decoded on PostgreSQL."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _task(row: Sequence[Any]) -> TaskRecord:
+    m = dict(zip(TaskRecord.__dataclass_fields__, row, strict=True))
     return TaskRecord(
-        id=m["id"],
-        generation_id=m["generation_id"],
-        account_id=m["account_id"],
-        product=Product(m["product"]),
-        position=m["position"],
-        shot_id=m["shot_id"],
-        engine=m["engine"],
-        status=TaskStatus(m["status"]),
-        progress=m["progress"],
-        credits=int(m["credits"]),
-        params=m["params"],
-        output_url=m["output_url"],
-        output_key=m["output_key"],
-        error=m["error"],
-        created_at=m["created_at"],
-        started_at=m["started_at"],
-        finished_at=m["finished_at"],
-        deadline_at=m["deadline_at"],
+        **m
+        | {
+            "product": Product(m["product"]),
+            "status": TaskStatus(m["status"]),
+            "credits": int(m["credits"]),
+            "params": _json(m["params"]),
+        }
     )
 
 
-def _generation(row: sa.Row[Any]) -> GenerationRecord:
-    m = row._mapping
+def _generation(row: Sequence[Any]) -> GenerationRecord:
+    m = dict(zip(GenerationRecord.__dataclass_fields__, row, strict=True))
     return GenerationRecord(
-        id=m["id"],
-        account_id=m["account_id"],
-        product=Product(m["product"]),
-        params=m["params"],
-        credits=int(m["credits"]),
-        task_count=m["task_count"],
-        created_at=m["created_at"],
-        concat_status=m["concat_status"],
-        concat_url=m["concat_url"],
-        concat_error=m["concat_error"],
+        **m | {"product": Product(m["product"]), "credits": int(m["credits"]), "params": _json(m["params"])}
     )
 
 
-# -- writes at submission (inside the debit's transaction) -------------------------------------------
+# -- writes at submission (inside the debit's transaction; prepared, they run on every submit) -------
+_INSERT_GENERATION = Prepared(
+    sa.insert(generations).values({c.name: sa.bindparam(c.name) for c in generations.c})
+)
+_INSERT_TASK = Prepared(sa.insert(tasks).values({c.name: sa.bindparam(c.name) for c in tasks.c}))
+_GENERATION_DEFAULTS = {"concat_status": None, "concat_url": None, "concat_key": None, "concat_error": None}
+_TASK_DEFAULTS = {
+    "output_url": None,
+    "output_key": None,
+    "error": None,
+    "attempts": 0,
+    "started_at": None,
+    "finished_at": None,
+}
+
+
 def insert_generation(conn: sa.Connection, values: dict[str, Any]) -> None:
-    conn.execute(sa.insert(generations).values(**values))
+    row = _GENERATION_DEFAULTS | values | {"params": orjson.dumps(values["params"]).decode()}
+    _INSERT_GENERATION.run(conn, row).close()
 
 
 def insert_tasks(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    conn.execute(sa.insert(tasks), list(rows))
+    _INSERT_TASK.run_many(
+        conn, [_TASK_DEFAULTS | r | {"params": orjson.dumps(r["params"]).decode()} for r in rows]
+    )
 
 
 # -- reads -------------------------------------------------------------------------------------------
+_TASK_BY_ID = Prepared(sa.select(*_TASK_COLUMNS).where(tasks.c.id == sa.bindparam("task_id")))
+_GENERATION_TASKS = Prepared(
+    sa.select(*_TASK_COLUMNS)
+    .where(tasks.c.generation_id == sa.bindparam("generation_id"))
+    .order_by(tasks.c.position)
+)
+_GENERATION_BY_ID = Prepared(
+    sa.select(*_GENERATION_COLUMNS).where(generations.c.id == sa.bindparam("generation_id"))
+)
+
+
 def get_task(conn: sa.Connection, task_id: str) -> TaskRecord | None:
-    row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
-    return _task(row) if row else None
+    rows = _TASK_BY_ID.all(conn, {"task_id": task_id})
+    return _task(rows[0]) if rows else None
 
 
 def get_tasks(conn: sa.Connection, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
     ids = list(dict.fromkeys(task_ids))
     if not ids:
         return {}
-    return {r.id: _task(r) for r in conn.execute(sa.select(tasks).where(tasks.c.id.in_(ids)))}
+    return {r.id: _task(r) for r in conn.execute(sa.select(*_TASK_COLUMNS).where(tasks.c.id.in_(ids)))}
 
 
 def generation_tasks(conn: sa.Connection, generation_id: str) -> list[TaskRecord]:
-    rows = conn.execute(
-        sa.select(tasks).where(tasks.c.generation_id == generation_id).order_by(tasks.c.position)
-    )
-    return [_task(r) for r in rows]
+    return [_task(r) for r in _GENERATION_TASKS.all(conn, {"generation_id": generation_id})]
 
 
 def get_generation(conn: sa.Connection, generation_id: str) -> GenerationRecord | None:
-    row = conn.execute(sa.select(generations).where(generations.c.id == generation_id)).first()
-    return _generation(row) if row else None
+    rows = _GENERATION_BY_ID.all(conn, {"generation_id": generation_id})
+    return _generation(rows[0]) if rows else None
+
+
+# The same reads for request handlers (db.Reads: no thread hop on SQLite).
+async def read_generation_tasks(reads: Reads, generation_id: str) -> list[TaskRecord]:
+    return [_task(r) for r in await reads.all(_GENERATION_TASKS, generation_id=generation_id)]
+
+
+async def read_tasks(reads: Reads, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+    """Tasks by id, one indexed lookup each (a check-status names at most 21)."""
+    found: dict[str, TaskRecord] = {}
+    for task_id in dict.fromkeys(task_ids):
+        row = await reads.first(_TASK_BY_ID, task_id=task_id)
+        if row is not None:
+            found[task_id] = _task(row)
+    return found
+
+
+async def read_generation(reads: Reads, generation_id: str) -> GenerationRecord | None:
+    row = await reads.first(_GENERATION_BY_ID, generation_id=generation_id)
+    return None if row is None else _generation(row)
 
 
 def overdue_task_ids(conn: sa.Connection, now: float, limit: int = 100) -> list[str]:

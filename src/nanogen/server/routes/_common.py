@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from nanogen import errors, ledger
-from nanogen.db import read_connection
 from nanogen.products import Product
 from nanogen.schemas import ErrorResponse
 from nanogen.server.inputs import discard_inputs
@@ -52,14 +50,9 @@ def check_engine(svc: Services, product: Product, **options: str) -> None:
         raise errors.InvalidParameter(f"Not available on this server: {reason}")
 
 
-def _balance(svc: Services, account_id: str) -> int:
-    with read_connection(svc.runtime.db) as conn:
-        return ledger.balance(conn, account_id) or 0
-
-
 async def precheck_balance(svc: Services, account_id: str, credits: int) -> None:
     """Fail fast before fetching inputs; the debit itself is the authoritative check."""
-    if await run_in_threadpool(_balance, svc, account_id) < credits:
+    if (await ledger.balance_reading(svc.reads, account_id) or 0) < credits:
         raise errors.InsufficientCredits(credits)
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from nanogen import errors, ledger, schemas
-from nanogen.db import read_connection
 from nanogen.ledger import new_id
 from nanogen.products import Product, image_price, image_size
 from nanogen.server.deps import generate_caller, json_body, services, status_caller
@@ -71,9 +69,8 @@ async def generate(request: Request, who: ledger.Caller = Depends(generate_calle
     )
 
 
-def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
-    with read_connection(svc.runtime.db) as conn:
-        found = store.generation_tasks(conn, generation_id)
+async def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
+    found = await store.read_generation_tasks(svc.reads, generation_id)
     return found[0] if found and found[0].product is Product.IMAGE else None
 
 
@@ -87,7 +84,7 @@ def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
 async def check_status(request: Request, who: ledger.Caller = Depends(status_caller)) -> Response:
     svc = services(request)
     body = schemas.parse_image_status_request(await json_body(request))
-    task = await run_in_threadpool(_lookup, svc, body.generationId)
+    task = await _lookup(svc, body.generationId)
     if task is None:
         raise errors.NotFound()
     if task.account_id != who.account_id:

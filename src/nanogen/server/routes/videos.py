@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from nanogen import errors, ledger, schemas
-from nanogen.db import read_connection
 from nanogen.ledger import new_id
 from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
 from nanogen.server.deps import generate_caller, json_body, services, status_caller
@@ -96,14 +94,14 @@ def _shot_params(shot: schemas.Shot, resolution: str, stored: dict[str, dict[str
     }
 
 
-def _lookup(
+async def _lookup(
     svc: Services, task_ids: list[str]
 ) -> tuple[dict[str, store.TaskRecord], store.GenerationRecord | None]:
-    with read_connection(svc.runtime.db) as conn:
-        found = store.get_tasks(conn, task_ids)
-        generation_ids = {t.generation_id for t in found.values()}
-        generation = store.get_generation(conn, generation_ids.pop()) if len(generation_ids) == 1 else None
-    return found, generation
+    found = await store.read_tasks(svc.reads, task_ids)
+    generation_ids = {t.generation_id for t in found.values()}
+    if len(generation_ids) != 1:
+        return found, None
+    return found, await store.read_generation(svc.reads, generation_ids.pop())
 
 
 @router.post(
@@ -117,7 +115,7 @@ async def check_status(request: Request, who: ledger.Caller = Depends(status_cal
     svc = services(request)
     body = schemas.parse_video_status_request(await json_body(request))
     ids = [ref.taskId for ref in body.taskIds]
-    found, generation = await run_in_threadpool(_lookup, svc, ids)
+    found, generation = await _lookup(svc, ids)
     for ref in body.taskIds:
         task = found.get(ref.taskId)
         if task is None or task.account_id != who.account_id or task.product is not Product.VIDEO:
