@@ -1,8 +1,8 @@
 """The group-commit submit path on real databases, with real DBOS enqueues in the same transaction.
 
 No DBOS launch: ``DBOSClient.enqueue_in_transaction`` writes the workflow's row into DBOS's
-``workflow_status`` table (created by ``nanogen.migrate``), inside the SubmitWriter's transaction and
-the submission's savepoint, exactly as the server does.
+``workflow_status`` table (created by ``nanogen.migrate``), inside the SubmitWriter's transaction,
+exactly as the server does.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def test_a_failing_submission_fails_alone_in_its_batch(db: Database) -> None:
         assert ledger.totals(conn, account).expected_balance == ledger.balance(conn, account)
     assert db.count(generations, generations.c.id, [s.generation_id for s in batch]) == 4
     assert db.count(generations, generations.c.id, [batch[1].generation_id, batch[4].generation_id]) == 0
-    # The duplicate's debit was rolled back with its savepoint; the original rows stand untouched.
+    # The duplicate's debit was rolled back with its transaction; the original rows stand untouched.
     with db.engine.connect() as conn:
         by_task = conn.execute(
             sa.select(ledger_table.c.task_id, ledger_table.c.amount, ledger_table.c.generation_id).where(

@@ -68,7 +68,12 @@ class Settings(BaseSettings):
         default=None, description="Stable id of this process for DBOS recovery; default <role>-<hostname>."
     )
     application_version: str = Field(default=f"nanogen-{__version__}")
-    queue_polling_interval_s: float = Field(default=0.1, gt=0)
+    queue_polling_interval_s: float = Field(
+        default=0.1, gt=0, description="How often a worker polls each generation queue."
+    )
+    media_queue_polling_interval_s: float = Field(
+        default=0.5, gt=0, description="How often a worker polls the concatenation queue."
+    )
     max_executor_threads: int = Field(default=64, ge=4)
     watchdog_interval_s: float = Field(default=5.0, gt=0)
 

@@ -9,6 +9,7 @@ from fastapi.openapi.utils import get_openapi
 
 from nanogen import __version__
 from nanogen.server import errors
+from nanogen.server.deps import BEARER_SCHEME
 from nanogen.server.routes import admin, files, health, images, videos
 from nanogen.server.services import lifespan
 from nanogen.settings import Settings
@@ -37,14 +38,18 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
 
 def _openapi_with_body_models(app: FastAPI) -> dict[str, Any]:
     """Routes parse their bodies themselves (for the contract's error codes) and document them with
-    ``openapi_extra``; move those schemas' nested models into ``components`` where $refs point."""
+    ``openapi_extra``; move those schemas' nested models into ``components`` where $refs point.
+    Every /api operation takes the Bearer API key (server/deps.py reads it)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for path in schema["paths"].values():
+        schema["components"].setdefault("securitySchemes", {})["ApiKey"] = BEARER_SCHEME
+        for url, path in schema["paths"].items():
             for operation in path.values():
+                if url.startswith("/api/"):
+                    operation.setdefault("security", [{"ApiKey": []}])
                 content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
                 components.update(content.get("schema", {}).pop("$defs", {}))
         app.openapi_schema = schema

@@ -82,8 +82,10 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
 
     rt = build_runtime(settings)
     runtime_module.install(rt)
-    queues = {rt.queue_for(p): concurrency(rt, p) for p in Product}
-    queues[MEDIA_QUEUE] = 2
+    # name -> (concurrency, polling interval). Every poll costs a few queries whether or not work
+    # waits, so only the queues whose latency a client sees are polled often.
+    queues = {rt.queue_for(p): (concurrency(rt, p), settings.queue_polling_interval_s) for p in Product}
+    queues[MEDIA_QUEUE] = (2, settings.media_queue_polling_interval_s)
     DBOS(
         config={
             "name": "nanogen",
@@ -91,18 +93,19 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             "application_version": settings.application_version,
             "executor_id": settings.executor_id_for(role),
             "max_executor_threads": settings.max_executor_threads,
-            "notification_listener_polling_interval_sec": 0.1,
+            # nanogen sends no DBOS notifications; polling for them often only costs CPU.
+            "notification_listener_polling_interval_sec": 1.0,
             "console_log_level": "WARNING",
             "log_level": "WARNING",
         }
     )
     DBOS.listen_queues(list(queues) if work else [])
     DBOS.launch()
-    for name, limit in queues.items():
+    for name, (limit, polling_interval) in queues.items():
         DBOS.register_queue(
             name,
             worker_concurrency=limit,
-            polling_interval_sec=settings.queue_polling_interval_s,
+            polling_interval_sec=polling_interval,
             on_conflict="always_update",
         )
     process = Process(rt, queues=list(queues))

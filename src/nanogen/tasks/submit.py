@@ -2,8 +2,9 @@
 
 Many concurrent requests each opening a write transaction on one SQLite file queue up behind its
 lock (measured: ~200 req/s, 1.4 s p99). Instead one writer thread commits whatever submissions have
-arrived while it was busy, each in its own SAVEPOINT so one request's failure cannot touch another's
-(group commit; ~1 ms per request at 8 per batch, see shared/design/execution.md).
+arrived while it was busy in one transaction (group commit, see shared/design/execution.md); if a
+statement fails, the batch is retried one submission per transaction, so one request's failure
+cannot touch another's.
 """
 
 from __future__ import annotations
@@ -158,26 +159,28 @@ class SubmitWriter:
             self._write(batch)
 
     def _write(self, batch: list[_Pending]) -> None:
+        """One transaction for the batch. A statement that fails (rare: a database error, not a short
+        balance) rolls the batch back, and then each submission gets a transaction of its own, so one
+        request's failure never touches another's (cheaper than a savepoint per request)."""
         try:
             with write_transaction(self._engine) as conn:
                 for item in batch:
                     item.error = self._write_one(conn, item.submission)
         except Exception:
-            log.exception("submit transaction failed for %d request(s)", len(batch))
-            for item in batch:
-                item.error = CreditReservationFailed()
+            if len(batch) > 1:
+                log.warning("submit batch of %d failed; writing each on its own", len(batch))
+                for item in batch:
+                    self._write([item])
+                return
+            log.exception("submit of generation %s failed", batch[0].submission.generation_id)
+            batch[0].error = CreditReservationFailed()
         for item in batch:
             item.loop.call_soon_threadsafe(_settle, item.future, item.error)
 
     def _write_one(self, conn: sa.Connection, sub: Submission) -> APIError | None:
-        try:
-            with conn.begin_nested():
-                if write_submission(conn, sub, self._enqueue):
-                    return None
-            return InsufficientCredits(sub.credits)
-        except Exception:
-            log.exception("submit of generation %s failed", sub.generation_id)
-            return CreditReservationFailed()
+        if write_submission(conn, sub, self._enqueue):
+            return None
+        return InsufficientCredits(sub.credits)
 
 
 def _settle(future: asyncio.Future[None], error: APIError | None) -> None:
