@@ -10,7 +10,6 @@ import io
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+
+from tests.databases import Database, postgres_database
 
 ADMIN_TOKEN = "test-admin-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,7 @@ class Server:
 
     home: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    database_url: str | None = None  # None: the embedded default, SQLite under ``home``
     port: int = field(default_factory=free_port)
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
@@ -66,6 +68,8 @@ class Server:
             NANOGEN_LOG_LEVEL="warning",
             NANOGEN_WATCHDOG_INTERVAL_S="0.5",
         )
+        if self.database_url:
+            env["NANOGEN_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
         return env
 
@@ -121,8 +125,8 @@ class Server:
             body = r.json()
         return Account(self, body["account"]["id"], body["apiKey"])
 
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.home / "nanogen.sqlite", timeout=30)
+    def db(self) -> Database:
+        return Database(self.database_url, self.home / "nanogen.sqlite")
 
 
 @dataclass
@@ -174,10 +178,21 @@ def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The database a test's servers use: the embedded default (None: SQLite under the server's
+    home) or a PostgreSQL database of this run's own. Tests that take it run on both."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with postgres_database("server") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One shared server on the embedded default, for tests that don't restart it."""
-    srv = Server(tmp_path_factory.mktemp("nanogen-home")).start()
+def server(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -> Iterator[Server]:
+    """One shared server per database, for tests that don't restart it."""
+    srv = Server(tmp_path_factory.mktemp("nanogen-home"), database_url=database_url).start()
     yield srv
     srv.stop()
 

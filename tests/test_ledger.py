@@ -11,9 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -24,15 +22,7 @@ from nanogen.migrate import migrate
 from nanogen.products import Product
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
-
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _postgres_or_skip() -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
+from tests.databases import postgres_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -45,20 +35,13 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield eng
         eng.dispose()
         return
-    admin = _postgres_or_skip()
-    name = f"nanogen_test_ledger_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with postgres_database("ledger") as url:
         migrate(url)
         eng = make_engine(url)
         try:
             yield eng
         finally:
             eng.dispose()
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _name() -> str:

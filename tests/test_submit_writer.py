@@ -11,9 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from dbos import DBOSClient
@@ -25,8 +23,8 @@ from nanogen.errors import CreditReservationFailed, InsufficientCredits
 from nanogen.migrate import migrate
 from nanogen.products import Product
 from nanogen.tasks.submit import Enqueue, NewTask, Submission, SubmitWriter
+from tests.databases import postgres_database
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUE = "nanogen.image.sandbox"
 
 
@@ -65,13 +63,6 @@ class Database:
             )
 
 
-def _postgres_or_skip() -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-
-
 def _open(url: str, schema: str | None) -> Iterator[Database]:
     migrate(url)
     engine = make_engine(url)
@@ -89,14 +80,8 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     if request.param == "sqlite":
         yield from _open(f"sqlite:///{tmp_path_factory.mktemp('submit') / 'nanogen.sqlite'}", None)
         return
-    admin = _postgres_or_skip()
-    name = f"nanogen_test_submit_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield from _open(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", "dbos")
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres_database("submit") as url:
+        yield from _open(url, "dbos")
 
 
 def _account(db: Database, credits: int) -> str:
