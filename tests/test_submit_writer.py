@@ -22,7 +22,7 @@ from nanogen.db import ledger as ledger_table
 from nanogen.errors import CreditReservationFailed, InsufficientCredits
 from nanogen.migrate import migrate
 from nanogen.products import Product
-from nanogen.tasks.submit import Enqueue, NewTask, Submission, SubmitWriter
+from nanogen.tasks.submit import Enqueue, NewTask, Submission, SubmitWriter, dbos_enqueue
 from tests.databases import postgres_database
 
 QUEUE = "nanogen.image.sandbox"
@@ -34,17 +34,8 @@ class Database:
     client: DBOSClient
     workflow_status: sa.Table
 
-    def enqueue(self, conn: sa.Connection, task_id: str, queue: str) -> None:
-        self.client.enqueue_in_transaction(
-            conn,
-            {
-                "workflow_name": "nanogen.run_task",
-                "queue_name": queue,
-                "workflow_id": task_id,
-                "app_version": "test",
-            },
-            task_id,
-        )
+    def enqueue(self, conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
+        dbos_enqueue(self.client, "test")(conn, task_id, queue, account_id)
 
     def workflows(self, ids: list[str]) -> list[tuple[str, str, str]]:
         ws = self.workflow_status.c
@@ -260,8 +251,8 @@ def test_a_failure_after_the_enqueue_rolls_the_workflow_back(db: Database) -> No
     poisoned = doomed.tasks[1].id
     seen: list[str] = []
 
-    def enqueue_then_fail(conn: sa.Connection, task_id: str, queue: str) -> None:
-        db.enqueue(conn, task_id, queue)
+    def enqueue_then_fail(conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
+        db.enqueue(conn, task_id, queue, account_id)
         seen.append(task_id)
         if task_id == poisoned:
             raise RuntimeError("the enqueue's caller failed after the workflow row was written")

@@ -94,11 +94,26 @@ def serve(
 
 
 @app.command(name="worker")
-def run_worker() -> None:
+def run_worker(
+    engines: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated engines whose queues to take (default: every configured one)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Generations this worker runs at once, per queue.")
+    ] = None,
+) -> None:
     """Run generation workers only, on the same database as the API processes."""
     from nanogen.tasks.lifecycle import launch
 
-    settings = _settings()
+    settings = _settings(worker_engines=engines, image_concurrency=concurrency, video_concurrency=concurrency)
+    configured = {settings.engine_images, settings.engine_videos}
+    if unknown := set(settings.worker_engines) - configured:
+        err.print(
+            f"[red]--engines {', '.join(sorted(unknown))}: not configured here[/red] "
+            f"(images: {settings.engine_images}, videos: {settings.engine_videos})"
+        )
+        raise typer.Exit(2)
     with _database(settings):
         pass
     process = launch(settings, "worker", work=True)

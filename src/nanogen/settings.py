@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     engine_videos: str = "sandbox"
     image_concurrency: int | None = Field(default=None, ge=1, description="Default: the engine's own.")
     video_concurrency: int | None = Field(default=None, ge=1, description="Default: the engine's own.")
+    account_concurrency: int = Field(
+        default=16, ge=1, description="At most this many of one account's tasks run at once, per product."
+    )
+    worker_engines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated engines whose queues a worker takes; default: every configured one.",
+    )
     image_deadline_s: float = Field(default=600.0, gt=0)
     video_deadline_s: float = Field(default=1800.0, gt=0)
 
@@ -77,7 +84,7 @@ class Settings(BaseSettings):
     max_executor_threads: int = Field(default=64, ge=4)
     watchdog_interval_s: float = Field(default=5.0, gt=0)
 
-    @field_validator("fetch_allow_hosts", mode="before")
+    @field_validator("fetch_allow_hosts", "worker_engines", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):

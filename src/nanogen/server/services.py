@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from fastapi import FastAPI
 
 from nanogen.db import Reads
@@ -16,8 +15,7 @@ from nanogen.ratelimit import RateLimiter
 from nanogen.settings import Settings
 from nanogen.tasks.lifecycle import Process, launch
 from nanogen.tasks.runtime import Runtime
-from nanogen.tasks.submit import Enqueue, SubmitWriter
-from nanogen.tasks.workflows import RUN_TASK
+from nanogen.tasks.submit import SubmitWriter, dbos_enqueue
 
 
 @dataclass
@@ -34,27 +32,13 @@ class Services:
         return self.process.runtime
 
 
-def enqueue_into(rt: Runtime) -> Enqueue:
-    def enqueue(conn: sa.Connection, task_id: str, queue: str) -> None:
-        rt.dbos_client.enqueue_in_transaction(
-            conn,
-            {
-                "workflow_name": RUN_TASK,
-                "queue_name": queue,
-                "workflow_id": task_id,
-                "app_version": rt.settings.application_version,
-            },
-            task_id,
-        )
-
-    return enqueue
-
-
 @asynccontextmanager
 async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Services]:
     # DBOS.launch on a worker thread: launched on uvicorn's loop, async workflows would share it.
     process = await asyncio.to_thread(launch, settings, "serve" if work else "api", work=work)
-    writer = SubmitWriter(process.runtime.db, enqueue_into(process.runtime))
+    writer = SubmitWriter(
+        process.runtime.db, dbos_enqueue(process.runtime.dbos_client, settings.application_version)
+    )
     writer.start()
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
     limiter = RateLimiter(

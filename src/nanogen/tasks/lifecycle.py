@@ -76,16 +76,37 @@ def concurrency(rt: Runtime, product: Product) -> int:
     return configured or rt.engines[product].default_concurrency
 
 
+@dataclass(frozen=True)
+class QueueSettings:
+    concurrency: int  # per worker process
+    polling_interval_s: float
+    account_concurrency: int | None = None  # per account, across workers (a partitioned queue)
+
+
+def worker_queues(rt: Runtime) -> dict[str, QueueSettings]:
+    """The queues a worker takes: those of the products whose engine it runs (``worker_engines``,
+    default all), and the concatenation queue. Every poll costs a few queries whether or not work
+    waits, so only the queues whose latency a client sees are polled often."""
+    settings = rt.settings
+    wanted = set(settings.worker_engines) or set(rt.engine_names.values())
+    queues = {
+        rt.queue_for(product): QueueSettings(
+            concurrency(rt, product), settings.queue_polling_interval_s, settings.account_concurrency
+        )
+        for product, engine in rt.engine_names.items()
+        if engine in wanted
+    }
+    queues[MEDIA_QUEUE] = QueueSettings(2, settings.media_queue_polling_interval_s)
+    return queues
+
+
 def launch(settings: Settings, role: str, *, work: bool) -> Process:
     """Launch DBOS for this process. ``work``: also run workflows (listen to the queues)."""
     from nanogen.tasks import workflows  # noqa: F401  (registers the workflows before launch)
 
     rt = build_runtime(settings)
     runtime_module.install(rt)
-    # name -> (concurrency, polling interval). Every poll costs a few queries whether or not work
-    # waits, so only the queues whose latency a client sees are polled often.
-    queues = {rt.queue_for(p): (concurrency(rt, p), settings.queue_polling_interval_s) for p in Product}
-    queues[MEDIA_QUEUE] = (2, settings.media_queue_polling_interval_s)
+    queues = worker_queues(rt) if work else {}
     DBOS(
         config={
             "name": "nanogen",
@@ -99,13 +120,16 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             "log_level": "WARNING",
         }
     )
-    DBOS.listen_queues(list(queues) if work else [])
+    DBOS.listen_queues(list(queues))
     DBOS.launch()
-    for name, (limit, polling_interval) in queues.items():
+    # Queue settings live in the database, shared by every worker of the queue: only workers set
+    # them (an API process enqueues by name), and the last worker to start wins.
+    for name, queue in queues.items():
         DBOS.register_queue(
             name,
-            worker_concurrency=limit,
-            polling_interval_sec=polling_interval,
+            worker_concurrency=queue.concurrency,
+            partition_concurrency=queue.account_concurrency,
+            polling_interval_sec=queue.polling_interval_s,
             on_conflict="always_update",
         )
     process = Process(rt, queues=list(queues))

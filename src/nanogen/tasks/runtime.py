@@ -36,6 +36,9 @@ class Runtime:
 
 
 MEDIA_QUEUE = "nanogen.media"
+# Workflow names (tasks/workflows.py): what enqueuers refer to without importing the workflows.
+RUN_TASK = "nanogen.run_task"
+CONCATENATE = "nanogen.concatenate"
 
 
 def queue_name(product: Product, engine_name: str) -> str:

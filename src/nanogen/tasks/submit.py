@@ -19,18 +19,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from dbos import DBOSClient
 
 from nanogen import ledger
 from nanogen.db import write_transaction
 from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits
 from nanogen.products import Product
 from nanogen.tasks import store
+from nanogen.tasks.runtime import RUN_TASK
 from nanogen.tasks.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
-# (connection, task id, queue name) -> None: enqueue the task's workflow inside the transaction.
-Enqueue = Callable[[sa.Connection, str, str], None]
+# (connection, task id, queue name, account id) -> None: enqueue the task's workflow inside the
+# transaction, in the account's partition of the queue (the per-account concurrency cap).
+Enqueue = Callable[[sa.Connection, str, str, str], None]
+
+
+def dbos_enqueue(client: DBOSClient, app_version: str) -> Enqueue:
+    """Enqueue through DBOS, in the caller's transaction: the task's workflow (id = task id) on its
+    queue, in the account's partition."""
+
+    def enqueue(conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
+        client.enqueue_in_transaction(
+            conn,
+            {
+                "workflow_name": RUN_TASK,
+                "queue_name": queue,
+                "workflow_id": task_id,
+                "app_version": app_version,
+                "queue_partition_key": account_id,
+            },
+            task_id,
+        )
+
+    return enqueue
 
 
 @dataclass(frozen=True)
@@ -100,7 +123,7 @@ def write_submission(conn: sa.Connection, sub: Submission, enqueue: Enqueue) -> 
         ],
     )
     for t in sub.tasks:
-        enqueue(conn, t.id, sub.queue)
+        enqueue(conn, t.id, sub.queue, sub.account_id)
     return True
 
 

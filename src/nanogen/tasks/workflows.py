@@ -24,13 +24,11 @@ from nanogen.media.video import concat_videos
 from nanogen.products import Product
 from nanogen.storage import new_key
 from nanogen.tasks import jobs, store
-from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime, current
+from nanogen.tasks.runtime import CONCATENATE, MEDIA_QUEUE, RUN_TASK, Runtime, current
 from nanogen.tasks.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
-RUN_TASK = "nanogen.run_task"
-CONCATENATE = "nanogen.concatenate"
 FAILED_MESSAGE = {Product.IMAGE: "Image generation failed", Product.VIDEO: "Video generation failed"}
 
 
