@@ -1,7 +1,7 @@
 """The ``nanogen`` command line as a user runs it: ``python -m nanogen ...`` in a subprocess.
 
-Keys made by the CLI are used against a running server on the same data directory (the shared
-``server`` fixture's home: one SQLite file, written by both processes).
+Keys made by the CLI are used against a running server on the same database (the shared ``server``
+fixture's: its SQLite file, or its PostgreSQL database), written by both processes.
 """
 
 from __future__ import annotations
@@ -19,21 +19,28 @@ import httpx
 from tests.conftest import Server
 
 
-def _env(home: Path) -> dict[str, str]:
+def _env(target: Server | Path) -> dict[str, str]:
+    """The environment of a CLI working on a server's database (or on a bare data directory)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGEN_")}
-    env["NANOGEN_HOME"] = str(home)
+    env["NANOGEN_HOME"] = str(target.home if isinstance(target, Server) else target)
+    if isinstance(target, Server) and target.database_url:
+        env["NANOGEN_DATABASE_URL"] = target.database_url
     env["COLUMNS"] = "250"  # a wide terminal: rich tables keep whole ids
     return env
 
 
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(target: Server | Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nanogen", *args], env=_env(home), capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "nanogen", *args],
+        env=_env(target),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def ok(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = cli(home, *args)
+def ok(target: Server | Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = cli(target, *args)
     assert result.returncode == 0, f"nanogen {' '.join(args)} -> {result.returncode}\n{result.stderr}"
     return result
 
@@ -65,8 +72,8 @@ def assert_key_works(server: Server, key: str) -> None:
     assert r.json()["errorCode"] == "NOT_FOUND"
 
 
-def show(home: Path, account: str) -> dict[str, Any]:
-    rows = table_rows(ok(home, "credits", "show", account).stdout)
+def show(target: Server, account: str) -> dict[str, Any]:
+    rows = table_rows(ok(target, "credits", "show", account).stdout)
     assert len(rows) == 1, rows
     name, account_id, balance, granted, debited, refunded = rows[0]
     return {
@@ -80,9 +87,8 @@ def show(home: Path, account: str) -> dict[str, Any]:
 
 
 def test_keys_create_list_revoke(server: Server) -> None:
-    home = server.home
     name = f"alice-{uuid.uuid4().hex[:8]}"
-    created = ok(home, "keys", "create", "--credits", "50", "--name", name)
+    created = ok(server, "keys", "create", "--credits", "50", "--name", name)
     key = last_line(created)
     assert key.startswith("ng_") and len(key) > 40
     assert key not in created.stderr  # shown once, on stdout
@@ -90,12 +96,12 @@ def test_keys_create_list_revoke(server: Server) -> None:
     assert_key_works(server, key)
 
     # A second key for the same account, with more credits.
-    more = ok(home, "keys", "create", "--account", name, "--credits", "7", "--name", "ci")
+    more = ok(server, "keys", "create", "--account", name, "--credits", "7", "--name", "ci")
     second = last_line(more)
     assert second != key and "balance 57" in more.stderr
     assert_key_works(server, second)
 
-    listing = ok(home, "keys", "list", "--account", name)
+    listing = ok(server, "keys", "list", "--account", name)
     for secret in (key, second):
         assert secret not in listing.stdout and secret not in listing.stderr
         assert secret[10:20] not in listing.stdout
@@ -108,39 +114,38 @@ def test_keys_create_list_revoke(server: Server) -> None:
     assert key_id.startswith("key_")
     assert by_prefix[second[:10]][1:3] == [name, "ci"]
 
-    revoked = ok(home, "keys", "revoke", key_id)
+    revoked = ok(server, "keys", "revoke", key_id)
     assert key_id in revoked.stderr
     r = check_status(server, key)
     assert r.status_code == 401, r.text
     assert r.json()["errorCode"] == "LOGIN_REQUIRED"
     assert_key_works(server, second)  # only that key was revoked
 
-    again = cli(home, "keys", "revoke", key_id)
+    again = cli(server, "keys", "revoke", key_id)
     assert again.returncode == 2
     assert "no live key" in again.stderr
 
 
 def test_credits_grant_and_show_add_up(server: Server) -> None:
-    home = server.home
     name = f"carol-{uuid.uuid4().hex[:8]}"
-    key = last_line(ok(home, "keys", "create", "--credits", "50", "--name", name))
+    key = last_line(ok(server, "keys", "create", "--credits", "50", "--name", name))
     with server.client(key) as c:
         r = c.post("/api/nano-banana-2/generate", json={"prompt": "a lighthouse at dusk"})
     assert r.status_code == 200, r.text
     spent = r.json()["creditsUsed"]
     assert spent > 0
 
-    granted = ok(home, "credits", "grant", name, "25", "--memo", "monthly top-up")
+    granted = ok(server, "credits", "grant", name, "25", "--memo", "monthly top-up")
     assert f"balance {75 - spent}" in granted.stderr
 
-    numbers = show(home, name)
+    numbers = show(server, name)
     assert numbers["name"] == name and str(numbers["id"]).startswith("acct_")
     assert numbers["granted"] == 75
     assert numbers["debited"] == spent
     assert numbers["balance"] == numbers["granted"] - numbers["debited"] + numbers["refunded"]
 
     # The full listing has the account with the same numbers, and every row adds up.
-    everyone = table_rows(ok(home, "credits", "show").stdout)
+    everyone = table_rows(ok(server, "credits", "show").stdout)
     assert [
         numbers["name"],
         numbers["id"],
@@ -152,20 +157,18 @@ def test_credits_grant_and_show_add_up(server: Server) -> None:
 
 
 def test_demo_prints_a_working_key(server: Server) -> None:
-    home = server.home
-    first, second = (ok(home, "demo") for _ in range(2))
+    first, second = (ok(server, "demo") for _ in range(2))
     key1, key2 = last_line(first), last_line(second)
     assert key1.startswith("ng_") and key2.startswith("ng_") and key1 != key2
     assert_key_works(server, key1)
     assert_key_works(server, key2)
-    numbers = show(home, "demo")
+    numbers = show(server, "demo")
     # Running demo again adds a key, not another 1000 credits.
     assert numbers["granted"] == 1000
     assert numbers["balance"] == numbers["granted"] - numbers["debited"] + numbers["refunded"]
 
 
 def test_unknown_account_exits_2_with_a_message(server: Server) -> None:
-    home = server.home  # already migrated, so the commands may run side by side
     missing = f"nobody-{uuid.uuid4().hex[:8]}"
     commands = [
         ("credits", "grant", missing, "5"),
@@ -173,7 +176,7 @@ def test_unknown_account_exits_2_with_a_message(server: Server) -> None:
         ("keys", "create", "--account", missing, "--credits", "3"),
     ]
     with ThreadPoolExecutor(len(commands)) as pool:
-        results = list(pool.map(lambda args: cli(home, *args), commands))
+        results = list(pool.map(lambda args: cli(server, *args), commands))
     for args, result in zip(commands, results, strict=True):
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert f"no account '{missing}'" in result.stderr, (args, result.stderr)
