@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC
 from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,7 +228,8 @@ class S3Storage:
         if response.get("ETag"):
             headers["ETag"] = response["ETag"]
         if response.get("LastModified"):
-            headers["Last-Modified"] = format_datetime(response["LastModified"], usegmt=True)
+            modified = response["LastModified"].astimezone(UTC)  # botocore's tzutc is not datetime's UTC
+            headers["Last-Modified"] = format_datetime(modified, usegmt=True)
         status = int(response["ResponseMetadata"]["HTTPStatusCode"])
         return Stream(_chunks(response["Body"]), status, headers)
 
