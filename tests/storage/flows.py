@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import httpx
 from PIL import Image
 
 from tests.conftest import Account, wait_for
+
+DAY_S = 86_400
 
 
 def image(account: Account, prompt: str, **extra: Any) -> dict[str, Any]:
@@ -86,3 +89,28 @@ def decoded_video(data: bytes, scratch: Path) -> tuple[int, int, int, float]:
         frames = sum(1 for _ in container.decode(stream))
         duration = float(container.duration or 0) / av.time_base
         return stream.codec_context.width, stream.codec_context.height, frames, duration
+
+
+def new_home(parent: Path, name: str) -> Path:
+    path = parent / name
+    path.mkdir()
+    return path
+
+
+def local_files(home: Path) -> list[Path]:
+    outputs = home / "outputs"
+    return [p for p in outputs.rglob("*") if p.is_file()] if outputs.exists() else []
+
+
+def backdate(db: sqlite3.Connection, generation_id: str, days: float) -> None:
+    """Make a generation look ``days`` older: what retention measures is the records' age."""
+    shift = days * DAY_S
+    with db:
+        db.execute(
+            "UPDATE nanogen_tasks SET created_at = created_at - ?, finished_at = finished_at - ? "
+            "WHERE generation_id = ?",
+            (shift, shift, generation_id),
+        )
+        db.execute(
+            "UPDATE nanogen_generations SET created_at = created_at - ? WHERE id = ?", (shift, generation_id)
+        )

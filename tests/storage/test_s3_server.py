@@ -5,7 +5,6 @@ the three URL modes, retention, and readiness while the bucket is down."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,40 +16,13 @@ from tests.conftest import ImageHost, Server, assert_envelope, wait_for
 from tests.storage import flows
 from tests.storage.conftest import SECRET_KEY, MotoS3
 
-DAY_S = 86_400
-
-
-def new_home(parent: Path, name: str) -> Path:
-    path = parent / name
-    path.mkdir()
-    return path
-
-
-def local_files(home: Path) -> list[Path]:
-    outputs = home / "outputs"
-    return [p for p in outputs.rglob("*") if p.is_file()] if outputs.exists() else []
-
-
-def backdate(db: sqlite3.Connection, generation_id: str, days: float) -> None:
-    """Make a generation look ``days`` older: what retention measures is the records' age."""
-    shift = days * DAY_S
-    with db:
-        db.execute(
-            "UPDATE nanogen_tasks SET created_at = created_at - ?, finished_at = finished_at - ? "
-            "WHERE generation_id = ?",
-            (shift, shift, generation_id),
-        )
-        db.execute(
-            "UPDATE nanogen_generations SET created_at = created_at - ? WHERE id = ?", (shift, generation_id)
-        )
-
 
 def test_image_and_two_shot_video_live_in_the_bucket(
     s3: MotoS3, image_host: ImageHost, tmp_path: Path
 ) -> None:
     bucket = s3.new_bucket()
     env = s3.env(bucket, NANOGEN_RETENTION_DAYS="30", NANOGEN_RETENTION_SWEEP_INTERVAL_S="0.3")
-    server = Server(new_home(tmp_path, "home"), extra_env=env).start()
+    server = Server(flows.new_home(tmp_path, "home"), extra_env=env).start()
     try:
         account = server.new_account(1000)
         edited = flows.image(account, "a lighthouse", mode="edit", inputImageUrls=[image_host.url("red.png")])
@@ -75,7 +47,7 @@ def test_image_and_two_shot_video_live_in_the_bucket(
         keys = s3.keys(bucket)
         assert len([k for k in keys if k.startswith("in/")]) == 1, keys
         assert len([k for k in keys if k.startswith("out/")]) == 4, "image, two shots, concatenation"
-        assert local_files(server.home) == [], "nothing kept on the API machine's disk"
+        assert flows.local_files(server.home) == [], "nothing kept on the API machine's disk"
 
         # HTTP Range through nanogen's /files, as a video player seeks.
         url, full = finished["concatenatedVideoUrl"], whole.content
@@ -95,7 +67,7 @@ def test_image_and_two_shot_video_live_in_the_bucket(
         # Retention on S3: the old generation's objects go, its URL answers 410, the rest stays.
         balance = account.balance()
         with server.db() as db:
-            backdate(db, edited["generationId"], 31)
+            flows.backdate(db, edited["generationId"], 31)
         wait_for(lambda: flows.download(image_url).status_code == 410, 30)
         assert_envelope(flows.download(image_url), 410, "GONE")
         remaining = s3.keys(bucket)
@@ -114,14 +86,14 @@ def test_image_and_two_shot_video_live_in_the_bucket(
 def test_a_worker_elsewhere_writes_what_every_api_process_serves(s3: MotoS3, tmp_path: Path) -> None:
     bucket = s3.new_bucket()
     shared = {"NANOGEN_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite'}"}
-    api_a = Server(new_home(tmp_path, "api-a"), args=("--no-worker",))
-    api_b = Server(new_home(tmp_path, "api-b"), args=("--no-worker",))
+    api_a = Server(flows.new_home(tmp_path, "api-a"), args=("--no-worker",))
+    api_b = Server(flows.new_home(tmp_path, "api-b"), args=("--no-worker",))
     for api, name in ((api_a, "api-a"), (api_b, "api-b")):
         # Clients are given one public address (a load balancer in production; api-a here).
         api.extra_env = s3.env(bucket, NANOGEN_EXECUTOR_ID=name, NANOGEN_PUBLIC_URL=api_a.base_url, **shared)
     api_a.start()
     api_b.start()
-    worker_home = new_home(tmp_path, "worker")
+    worker_home = flows.new_home(tmp_path, "worker")
     worker_env = api_a.env | {"NANOGEN_HOME": str(worker_home), "NANOGEN_EXECUTOR_ID": "worker-1"}
     with open(worker_home / "worker.log", "ab") as log:
         worker = subprocess.Popen(
@@ -143,7 +115,7 @@ def test_a_worker_elsewhere_writes_what_every_api_process_serves(s3: MotoS3, tmp
         assert flows.decoded_image(flows.download(urls[0]).content).size == (1376, 768)
         assert flows.decoded_video(flows.download(urls[1]).content, tmp_path)[2] == 384
         for home in (api_a.home, api_b.home, worker_home):
-            assert local_files(home) == [], home
+            assert flows.local_files(home) == [], home
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -183,7 +155,7 @@ def test_presigned_and_public_urls(s3: MotoS3, mode: str, tmp_path: Path) -> Non
 def test_readiness_and_requests_while_the_bucket_is_down(image_host: ImageHost, tmp_path: Path) -> None:
     moto = MotoS3(tmp_path).start()  # its own S3 server: this test stops it
     bucket = moto.new_bucket()
-    server = Server(new_home(tmp_path, "home"), extra_env=moto.env(bucket)).start()
+    server = Server(flows.new_home(tmp_path, "home"), extra_env=moto.env(bucket)).start()
     try:
         ready = httpx.get(f"{server.base_url}/readyz")
         assert ready.status_code == 200
