@@ -4,13 +4,26 @@ on purpose and answer 410 GONE; fresh ones, and anything still running, are neve
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
 
+from nanogen.db import accounts, generations, make_engine, tasks, write_transaction
+from nanogen.migrate import migrate
+from nanogen.storage import new_key
+from nanogen.tasks import retention
 from tests.conftest import ImageHost, Server, assert_envelope, wait_for
 from tests.storage import flows
+
+DAY_S = 86_400
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def stored_keys(server: Server, generation_id: str) -> list[str]:
@@ -95,3 +108,105 @@ def test_old_outputs_are_deleted_fresh_and_running_ones_kept(image_host: ImageHo
         assert_envelope(httpx.get(never), 404, "NOT_FOUND")
     finally:
         server.stop()
+
+
+# -- the selection rules, on both databases ---------------------------------------------------------
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('retention') / 'nanogen.sqlite'}"
+        migrate(url)
+        eng = make_engine(url)
+        yield eng
+        eng.dispose()
+        return
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
+    name = f"nanogen_test_retention_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        migrate(url)
+        eng = make_engine(url)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _generation(
+    engine: sa.Engine, ended_days_ago: list[float | None], concat: str | None = None
+) -> tuple[str, list[str]]:
+    """A generation whose tasks ended that many days ago (None: still running); (id, its keys)."""
+    now = time.time()
+    gid, account = f"gen_{uuid.uuid4().hex}", f"acct_{uuid.uuid4().hex[:20]}"
+    created = now - max((d or 0) for d in ended_days_ago) * DAY_S - 60
+    keys: list[str] = []
+    rows = []
+    for i, ago in enumerate(ended_days_ago):
+        out, inp = new_key("out", f"task_{i}.mp4"), new_key("in", "input.png")
+        done = ago is not None
+        keys += [out, inp] if done else [inp]
+        rows.append(
+            {
+                "id": f"task_{uuid.uuid4().hex}",
+                "generation_id": gid,
+                "account_id": account,
+                "product": "video",
+                "position": i,
+                "engine": "sandbox",
+                "status": "completed" if done else "generating",
+                "credits": 10,
+                "params": {"inputs": [{"key": inp, "mimeType": "image/png", "width": 1, "height": 1}]},
+                "output_key": out if done else None,
+                "created_at": created,
+                "finished_at": now - ago * DAY_S if ago is not None else None,
+                "deadline_at": now + 600,
+            }
+        )
+    concat_key = new_key("out", f"{gid}.mp4") if concat == "completed" else None
+    with write_transaction(engine) as conn:
+        conn.execute(sa.insert(accounts).values(id=account, name=account, balance=0, created_at=created))
+        conn.execute(
+            sa.insert(generations).values(
+                id=gid,
+                account_id=account,
+                product="video",
+                params={},
+                credits=10 * len(rows),
+                task_count=len(rows),
+                created_at=created,
+                concat_status=concat,
+                concat_key=concat_key,
+            )
+        )
+        conn.execute(sa.insert(tasks), rows)
+    return gid, keys + ([concat_key] if concat_key else [])
+
+
+def test_only_generations_whose_every_task_ended_before_the_cutoff_are_due(engine: sa.Engine) -> None:
+    old, old_keys = _generation(engine, [40, 35], concat="completed")
+    failed_concat, _ = _generation(engine, [40], concat="failed")
+    fresh, _ = _generation(engine, [1])
+    partly_fresh, _ = _generation(engine, [40, 2])
+    running, _ = _generation(engine, [40, None])
+    concat_pending, _ = _generation(engine, [40, 40], concat="pending")
+    cutoff = time.time() - 30 * DAY_S
+    with engine.connect() as conn:
+        due = retention.due(conn, cutoff, limit=1000)
+    mine = {old, failed_concat, fresh, partly_fresh, running, concat_pending}
+    assert set(due) & mine == {old, failed_concat}
+    assert sorted(due[old]) == sorted(old_keys), "outputs, inputs and the concatenation"
+    now = time.time()
+    with write_transaction(engine) as conn:
+        assert retention.mark_expired(conn, old, due[old], now)
+        assert not retention.mark_expired(conn, old, due[old], now), "marked once"
+    with engine.connect() as conn:
+        assert old not in retention.due(conn, cutoff, limit=1000)
+        assert all(retention.is_expired(conn, key) for key in old_keys)
+        assert not retention.is_expired(conn, new_key("out", "never.png"))
