@@ -40,10 +40,10 @@ if TYPE_CHECKING:
 
     from nanogen.settings import Settings
 
-# One range only: S3 answers a multi-range request with the whole object, so don't pretend.
-_SINGLE_RANGE = re.compile(r"^bytes=(\d+-\d*|-\d+)$")
 log = logging.getLogger(__name__)
 
+# One range only: S3 answers a multi-range request with the whole object, so don't pretend.
+_SINGLE_RANGE = re.compile(r"^bytes=(\d+-\d*|-\d+)$")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _CHUNK = 1024 * 1024
 _DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -59,8 +59,8 @@ def _code(exc: ClientError) -> str:
 
 @contextmanager
 def _translated(key: str = "") -> Iterator[None]:
-    """The bucket's answers in nanogen's terms: a missing object is FileMissing, a bad range
-    RangeNotSatisfiable (handled by the caller), anything else StorageUnavailable (503, logged)."""
+    """The bucket's answers in nanogen's terms: a missing object is FileMissing, anything else but
+    InvalidRange (left to the caller) is StorageUnavailable (503, logged without secrets)."""
     try:
         yield
     except ClientError as exc:
