@@ -77,7 +77,19 @@ generations = sa.Table(
     sa.Column("concat_url", sa.String(2000), nullable=True),
     sa.Column("concat_key", sa.String(500), nullable=True),
     sa.Column("concat_error", sa.String(2000), nullable=True),
+    # Retention: when this generation's files were deleted on purpose (NANOGEN_RETENTION_DAYS).
+    sa.Column("files_expired_at", sa.Float, nullable=True),
     sa.Index("ix_generations_account", "account_id"),
+    sa.Index("ix_generations_retention", "files_expired_at", "created_at"),
+)
+
+# One row per file deleted by retention, so that its URL answers 410 GONE rather than 404.
+expired_files = sa.Table(
+    "nanogen_expired_files",
+    metadata,
+    sa.Column("key", sa.String(500), primary_key=True),
+    sa.Column("generation_id", sa.String(40), nullable=False),
+    sa.Column("expired_at", sa.Float, nullable=False),
 )
 
 tasks = sa.Table(

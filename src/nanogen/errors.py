@@ -30,6 +30,7 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   ├── NotFound (404)                 NOT_FOUND
     │   │   └── TaskNotFound               TASK_NOT_FOUND
     │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
+    │   ├── Gone (410)                     GONE (nanogen: a file deleted by the retention setting)
     │   ├── RateLimited (429)              API_KEY_RATE_LIMIT_EXCEEDED (+ Retry-After)
     │   ├── InternalError (500)            INTERNAL_ERROR
     │   │   └── CreditReservationFailed    CREDIT_RESERVATION_FAILED
@@ -194,6 +195,12 @@ class MethodNotAllowed(APIError):
     http_status = 405
     error_code = "METHOD_NOT_ALLOWED"
     default_message = "Method not allowed"
+
+
+class Gone(APIError):
+    http_status = 410
+    error_code = "GONE"
+    default_message = "This file was deleted by the server's retention policy"
 
 
 class RateLimited(APIError):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nanogen import __version__
@@ -58,7 +58,38 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         default="memory://", description="limits storage URI (redis://... to share)."
     )
+    rate_limit_prefix: str = Field(
+        default="nanogen", min_length=1, description="First part of every rate-limit key in shared storage."
+    )
+    rate_limit_fail: Literal["open", "closed"] = Field(
+        default="open",
+        description="Shared storage unreachable: 'open' counts in process memory, 'closed' answers 503.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # -- output storage (docs/storage.md)
+    storage: Literal["local", "s3"] = Field(default="local", description="Where outputs and inputs live.")
+    s3_bucket: str | None = Field(default=None, description="Bucket name; required with storage=s3.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, R2, ...); default AWS for the region."
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = Field(default=None, description="Default: boto3's credential chain.")
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_urls: Literal["proxy", "presigned", "public"] = Field(
+        default="proxy",
+        description="Output URLs: nanogen streams from the bucket, redirects to presigned URLs, or the "
+        "bucket's own public URL (s3_public_url).",
+    )
+    s3_public_url: str | None = Field(default=None, description="Public base URL of the bucket (or CDN).")
+    s3_presign_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+    # -- retention of outputs and inputs
+    retention_days: float | None = Field(
+        default=None, gt=0, description="Delete a generation's files this long after it ended; unset: keep."
+    )
+    retention_sweep_interval_s: float = Field(default=3600.0, gt=0)
 
     # -- fetching input images
     fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
@@ -90,6 +121,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("NANOGEN_S3_BUCKET is required with NANOGEN_STORAGE=s3")
+        if self.s3_urls == "public" and not self.s3_public_url:
+            raise ValueError("NANOGEN_S3_PUBLIC_URL is required with NANOGEN_S3_URLS=public")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -42,7 +42,11 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
     writer.start()
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
     limiter = RateLimiter(
-        settings.rate_limit_generate, settings.rate_limit_status, settings.rate_limit_storage
+        settings.rate_limit_generate,
+        settings.rate_limit_status,
+        settings.rate_limit_storage,
+        key_prefix=settings.rate_limit_prefix,
+        fail_closed=settings.rate_limit_fail == "closed",
     )
     reads = Reads(process.runtime.db)
     try:

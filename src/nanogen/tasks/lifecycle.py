@@ -20,9 +20,10 @@ from nanogen.engines.base import Engine
 from nanogen.engines.registry import default_registry
 from nanogen.products import Product
 from nanogen.settings import Settings
-from nanogen.storage import LocalStorage
+from nanogen.storage import make_storage
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks import store
+from nanogen.tasks.retention import RetentionSweeper
 from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         db=make_engine(url),
-        storage=LocalStorage(settings.outputs_dir, settings.resolved_public_url),
+        storage=make_storage(settings),
         engines=engines,
         dbos_client=DBOSClient(system_database_url=url, lazy=True),
         engine_names=names,
@@ -58,10 +59,13 @@ class Process:
     runtime: Runtime
     watchdog: Watchdog | None = None
     queues: list[str] = field(default_factory=list)
+    retention: RetentionSweeper | None = None
 
     def stop(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.retention is not None:
+            self.retention.stop()
         DBOS.destroy(workflow_completion_timeout_sec=5)
         self.runtime.dbos_client.destroy()
         self.runtime.db.dispose()
@@ -136,6 +140,9 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     if work:
         process.watchdog = Watchdog(rt)
         process.watchdog.start()
+        if settings.retention_days is not None:  # off by default: keep every file
+            process.retention = RetentionSweeper(rt, settings.retention_days)
+            process.retention.start()
     return process
 
 

@@ -1,6 +1,14 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/readyz`` checks, at once and each within a few seconds, what a request may need: the database,
+the shared rate-limit storage (Redis, when configured) and output storage. Any one down: 503 with the
+JSON envelope and a ``checks`` map naming it, so a load balancer stops sending traffic here.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -11,8 +19,11 @@ from starlette.responses import Response
 from nanogen import errors
 from nanogen.server.deps import services
 from nanogen.server.responses import FastJSONResponse
+from nanogen.server.services import Services
 
 router = APIRouter(tags=["Operations"])
+
+CHECK_TIMEOUT_S = 5.0
 
 
 @router.get("/healthz", summary="The process is up")
@@ -20,20 +31,50 @@ async def healthz() -> Response:
     return FastJSONResponse({"status": "ok"})
 
 
-def _database_ok(db: sa.Engine) -> bool:
+def _database(svc: Services) -> str:
     try:
-        with db.connect() as conn:
+        with svc.runtime.db.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-        return True
     except sa.exc.SQLAlchemyError:
-        return False
+        return "unreachable"
+    return "ok"
 
 
-@router.get("/readyz", summary="The database is reachable")
+def _redis(svc: Services) -> str:
+    return "ok" if svc.limiter.ping() else "unreachable"
+
+
+def _storage(svc: Services) -> str:
+    try:
+        svc.runtime.storage.ping()
+    except errors.ServiceUnavailable as exc:
+        return exc.message
+    return "ok"
+
+
+async def _check(probe: Callable[[Services], str], svc: Services) -> str:
+    try:
+        return await asyncio.wait_for(run_in_threadpool(probe, svc), CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return "timed out"
+
+
+@router.get(
+    "/readyz",
+    summary="Database, rate-limit storage and output storage are reachable",
+    responses={503: {"description": "SERVICE_UNAVAILABLE, with `checks` naming what is down"}},
+)
 async def readyz(request: Request) -> Response:
-    if not await run_in_threadpool(_database_ok, services(request).runtime.db):
-        raise errors.ServiceUnavailable("Database unreachable")
-    return FastJSONResponse({"status": "ready"})
+    svc = services(request)
+    probes = {"database": _database, "storage": _storage}
+    if svc.limiter.shared:
+        probes["redis"] = _redis
+    results = await asyncio.gather(*(_check(probe, svc) for probe in probes.values()))
+    checks = dict(zip(probes, results, strict=True))
+    down = sorted(name for name, result in checks.items() if result != "ok")
+    if down:
+        raise errors.ServiceUnavailable(f"Not ready: {', '.join(down)} unavailable", checks=checks)
+    return FastJSONResponse({"status": "ready", "checks": checks})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

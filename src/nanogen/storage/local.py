@@ -1,46 +1,19 @@
-"""Where outputs and fetched inputs live, and the URLs clients fetch them from.
-
-Keys are unguessable (``<kind>/<random token>/<name>``): knowing one output's URL tells nothing about
-another's. The local backend keeps files under ``<home>/outputs`` and nanogen serves them at
-``<public url>/files/<key>`` (with HTTP Range, for video players). Other backends (S3) implement the
-same protocol.
-"""
+"""The default backend: files under ``<home>/outputs``, served by nanogen at ``/files/<key>``."""
 
 from __future__ import annotations
 
 import contextlib
-import mimetypes
 import os
-import re
 import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-_KEY_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_-]{16,64}/[A-Za-z0-9._-]{1,100}$")
-CONTENT_TYPES = {".png": "image/png", ".mp4": "video/mp4", ".jpg": "image/jpeg", ".webp": "image/webp"}
+from nanogen.storage.base import Download, FileMissing, LocalFile, StorageUnavailable, is_valid_key
 
-
-class Storage(Protocol):
-    def put_file(self, key: str, src: Path) -> None: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def local_path(self, key: str) -> Path | None: ...
-    def url_for(self, key: str) -> str: ...
-    def delete(self, key: str) -> None: ...
-
-
-def new_key(kind: str, filename: str) -> str:
-    return f"{kind}/{secrets.token_urlsafe(18)}/{filename}"
-
-
-def is_valid_key(key: str) -> bool:
-    return bool(_KEY_RE.match(key)) and ".." not in key
-
-
-def content_type_for(key: str) -> str:
-    suffix = Path(key).suffix.lower()
-    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(key)[0] or "application/octet-stream"
+if TYPE_CHECKING:
+    from nanogen.settings import Settings
 
 
 class LocalStorage:
@@ -49,6 +22,10 @@ class LocalStorage:
     def __init__(self, root: Path, public_url: str) -> None:
         self.root = root
         self.public_url = public_url.rstrip("/")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalStorage:
+        return cls(settings.outputs_dir, settings.resolved_public_url)
 
     def _path(self, key: str) -> Path:
         if not is_valid_key(key):
@@ -70,7 +47,10 @@ class LocalStorage:
         os.replace(tmp, dest)
 
     def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        path = self.local_path(key)
+        if path is None:
+            raise FileMissing(key)
+        return path.read_bytes()
 
     def local_path(self, key: str) -> Path | None:
         try:
@@ -87,3 +67,21 @@ class LocalStorage:
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # other files left in the folder: keep it
             path.parent.rmdir()
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def open(self, key: str, byte_range: str | None) -> Download:
+        path = self.local_path(key)
+        if path is None:
+            raise FileMissing(key)
+        return LocalFile(path)  # the route's FileResponse answers Range itself
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"output directory unusable: {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise StorageUnavailable("output directory not writable")
