@@ -7,6 +7,7 @@ type or enum problem to ``INVALID_PARAMETER`` naming the field, so no client inp
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -146,6 +147,19 @@ class VideoStatusResponse(BaseModel):
         "request completed",
     )
     concatenationError: str | None = None
+
+
+# -- uploads (nanogen) ---------------------------------------------------------------------------------
+class UploadResponse(BaseModel):
+    success: bool = True
+    url: str = Field(
+        description="nanogen's own file URL; usable in inputImageUrls / imageUrls until expiresAt"
+    )
+    expiresAt: datetime = Field(description="ISO 8601, UTC")
+    contentType: str = Field(description="The format found by decoding (image/png, image/jpeg...)")
+    width: int
+    height: int
+    bytes: int
 
 
 class ErrorResponse(BaseModel):
