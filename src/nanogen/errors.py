@@ -44,6 +44,7 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     ├── FetchError                         an input URL was refused or unusable (becomes InvalidImageUrl)
     └── ClientError                        SDK side, no answer from the server to map
         ├── ConnectionFailed               the server could not be reached (network, DNS, timeout)
+        ├── UnexpectedResponse             a success answer that does not fit the contract's models
         └── WaitTimeout                    wait() gave up before the generation ended (also a TimeoutError)
 
 A response whose ``errorCode`` has no class here (another server's code) becomes the class for its HTTP
@@ -304,6 +305,10 @@ class ClientError(NanogenError):
 
 class ConnectionFailed(ClientError):
     """The server could not be reached (connection refused, DNS, network timeout)."""
+
+
+class UnexpectedResponse(ClientError):
+    """A success answer whose body does not fit the contract's response models."""
 
 
 class WaitTimeout(ClientError, TimeoutError):

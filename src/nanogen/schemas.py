@@ -122,9 +122,18 @@ class TaskRef(_Request):
 
 
 class VideoStatusRequest(_Request):
-    taskIds: list[TaskRef] = Field(min_length=1, max_length=MAX_SHOTS * 10)
+    taskIds: list[TaskRef] = Field(
+        default_factory=list, max_length=MAX_SHOTS * 10, description="Required unless generationId is given"
+    )
     resolution: str | None = Field(
         default=None, description="Accepted and validated for compatibility; answers are the same."
+    )
+    generationId: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="nanogen addition: instead of taskIds, every shot of the request with this generationId "
+        "(from the generate response); taskIds win when both are given",
     )
 
 
@@ -135,7 +144,8 @@ class ShotStatus(BaseModel):
     videoUrl: str | None = None
     generationTime: int | None = None
     error: str | None = None
-    progress: int = Field(description="nanogen addition: 0-100")
+    progress: int | None = Field(default=None, description="nanogen addition: 0-100")
+    resolution: str | None = Field(default=None, description="nanogen addition: as generated")
 
 
 class VideoStatusResponse(BaseModel):
@@ -147,6 +157,9 @@ class VideoStatusResponse(BaseModel):
         "request completed",
     )
     concatenationError: str | None = None
+    generationId: str | None = Field(
+        default=None, description="nanogen addition: when the taskIds are exactly one request's shots"
+    )
 
 
 # -- uploads (nanogen) ---------------------------------------------------------------------------------
@@ -283,9 +296,12 @@ def _check_shots(request: VideoGenerateRequest) -> None:
 
 def parse_video_status_request(data: dict[str, Any]) -> VideoStatusRequest:
     task_ids = data.get("taskIds")
-    if task_ids is None or task_ids == []:
+    generation_id = data.get("generationId")
+    if (task_ids is None or task_ids == []) and not (
+        isinstance(generation_id, str) and generation_id.strip()
+    ):
         raise errors.TaskIdsRequired()
-    if not isinstance(task_ids, list):
+    if task_ids is not None and not isinstance(task_ids, list):
         raise errors.InvalidParameter("taskIds must be an array of {shotId, taskId}", field="taskIds")
     request = validate(VideoStatusRequest, data)
     if request.resolution is not None:
