@@ -67,7 +67,10 @@ class ImageGenerateResponse(BaseModel):
     generationId: str
     taskId: str
     status: Literal["pending"] = "pending"
-    creditsUsed: int = Field(description="nanogen addition: credits debited for this request")
+    # nanogen additions are optional here: the SDK reads the hosted service's answers with these models.
+    creditsUsed: int | None = Field(
+        default=None, description="nanogen addition: credits debited for this request"
+    )
 
 
 class ImageStatusRequest(_Request):
@@ -112,8 +115,8 @@ class ShotAccepted(BaseModel):
 class VideoGenerateResponse(BaseModel):
     status: Literal["processing"] = "processing"
     shots: list[ShotAccepted]
-    creditsUsed: int
-    generationId: str = Field(description="nanogen addition: the request's id")
+    creditsUsed: int | None = None
+    generationId: str | None = Field(default=None, description="nanogen addition: the request's id")
 
 
 class TaskRef(_Request):
