@@ -20,7 +20,6 @@ Ctrl-C stops waiting, not the generation, and prints how to resume. Exit codes (
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,8 +30,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from nanogen import errors, schemas
+from nanogen.cli_shots import Failure, build_shots
 from nanogen.client import Client, ImageGeneration, VideoGeneration
-from nanogen.products import GenerationType, ImageAspectRatio, ImageQuality, Resolution, VideoAspectRatio
+from nanogen.products import ImageAspectRatio, ImageQuality, Resolution, VideoAspectRatio
 
 err = Console(stderr=True)
 
@@ -40,6 +40,7 @@ EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_AUTH, EXIT_CREDITS, EXIT_FAILED, EXIT_RATE
 EXIT_INTERRUPTED = 130
 # First match wins: order from specific to general.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (Failure, EXIT_INPUT),
     (errors.GenerationFailed, EXIT_FAILED),
     (errors.LoginRequired, EXIT_AUTH),
     (errors.Forbidden, EXIT_AUTH),
@@ -53,13 +54,6 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.UnsupportedMediaType, EXIT_INPUT),
     (OSError, EXIT_INPUT),  # a local file that is missing or unreadable
 )
-
-TYPE_ALIASES = {
-    "text": GenerationType.TEXT_2_VIDEO,
-    "frames": GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO,
-    "reference": GenerationType.REFERENCE_2_VIDEO,
-}
-_NUMBERED = re.compile(r"^(\d+)=(.+)$")
 
 ApiKey = Annotated[
     str | None,
@@ -96,14 +90,6 @@ PollInterval = Annotated[
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Submit, print the id and return.")]
 
 
-class Failure(Exception):
-    """A message for the user and an exit code (bad CLI input found before anything is sent)."""
-
-    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 # -- shared plumbing -------------------------------------------------------------------------------------
 def _emit(data: dict[str, Any]) -> None:
     print(json.dumps(data, indent=None, default=str))
@@ -114,7 +100,7 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _report_error(exc: BaseException, as_json: bool) -> int:
-    code = exc.code if isinstance(exc, Failure) else _exit_code(exc)
+    code = _exit_code(exc)
     if isinstance(exc, errors.APIError):
         body: dict[str, Any] = exc.body() | {"status": exc.status}
         result = exc.result if isinstance(exc, errors.GenerationFailed) else None
@@ -291,92 +277,6 @@ def _submitted(as_json: bool, kind: str, ident: str | None, credits: int | None,
 
 
 # -- videos ----------------------------------------------------------------------------------------------
-def _parse_type(value: str) -> str:
-    lowered = value.strip().lower()
-    if lowered in TYPE_ALIASES:
-        return TYPE_ALIASES[lowered].value
-    try:
-        return GenerationType(value.strip().upper()).value
-    except ValueError:
-        names = ", ".join([*TYPE_ALIASES, *(t.value for t in GenerationType)])
-        raise Failure(f"unknown shot type {value!r}: use one of {names}") from None
-
-
-def _load_shots_file(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """Shots from JSON or YAML: a list of shots, or ``{"shots": [...], "resolution": ...}``. Local image
-    paths are taken relative to the file."""
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data: Any = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # both parsers raise their own types
-        raise Failure(
-            f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"
-        ) from None
-    resolution = None
-    if isinstance(data, dict):
-        resolution = data.get("resolution")
-        data = data.get("shots")
-    if not isinstance(data, list) or not data:
-        raise Failure(f"{path}: expected a list of shots, or an object with a 'shots' list")
-    shots = []
-    for index, item in enumerate(data, start=1):
-        shot: dict[str, Any] = (
-            {"prompt": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else {}
-        )
-        if not shot:
-            raise Failure(f"{path}: shot {index} must be a prompt or an object")
-        if isinstance(shot.get("generationType"), str):
-            shot["generationType"] = _parse_type(shot["generationType"])
-        images = shot.get("imageUrls")
-        if isinstance(images, list):
-            shot["imageUrls"] = [_relative_to(path.parent, str(i)) for i in images]
-        shots.append(shot)
-    return shots, str(resolution) if resolution is not None else None
-
-
-def _relative_to(folder: Path, image: str) -> str:
-    return image if "://" in image or Path(image).is_absolute() else str(folder / image)
-
-
-def _build_shots(
-    prompts: list[str], shots_file: Path | None, types: list[str], images: list[str], aspect: VideoAspectRatio
-) -> tuple[list[dict[str, Any]], str | None]:
-    if prompts and shots_file:
-        raise Failure("use --shot or --shots-file, not both")
-    if not prompts and not shots_file:
-        raise Failure("give at least one --shot PROMPT (or --shots-file FILE)")
-    if shots_file:
-        shots, resolution = _load_shots_file(shots_file)
-    else:
-        shots, resolution = [{"prompt": p} for p in prompts], None
-    for shot in shots:
-        shot.setdefault("aspectRatio", aspect.value)
-    if types:
-        if len(types) not in (1, len(shots)):
-            raise Failure(
-                f"give --type once (all shots) or once per shot ({len(shots)}), not {len(types)} times"
-            )
-        for shot, kind in zip(shots, types * len(shots) if len(types) == 1 else types, strict=False):
-            shot["generationType"] = _parse_type(kind)
-    for value in images:
-        numbered = _NUMBERED.match(value)
-        if numbered:
-            number, image = int(numbered.group(1)), numbered.group(2)
-        elif len(shots) == 1:
-            number, image = 1, value
-        else:
-            raise Failure(f"--image {value}: with several shots, say which one: --image N={value} (N from 1)")
-        if not 1 <= number <= len(shots):
-            raise Failure(f"--image {value}: there is no shot {number} (shots 1-{len(shots)})")
-        shots[number - 1].setdefault("imageUrls", []).append(image)
-    return shots, resolution
-
-
 def _video_progress(
     progress: Progress, video: VideoGeneration
 ) -> Callable[[schemas.VideoStatusResponse], None]:
@@ -480,7 +380,7 @@ def video(
         _handled(as_json, lambda: _resume_id(handle[0]) if handle else None),
         _client(api_key, base_url) as client,
     ):
-        shots, file_resolution = _build_shots(shot or [], shots_file, type_ or [], image_ or [], aspect)
+        shots, file_resolution = build_shots(shot or [], shots_file, type_ or [], image_ or [], aspect)
         chosen = resolution.value if resolution else file_resolution
         if not as_json:
             err.print(f"submitting {len(shots)} shot{'s' if len(shots) > 1 else ''}…")
