@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from fastapi import Request
-from limits import RateLimitItem
+from limits import RateLimitItem, parse
 
 from nanogen import errors, ledger
 from nanogen.server.services import Services
@@ -19,13 +20,14 @@ def services(request: Request) -> Services:
     return svc
 
 
-async def _authenticate(svc: Services, key: str, budget: RateLimitItem) -> ledger.Caller:
+async def _authenticate(svc: Services, key: str, budget: RateLimitItem, scope: str = "") -> ledger.Caller:
     """Look the key up and count the request against its budget (both without a thread hop on the
-    embedded default: see db.Reads and ratelimit)."""
+    embedded default: see db.Reads and ratelimit). ``scope`` keeps a budget's counter apart from
+    another budget configured with the same rate."""
     found = await ledger.authenticate_reading(svc.reads, key)
     if found is None:
         raise errors.LoginRequired()
-    await svc.limiter.count(budget, found.key_id)
+    await svc.limiter.count(budget, scope + found.key_id)
     return found
 
 
@@ -51,6 +53,18 @@ async def status_caller(request: Request) -> ledger.Caller:
     """Authenticates and counts against the key's separate, generous polling budget."""
     svc = services(request)
     return await _authenticate(svc, _bearer_key(request), svc.limiter.status)
+
+
+@lru_cache(maxsize=8)
+def _budget(rate: str) -> RateLimitItem:
+    return parse(rate)
+
+
+async def upload_caller(request: Request) -> ledger.Caller:
+    """Authenticates and counts against the key's upload budget (``NANOGEN_RATE_LIMIT_UPLOAD``)."""
+    svc = services(request)
+    budget = _budget(svc.settings.rate_limit_upload)
+    return await _authenticate(svc, _bearer_key(request), budget, "upload:")
 
 
 async def json_body(request: Request) -> dict[str, Any]:

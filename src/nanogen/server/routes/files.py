@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from nanogen import errors
 from nanogen.db import read_connection
 from nanogen.server.deps import services
+from nanogen.server.inputs import upload_expired
 from nanogen.server.services import Services
 from nanogen.storage import (
     CACHE_CONTROL,
@@ -47,6 +48,8 @@ def _expired(svc: Services, key: str) -> bool:
     },
 )
 async def download(key: str, request: Request) -> Response:
+    if upload_expired(key):  # an upload past its expiry is gone for good (docs/api.md)
+        raise errors.NotFound("File not found")
     svc = services(request)
     try:
         found = await run_in_threadpool(svc.runtime.storage.open, key, request.headers.get("range"))
