@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 from PIL import Image
 
 from tests.conftest import Account, wait_for
+from tests.databases import Database
 
 DAY_S = 86_400
 
@@ -102,15 +102,15 @@ def local_files(home: Path) -> list[Path]:
     return [p for p in outputs.rglob("*") if p.is_file()] if outputs.exists() else []
 
 
-def backdate(db: sqlite3.Connection, generation_id: str, days: float) -> None:
-    """Make a generation look ``days`` older: what retention measures is the records' age."""
+def backdate(db: Database, generation_id: str, days: float) -> None:
+    """Make a generation look ``days`` older: what retention measures is the records' age (committed
+    when ``db`` closes)."""
     shift = days * DAY_S
-    with db:
-        db.execute(
-            "UPDATE nanogen_tasks SET created_at = created_at - ?, finished_at = finished_at - ? "
-            "WHERE generation_id = ?",
-            (shift, shift, generation_id),
-        )
-        db.execute(
-            "UPDATE nanogen_generations SET created_at = created_at - ? WHERE id = ?", (shift, generation_id)
-        )
+    db.execute(
+        "UPDATE nanogen_tasks SET created_at = created_at - ?, finished_at = finished_at - ? "
+        "WHERE generation_id = ?",
+        (shift, shift, generation_id),
+    )
+    db.execute(
+        "UPDATE nanogen_generations SET created_at = created_at - ? WHERE id = ?", (shift, generation_id)
+    )

@@ -20,7 +20,7 @@ from nanogen import errors
 from nanogen.engines.base import InputImage
 from nanogen.media.images import probe_image
 from nanogen.server.services import Services
-from nanogen.storage import is_valid_key, new_key
+from nanogen.storage import FileMissing, is_valid_key, new_key
 from nanogen.tasks.jobs import stored_input
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -87,7 +87,7 @@ def _read_own(svc: Services, own: dict[str, str]) -> dict[str, InputImage]:
             raise errors.InvalidImageUrl("Could not use image URL: the upload has expired", url=url[:500])
         try:
             data = storage.read_bytes(key)
-        except (OSError, ValueError, LookupError):
+        except (FileMissing, OSError, ValueError, LookupError):
             raise errors.InvalidImageUrl("Could not use image URL: no such file", url=url[:500]) from None
         try:
             info = probe_image(data, svc.settings.fetch_max_pixels)

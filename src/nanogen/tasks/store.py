@@ -99,14 +99,12 @@ _INSERT_GENERATION = Prepared(
     sa.insert(generations).values({c.name: sa.bindparam(c.name) for c in generations.c})
 )
 _INSERT_TASK = Prepared(sa.insert(tasks).values({c.name: sa.bindparam(c.name) for c in tasks.c}))
-_GENERATION_DEFAULTS = {"concat_status": None, "concat_url": None, "concat_key": None, "concat_error": None}
-_TASK_DEFAULTS = {
-    "output_url": None,
-    "output_key": None,
-    "error": None,
+# What an insert leaves out: NULL where the column allows it, the server default's value otherwise
+# (a prepared INSERT binds every column).
+_GENERATION_DEFAULTS: dict[str, Any] = {c.name: None for c in generations.c if c.nullable}
+_TASK_DEFAULTS: dict[str, Any] = {c.name: None for c in tasks.c if c.nullable} | {
     "attempts": 0,
-    "started_at": None,
-    "finished_at": None,
+    "progress": 0,
 }
 
 
