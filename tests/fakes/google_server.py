@@ -24,6 +24,7 @@ Behaviour comes from markers in the prompt, so tests running side by side never 
 ``[google:op-error]``      the operation ends with an ``error``
 ``[google:never]``         the operation never finishes
 ``[google:hold]``          the operation finishes once the test calls ``release()``
+``[google:slow]``          an image answer takes SLOW_S seconds; an operation runs for SLOW_S seconds
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ IMAGE_SIZES = {
     "1:1": {"1K": (1024, 1024), "2K": (2048, 2048), "4K": (4096, 4096)},
 }
 VIDEO_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
+SLOW_S = 2.0
 COLOURS = [(200, 60, 30), (30, 140, 200), (60, 180, 60), (220, 190, 40)]
 _MARKER = re.compile(r"\[google:([a-z0-9-]+?)(?:x(\d+))?\]")
 
@@ -201,6 +203,7 @@ class FakeGoogle:
         self.received: list[Received] = []
         self.operations: dict[str, Operation] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.images: dict[str, bytes] = {}  # prompt -> the final image last answered
         self.tokens: set[str] = set()
         self.failures: list[str] = []  # requests the fake could not read (tests assert there are none)
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -436,6 +439,8 @@ class FakeGoogle:
         if quality not in ("1K", "2K", "4K") or ratio not in IMAGE_SIZES:
             return self._json(400, error_body(400, "INVALID_ARGUMENT", f"Invalid imageConfig {image_config}"))
         wanted = markers(r.prompt)
+        if "slow" in wanted:
+            time.sleep(SLOW_S)
         usage = {"promptTokenCount": 12, "candidatesTokenCount": 1120, "totalTokenCount": 1132}
         if "malformed" in wanted:
             return 200, {"Content-Type": "text/html"}, b"<html><body>upstream connect error</body></html>"
@@ -452,6 +457,8 @@ class FakeGoogle:
             return self._json(200, {"candidates": [candidate], "usageMetadata": usage})
         inputs = [data for data, _ in inline_parts(parts)]
         final = picture(IMAGE_SIZES[ratio][quality], r.prompt, inputs)
+        with self.lock:
+            self.images[r.prompt] = final
         draft = png(Image.new("RGB", (64, 64), (128, 128, 128)))
         candidate: dict[str, Any] = {
             "content": {
@@ -519,7 +526,7 @@ class FakeGoogle:
         running = (
             "never" in wanted
             or ("hold" in wanted and not released)
-            or ("slow" in wanted and time.monotonic() - op.submitted_at < 2.0)
+            or ("slow" in wanted and time.monotonic() - op.submitted_at < SLOW_S)
             or polls <= self.polls_until_done
         )
         if running:

@@ -12,6 +12,7 @@ or timed out) is repeated only when it is free to repeat (``idempotent``: pollin
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+import pydantic
 from google.genai import errors as genai_errors
 
 from nanogen.errors import EngineError
@@ -115,11 +117,13 @@ class ProviderError(Exception):
 
 
 def sdk(call: Callable[[], T]) -> T:
-    """Run an SDK call, translating its HTTP errors."""
+    """Run an SDK call, translating its HTTP errors and answers it cannot parse."""
     try:
         return call()
     except genai_errors.APIError as exc:
         raise ProviderError.from_sdk(exc) from exc
+    except (json.JSONDecodeError, pydantic.ValidationError) as exc:
+        raise EngineError(f"Google returned a malformed response ({type(exc).__name__})") from exc
 
 
 def checked(response: httpx.Response) -> httpx.Response:
