@@ -12,6 +12,7 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nanogen import ledger
@@ -255,7 +256,7 @@ def _require_engines(settings: Settings) -> None:
             registry.create(name, settings)
         except NanogenError as exc:
             served = " and ".join(p.value + "s" for p in products)
-            err.print(f"[red]cannot start the {name} engine for {served}[/red]: {exc}")
+            err.print(f"[red]cannot start the {name} engine for {served}[/red]: {escape(str(exc))}")
             err.print("`nanogen doctor` checks the engine settings")
             raise typer.Exit(2) from None
 
@@ -265,20 +266,17 @@ def doctor() -> None:
     """Check the configured engines: settings, credentials, models and prices. Makes no paid call."""
     settings = _settings()
     registry = default_registry()
-    table = Table("engine", "serves", "check", "", "detail")
-    table.columns[4].overflow = "fold"
     healthy = True
     for name, products in _engine_names(settings).items():
-        served = ", ".join(p.value + "s" for p in products)
+        out.print(f"[bold]{name}[/bold] engine, serving {' and '.join(p.value + 's' for p in products)}")
         try:
             checks = registry.create(name, settings).diagnose(frozenset(products))
         except NanogenError as exc:
             checks = [Check("configuration", False, str(exc))]
         for check in checks:
             healthy = healthy and check.ok
-            mark = "[green]ok[/green]" if check.ok else "[red]FAIL[/red]"
-            table.add_row(name, served, check.name, mark, check.detail)
-    out.print(table)
+            mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
+            out.print(f"  {mark}  {check.name}: {escape(check.detail)}", soft_wrap=True, highlight=False)
     if not healthy:
         err.print("[red]some checks failed[/red]: see the details above and docs/engines.md")
         raise typer.Exit(1)

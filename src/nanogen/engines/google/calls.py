@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pydantic
+from google.auth import exceptions as auth_exceptions
 from google.genai import errors as genai_errors
 
 from nanogen.errors import EngineError
@@ -124,6 +125,13 @@ def sdk(call: Callable[[], T]) -> T:
         raise ProviderError.from_sdk(exc) from exc
     except (json.JSONDecodeError, pydantic.ValidationError) as exc:
         raise EngineError(f"Google returned a malformed response ({type(exc).__name__})") from exc
+    except auth_exceptions.TransportError as exc:  # the token endpoint did not answer: try again
+        raise ProviderError(503, "UNAVAILABLE", f"cannot reach Google's token endpoint: {exc}") from exc
+    except auth_exceptions.GoogleAuthError as exc:
+        raise EngineError(
+            f"Vertex AI credentials do not work ({type(exc).__name__}: {exc}). The operator must fix the "
+            "application default credentials; `nanogen doctor` checks them."
+        ) from exc
 
 
 def checked(response: httpx.Response) -> httpx.Response:

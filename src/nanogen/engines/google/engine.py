@@ -190,6 +190,8 @@ class GoogleEngine(Engine):
             )
         except ProviderError as exc:
             return Check(label, False, f"{model}: {exc.engine_error().message}")
+        except EngineError as exc:
+            return Check(label, False, f"{model}: {exc.message}")
         except httpx.HTTPError as exc:
             return Check(label, False, f"{model}: cannot reach Google ({type(exc).__name__}: {exc})")
         return Check(label, True, f"{model} answers ({found.display_name or found.name}); {known}")
