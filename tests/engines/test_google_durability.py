@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Server, wait_for
+from tests.conftest import Server, nanogen_cli, wait_for
 from tests.engines.google_support import (
     admin_task,
     generate_image,
@@ -63,6 +63,9 @@ def test_kill_9_mid_operation_then_restart_polls_the_same_operation(fake: FakeGo
         assert admin_task(server, task_id)["providerCostUsd"] == "3.200000", "one shot's cost, once"
         assert account.balance() == 90
         account.assert_books_balance()
+        shown = nanogen_cli("credits", "show", account.id, env=server.env | {"COLUMNS": "200"})
+        [row] = [line for line in shown.stdout.splitlines() if account.id in line]
+        assert [cell.strip() for cell in row.split("│")[3:8]] == ["90", "100", "10", "0", "3.200000"], row
     finally:
         server.stop()
 

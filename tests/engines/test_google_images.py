@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.conftest import Account, ImageHost, Server, image_bytes
+from tests.conftest import ADMIN_TOKEN, Account, ImageHost, Server, image_bytes
 from tests.engines.google_support import (
     admin_task,
     download,
@@ -70,6 +70,11 @@ def test_text_to_image_maps_options_and_stores_the_image(
     assert task["engine"] == "google" and task["attempts"] == 1
     assert task["providerCostUsd"] == "0.101000", "Nano Banana 2's 2K list price"
     assert task["providerOperation"] is None, "an image is one call: no operation"
+    with server.client(ADMIN_TOKEN) as admin:
+        shown = admin.get(f"/admin/accounts/{account.id}").json()
+    assert (shown["debited"], shown["providerCostUsd"]) == (8, "0.101000"), (
+        "credits charged beside money spent"
+    )
 
 
 def test_google_search_turns_on_grounding(fake: FakeGoogle, server: Server, account: Account) -> None:
