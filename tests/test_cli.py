@@ -75,7 +75,8 @@ def assert_key_works(server: Server, key: str) -> None:
 def show(target: Server, account: str) -> dict[str, Any]:
     rows = table_rows(ok(target, "credits", "show", account).stdout)
     assert len(rows) == 1, rows
-    name, account_id, balance, granted, debited, refunded = rows[0]
+    name, account_id, balance, granted, debited, refunded, provider_cost = rows[0]
+    assert provider_cost == "0.000000", "the sandbox costs nothing at a provider"
     return {
         "name": name,
         "id": account_id,
@@ -150,9 +151,9 @@ def test_credits_grant_and_show_add_up(server: Server) -> None:
         numbers["name"],
         numbers["id"],
         *(str(numbers[k]) for k in ("balance", "granted", "debited", "refunded")),
-    ] in everyone
+    ] in [row[:6] for row in everyone]
     for row in everyone:
-        balance, grants, debits, refunds = (int(x) for x in row[2:])
+        balance, grants, debits, refunds = (int(x) for x in row[2:6])
         assert balance == grants - debits + refunds, row
 
 

@@ -1,5 +1,5 @@
-"""The ``nanogen`` command line: serve, worker, migrate, demo, keys, credits; and (cli_generate.py)
-image, video, status, download."""
+"""The ``nanogen`` command line: serve, worker, migrate, demo, keys, credits, doctor; and
+(cli_generate.py) image, video, status, download."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nanogen import cli_generate, ledger
 from nanogen.db import make_engine, read_connection, write_transaction
-from nanogen.products import MAX_GRANT
+from nanogen.engines.base import Check
+from nanogen.engines.registry import default_registry
+from nanogen.errors import NanogenError
+from nanogen.products import MAX_GRANT, Product, format_usd
 from nanogen.settings import Settings
+from nanogen.tasks import store
 
 app = typer.Typer(
     help="nanogen: self-hosted NanoPhoto-compatible image and video generation.", no_args_is_help=True
@@ -74,6 +79,7 @@ def serve(
     from nanogen.server.app import create_app
 
     settings = _settings(host=host, port=port)
+    _require_engines(settings)
     with _database(settings):
         pass
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
@@ -109,6 +115,7 @@ def run_worker(
     from nanogen.tasks.lifecycle import launch
 
     settings = _settings(worker_engines=engines, image_concurrency=concurrency, video_concurrency=concurrency)
+    _require_engines(settings)
     configured = {settings.engine_images, settings.engine_videos}
     if unknown := set(settings.worker_engines) - configured:
         err.print(
@@ -234,11 +241,63 @@ def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> Non
                 err.print(f"[red]no account {account!r}[/red]")
                 raise typer.Exit(2)
         rows = [(a, ledger.totals(conn, a.id)) for a in accounts]
-    table = Table("account", "id", "balance", "granted", "debited", "refunded")
+        costs = store.provider_costs(conn)
+    table = Table("account", "id", "balance", "granted", "debited", "refunded", "provider cost (USD)")
     table.columns[1].overflow = "fold"
     for a, t in rows:
-        table.add_row(a.name, a.id, str(a.balance), str(t.granted), str(t.debited), str(t.refunded))
+        table.add_row(
+            a.name,
+            a.id,
+            str(a.balance),
+            str(t.granted),
+            str(t.debited),
+            str(t.refunded),
+            format_usd(costs.get(a.id, 0)),
+        )
     out.print(table)
+    err.print("provider cost: the providers' list prices of the work done (an estimate, see docs/engines.md)")
+
+
+def _engine_names(settings: Settings) -> dict[str, list[Product]]:
+    names: dict[str, list[Product]] = {}
+    for product, name in ((Product.IMAGE, settings.engine_images), (Product.VIDEO, settings.engine_videos)):
+        names.setdefault(name, []).append(product)
+    return names
+
+
+def _require_engines(settings: Settings) -> None:
+    """Fail before serving when a configured engine cannot be built (unknown, or a missing key)."""
+    registry = default_registry()
+    for name, products in _engine_names(settings).items():
+        try:
+            registry.create(name, settings)
+        except NanogenError as exc:
+            served = " and ".join(p.value + "s" for p in products)
+            err.print(f"[red]cannot start the {name} engine for {served}[/red]: {escape(str(exc))}")
+            err.print("`nanogen doctor` checks the engine settings")
+            raise typer.Exit(2) from None
+
+
+@app.command()
+def doctor() -> None:
+    """Check the configured engines: settings, credentials, models and prices. Makes no paid call."""
+    settings = _settings()
+    registry = default_registry()
+    healthy = True
+    for name, products in _engine_names(settings).items():
+        out.print(f"[bold]{name}[/bold] engine, serving {' and '.join(p.value + 's' for p in products)}")
+        try:
+            checks = registry.create(name, settings).diagnose(frozenset(products))
+        except NanogenError as exc:
+            checks = [Check("configuration", False, str(exc))]
+        for check in checks:
+            healthy = healthy and check.ok
+            mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
+            out.print(f"  {mark}  {check.name}: {escape(check.detail)}", soft_wrap=True, highlight=False)
+    if not healthy:
+        err.print("[red]some checks failed[/red]: see the details above and docs/engines.md")
+        raise typer.Exit(1)
+    err.print("[green]all engine checks passed[/green]")
 
 
 def _safe_url(url: str) -> str:

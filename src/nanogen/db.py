@@ -114,6 +114,10 @@ tasks = sa.Table(
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
     sa.Column("deadline_at", sa.Float, nullable=False),
+    # Engines that spend money: the provider's operation (recorded before waiting on it) and the
+    # list-price estimate of what the task cost at the provider, in millionths of a USD.
+    sa.Column("provider_operation", sa.String(500), nullable=True),
+    sa.Column("provider_cost_micros", sa.BigInteger, nullable=True),
     sa.CheckConstraint("status IN ('pending', 'generating', 'completed', 'failed')", name="ck_tasks_status"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_tasks_progress"),
     sa.Index("ix_tasks_generation", "generation_id"),

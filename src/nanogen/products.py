@@ -7,6 +7,7 @@ Everything else is nanogen's documented choice (see ``docs/api.md``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Final
 
@@ -146,3 +147,55 @@ def image_size(aspect_ratio: ImageAspectRatio, quality: ImageQuality) -> tuple[i
 
 def video_size(aspect_ratio: VideoAspectRatio, resolution: Resolution) -> tuple[int, int]:
     return VIDEO_SIZES[(aspect_ratio, resolution)]
+
+
+# -- provider list prices: what a task costs the operator at the provider --------------------------
+# Public list prices in USD (paid tier, standard processing, audio on for Veo) as published on
+# ai.google.dev/gemini-api/docs/pricing and the Vertex AI pricing page, last checked on PRICES_CHECKED.
+# They give each task an estimate to set beside the credits charged; the provider's invoice is the truth.
+# Only output is priced: input image tokens, thinking tokens and Search grounding queries are not.
+PRICES_CHECKED: Final = "2026-11-22"
+_NANO_BANANA_2 = {ImageQuality.Q1K: "0.067", ImageQuality.Q2K: "0.101", ImageQuality.Q4K: "0.151"}
+_NANO_BANANA_PRO = {ImageQuality.Q1K: "0.134", ImageQuality.Q2K: "0.134", ImageQuality.Q4K: "0.24"}
+_VEO_31 = {Resolution.P720: "0.40", Resolution.P1080: "0.40", Resolution.K4: "0.60"}
+_VEO_31_FAST = {Resolution.P720: "0.15", Resolution.P1080: "0.15", Resolution.K4: "0.35"}
+
+# model id -> USD per output image
+IMAGE_LIST_PRICES: Final[dict[str, dict[ImageQuality, Decimal]]] = {
+    model: {quality: Decimal(usd) for quality, usd in table.items()}
+    for model, table in {
+        "gemini-3.1-flash-image-preview": _NANO_BANANA_2,
+        "gemini-3-pro-image-preview": _NANO_BANANA_PRO,
+        "gemini-2.5-flash-image": {ImageQuality.Q1K: "0.039"},
+    }.items()
+}
+# model id -> USD per second of video
+VIDEO_LIST_PRICES: Final[dict[str, dict[Resolution, Decimal]]] = {
+    model: {resolution: Decimal(usd) for resolution, usd in table.items()}
+    for model, table in {
+        "veo-3.1-generate-preview": _VEO_31,
+        "veo-3.1-generate-001": _VEO_31,
+        "veo-3.1-fast-generate-preview": _VEO_31_FAST,
+        "veo-3.1-fast-generate-001": _VEO_31_FAST,
+    }.items()
+}
+MICROS_PER_USD: Final = 1_000_000
+
+
+def image_list_price(model: str, quality: ImageQuality) -> Decimal | None:
+    """USD for one output image of ``model``, or None when the table has no price for it."""
+    return IMAGE_LIST_PRICES.get(model, {}).get(quality)
+
+
+def video_list_price(model: str, resolution: Resolution, seconds: int = SHOT_SECONDS) -> Decimal | None:
+    per_second = VIDEO_LIST_PRICES.get(model, {}).get(resolution)
+    return None if per_second is None else per_second * seconds
+
+
+def to_micros(usd: Decimal) -> int:
+    """Millionths of a dollar: how costs are stored (integers, exact)."""
+    return int((usd * MICROS_PER_USD).to_integral_value())
+
+
+def format_usd(micros: int) -> str:
+    return f"{Decimal(micros) / MICROS_PER_USD:.6f}"

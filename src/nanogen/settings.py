@@ -50,6 +50,29 @@ class Settings(BaseSettings):
     sandbox_latency_s: float = Field(default=0.0, ge=0, description="Simulated provider latency per job.")
     sandbox_progress_steps: int = Field(default=5, ge=1, le=100)
 
+    # -- google engine (docs/engines.md)
+    google_mode: Literal["gemini", "vertex"] = Field(
+        default="gemini", description="gemini: Gemini API with an API key; vertex: Vertex AI with ADC."
+    )
+    google_api_key: SecretStr | None = Field(default=None, description="Gemini API key (gemini mode).")
+    google_project: str | None = Field(default=None, description="Google Cloud project (vertex mode).")
+    google_location: str = Field(default="global", description="Vertex AI location of the image model.")
+    google_video_location: str = Field(
+        default="us-central1", description="Vertex AI location of the video model."
+    )
+    google_base_url: str | None = Field(
+        default=None, description="Another endpoint for every Google call (a proxy, or a test server)."
+    )
+    google_image_model: str = "gemini-3.1-flash-image-preview"
+    google_video_model: str | None = Field(
+        default=None,
+        description="Default veo-3.1-generate-preview (gemini mode) or veo-3.1-generate-001 (vertex).",
+    )
+    google_poll_interval_s: float = Field(default=10.0, gt=0, description="Veo operation polling.")
+    google_request_timeout_s: float = Field(default=300.0, gt=0, description="One call to Google.")
+    google_retry_base_s: float = Field(default=2.0, gt=0, description="First backoff after 429/5xx.")
+    google_retry_max_s: float = Field(default=60.0, gt=0, description="Longest backoff.")
+
     # -- limits
     rate_limit_generate: str = Field(default="100/hour", description="Per API key, both generate endpoints.")
     rate_limit_status: str = Field(

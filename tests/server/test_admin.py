@@ -182,6 +182,7 @@ def test_grant_adds_to_the_balance(server: Server, admin: httpx.Client) -> None:
         "granted": 25,
         "debited": 0,
         "refunded": 0,
+        "providerCostUsd": "0.000000",
     }
     r = admin.post(f"/admin/accounts/{account_id}/credits", json={"credits": 5})
     assert r.json()["balance"] == 30

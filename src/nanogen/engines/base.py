@@ -6,16 +6,23 @@ to ``dest`` (a path in a scratch directory) and report progress from 0 to 100 th
 Errors the client should see are raised as :class:`nanogen.errors.EngineError`.
 
 Capabilities are class attributes (like llm's ``can_stream``), checked before any credit moves.
+
+Engines whose jobs are a provider's long-running operation (``long_running``) are driven in two
+phases: ``submit_shot`` starts the paid work and returns the provider's operation name, which the
+workflow records durably; ``await_shot`` then waits for that operation and fetches its output. A
+re-run after a crash awaits the recorded operation again instead of paying for a second one.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from nanogen.errors import NanogenError
 from nanogen.products import (
     SHOT_FPS,
     SHOT_SECONDS,
@@ -56,6 +63,7 @@ class ImageJob:
     height: int
     google_search: bool = False
     images: tuple[InputImage, ...] = ()
+    deadline: float = math.inf  # epoch seconds: the task fails at this time, so stop waiting then
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class ShotJob:
     images: tuple[InputImage, ...] = ()
     seconds: int = SHOT_SECONDS
     fps: int = SHOT_FPS
+    deadline: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,19 @@ class Output:
     path: Path
     content_type: str
     metadata: dict[str, object] = field(default_factory=dict)
+
+
+class EngineConfigError(NanogenError):
+    """The settings don't let this engine run (a missing key or project): raised when it is built."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``nanogen doctor``: what was checked, whether it is fine, and what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str
 
 
 class Engine(ABC):
@@ -93,6 +115,8 @@ class Engine(ABC):
     # True for engines that spend money per call at a provider: they must record the provider's
     # operation before waiting on it, so that a re-run resumes instead of paying twice.
     spends_money: ClassVar[bool] = False
+    # Products whose jobs run as a provider's long-running operation: submit_shot / await_shot.
+    long_running: ClassVar[frozenset[Product]] = frozenset()
     # How many jobs one worker process runs at once by default (a setting overrides it).
     default_concurrency: ClassVar[int] = 4
 
@@ -105,15 +129,35 @@ class Engine(ABC):
     def generate_shot(self, job: ShotJob, dest: Path, progress: ProgressFn) -> Output:
         raise NotImplementedError(f"engine {self.name!r} does not make videos")
 
-    def unsupported(self, product: Product, **options: str) -> str | None:
-        """Why this engine cannot take a request with these options, or None when it can."""
-        if product not in self.products:
-            return f"the {self.name} engine does not make {product.value}s"
-        checks: dict[str, frozenset[str]] = {
+    def submit_shot(self, job: ShotJob) -> str:
+        """Start the job at the provider; returns the operation name to record before waiting."""
+        raise NotImplementedError(f"engine {self.name!r} has no long-running operations")
+
+    def await_shot(self, job: ShotJob, operation: str, dest: Path, progress: ProgressFn) -> Output:
+        """Wait for a submitted (or recovered) operation and write its output to ``dest``."""
+        raise NotImplementedError(f"engine {self.name!r} has no long-running operations")
+
+    def cost_micros(self, job: ImageJob | ShotJob) -> int | None:
+        """The provider's list price of one job in millionths of a USD; None when not known."""
+        return None
+
+    def diagnose(self, products: frozenset[Product]) -> list[Check]:
+        """Checks for ``nanogen doctor``: settings, credentials, reachability. Never a paid call."""
+        return [Check("ready", True, f"the {self.name} engine needs no provider")]
+
+    def capabilities(self, product: Product) -> dict[str, frozenset[str]]:
+        """The values each option may take; engines whose abilities depend on a model override it."""
+        return {
             "generation_type": frozenset(self.generation_types),
             "resolution": frozenset(self.resolutions),
             "quality": frozenset(self.image_qualities),
         }
+
+    def unsupported(self, product: Product, **options: str) -> str | None:
+        """Why this engine cannot take a request with these options, or None when it can."""
+        if product not in self.products:
+            return f"the {self.name} engine does not make {product.value}s"
+        checks = self.capabilities(product)
         for option, value in options.items():
             allowed = checks.get(option)
             if allowed is not None and value not in allowed:

@@ -57,4 +57,5 @@ class EngineRegistry:
 def default_registry() -> EngineRegistry:
     registry = EngineRegistry()
     registry.register("sandbox", "nanogen.engines.sandbox:SandboxEngine")
+    registry.register("google", "nanogen.engines.google:GoogleEngine", "pip install google-genai")
     return registry

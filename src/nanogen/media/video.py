@@ -264,7 +264,7 @@ def _copy_packets(
     out: Any, src: Any, streams: list[Any], outputs: list[Any], offset: Fraction
 ) -> tuple[Fraction, int]:
     """Copy one file's packets to ``outputs`` starting at ``offset`` s; returns its end and frame count."""
-    shifts = [round(offset / s.time_base) - (s.start_time or 0) for s in streams]
+    shifts: dict[int, int] = {}
     ends = [0] * len(streams)  # in each stream's own ticks: cheaper than Fractions per packet
     slots = {s.index: i for i, s in enumerate(streams)}
     frames = 0
@@ -272,8 +272,14 @@ def _copy_packets(
         if packet.dts is None:  # the demuxer's empty flush packet
             continue
         slot = slots[packet.stream.index]
-        shift = shifts[slot]
         pts = packet.pts if packet.pts is not None else packet.dts
+        if slot not in shifts:
+            # Each stream starts where the previous file ended. AAC audio's first packet (the
+            # encoder's priming, hidden by an edit list) sits before start_time: align on it, or it
+            # lands on the previous file's last packet (non-increasing timestamps, refused by the muxer).
+            stream = streams[slot]
+            shifts[slot] = round(offset / stream.time_base) - min(stream.start_time or 0, pts)
+        shift = shifts[slot]
         packet.dts += shift
         packet.pts = pts + shift
         ends[slot] = max(ends[slot], packet.pts + packet.duration)

@@ -41,6 +41,9 @@ class TaskRecord:
     started_at: float | None
     finished_at: float | None
     deadline_at: float
+    attempts: int = 0
+    provider_operation: str | None = None
+    provider_cost_micros: int | None = None
 
     @property
     def generation_seconds(self) -> int | None:
@@ -172,6 +175,16 @@ async def read_generation(reads: Reads, generation_id: str) -> GenerationRecord 
     return None if row is None else _generation(row)
 
 
+def provider_costs(conn: sa.Connection) -> dict[str, int]:
+    """Each account's provider cost estimate so far (millionths of a USD), for operators."""
+    rows = conn.execute(
+        sa.select(tasks.c.account_id, sa.func.sum(tasks.c.provider_cost_micros))
+        .where(tasks.c.provider_cost_micros.is_not(None))
+        .group_by(tasks.c.account_id)
+    )
+    return {account_id: int(total) for account_id, total in rows}
+
+
 def overdue_task_ids(conn: sa.Connection, now: float, limit: int = 100) -> list[str]:
     rows = conn.execute(
         sa.select(tasks.c.id)
@@ -218,6 +231,22 @@ def set_progress(conn: sa.Connection, task_id: str, progress: int) -> None:
         )
         .values(progress=min(100, max(0, progress)))
     )
+
+
+def record_operation(conn: sa.Connection, task_id: str, operation: str, cost_micros: int | None) -> str:
+    """Remember the provider operation a task started (the first one recorded wins, whatever the
+    task's status: the money is spent either way). Returns the task's operation as recorded."""
+    conn.execute(
+        sa.update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.provider_operation.is_(None))
+        .values(provider_operation=operation, provider_cost_micros=cost_micros)
+    )
+    recorded = conn.execute(sa.select(tasks.c.provider_operation).where(tasks.c.id == task_id)).scalar()
+    return str(recorded or operation)
+
+
+def set_provider_cost(conn: sa.Connection, task_id: str, cost_micros: int) -> None:
+    conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(provider_cost_micros=cost_micros))
 
 
 def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str) -> bool:

@@ -3,12 +3,15 @@
 Each workflow is a few steps whose effects are idempotent: ``start`` and the terminal transitions
 are conditional on the task's current status (store.py), and a failure refunds in the transaction
 that fails the task. A step interrupted by a crash runs again on recovery (shared/design/execution.md):
-for the sandbox that means rendering again; engines that spend money record their provider
-operation first and resume it.
+for the sandbox that means rendering again. Engines whose jobs are a provider's long-running
+operation (video on Google) get a ``submit`` step between start and render: it starts the paid work
+and records the operation on the task row, and DBOS records the step's result, so a recovered
+workflow replays that operation name and the render step polls it instead of paying twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -18,7 +21,7 @@ from typing import Any
 from dbos import DBOS
 
 from nanogen.db import read_connection, write_transaction
-from nanogen.engines.base import Output, ProgressFn
+from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
 from nanogen.products import Product
@@ -37,7 +40,14 @@ def run_task(task_id: str) -> str:
     started = start_step(task_id)
     if started is None:
         return "ended"
-    outcome = render_step(task_id)
+    operation: str | None = None
+    if started.get("submit"):
+        submitted = submit_step(task_id)
+        if "error" in submitted:
+            fail_step(task_id, submitted["error"])
+            return TaskStatus.FAILED.value
+        operation = submitted["operation"]
+    outcome = render_step(task_id, operation)
     if "error" in outcome:
         fail_step(task_id, outcome["error"])
         return TaskStatus.FAILED.value
@@ -59,13 +69,44 @@ def start_step(task_id: str) -> dict[str, Any] | None:
     return {
         "generation_id": record.generation_id,
         "concatenate": generation is not None and generation.concat_status is not None,
+        "submit": record.product in rt.engines[record.product].long_running,
     }
 
 
+@DBOS.step(name="nanogen.submit")
+def submit_step(task_id: str) -> dict[str, str]:
+    """Start the job at the provider and record its operation. Returns {"operation"} or {"error"}.
+
+    The operation is written to the task row as soon as the provider answers, and DBOS records this
+    step's result; a re-run (a crash before DBOS recorded it) finds the row's operation and returns it
+    instead of submitting again. Only a crash between the provider's answer and that row's commit
+    (milliseconds) can leave an operation nanogen does not know about."""
+    rt = current()
+    with read_connection(rt.db) as conn:
+        record = store.get_task(conn, task_id)
+    if record is None or record.status.is_terminal:
+        return {"error": "Task ended before it ran"}
+    if record.provider_operation:
+        return {"operation": record.provider_operation}
+    engine = rt.engines[record.product]
+    try:
+        job = _shot_job(rt, record)
+        operation = engine.submit_shot(job)
+    except EngineError as exc:
+        log.info("task %s: %s refused the job: %s", task_id, record.engine, exc.message)
+        return {"error": exc.message}
+    except Exception:
+        log.exception("task %s: engine %s raised while submitting", task_id, record.engine)
+        return {"error": FAILED_MESSAGE[record.product]}
+    with write_transaction(rt.db) as conn:
+        return {"operation": store.record_operation(conn, task_id, operation, engine.cost_micros(job))}
+
+
 @DBOS.step(name="nanogen.render")
-def render_step(task_id: str) -> dict[str, str]:
-    """Run the engine and store its output. Returns {"key", "url"} or {"error"}; never raises, so
-    the outcome is recorded as this step's result and a replay sees the same one."""
+def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
+    """Run the engine (or await the submitted ``operation``) and store its output. Returns
+    {"key", "url"} or {"error"}; never raises, so the outcome is recorded as this step's result and a
+    replay sees the same one."""
     rt = current()
     with write_transaction(rt.db) as conn:
         record = store.count_attempt(conn, task_id)
@@ -74,7 +115,7 @@ def render_step(task_id: str) -> dict[str, str]:
     scratch = rt.settings.scratch_dir / task_id
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        output = _generate(rt, record, scratch)
+        output = _generate(rt, record, scratch, operation)
         key = new_key("out", f"{task_id}{Path(output.path).suffix}")
         rt.storage.put_file(key, output.path)
         return {"key": key, "url": rt.storage.url_for(key)}
@@ -88,17 +129,36 @@ def render_step(task_id: str) -> dict[str, str]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path) -> Output:
-    engine = rt.engines[record.product]
+def _shot_job(rt: Runtime, record: store.TaskRecord) -> ShotJob:
     images = jobs.load_inputs(rt.storage, record.params)
+    return dataclasses.replace(jobs.shot_job(record.id, record.params, images), deadline=record.deadline_at)
+
+
+def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path, operation: str | None) -> Output:
+    engine = rt.engines[record.product]
     progress = _progress_reporter(rt, record.id)
     if record.product is Product.IMAGE:
-        return engine.generate_image(
-            jobs.image_job(record.id, record.params, images), scratch / "image.png", progress
+        images = jobs.load_inputs(rt.storage, record.params)
+        job = dataclasses.replace(
+            jobs.image_job(record.id, record.params, images), deadline=record.deadline_at
         )
-    return engine.generate_shot(
-        jobs.shot_job(record.id, record.params, images), scratch / "shot.mp4", progress
-    )
+        output = engine.generate_image(job, scratch / "image.png", progress)
+        _record_cost(rt, engine, job, record)
+        return output
+    shot = _shot_job(rt, record)
+    if operation is not None:
+        return engine.await_shot(shot, operation, scratch / "shot.mp4", progress)
+    output = engine.generate_shot(shot, scratch / "shot.mp4", progress)
+    _record_cost(rt, engine, shot, record)
+    return output
+
+
+def _record_cost(rt: Runtime, engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> None:
+    """A synchronous provider call is paid once per attempt (a re-run after a crash calls again)."""
+    cost = engine.cost_micros(job)
+    if cost is not None:
+        with write_transaction(rt.db) as conn:
+            store.set_provider_cost(conn, record.id, cost * max(1, record.attempts))
 
 
 def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:

@@ -18,10 +18,11 @@ from starlette.responses import Response
 
 from nanogen import errors, ledger
 from nanogen.db import read_connection, write_transaction
-from nanogen.products import MAX_GRANT
+from nanogen.products import MAX_GRANT, format_usd
 from nanogen.schemas import validate
 from nanogen.server.deps import json_body, services
 from nanogen.server.responses import FastJSONResponse
+from nanogen.tasks import store
 
 admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken")
 
@@ -51,8 +52,11 @@ class Grant(BaseModel):
     memo: str = Field(default="", max_length=500)
 
 
-def _account_view(conn: sa.Connection, account: ledger.Account) -> dict[str, Any]:
+def _account_view(
+    conn: sa.Connection, account: ledger.Account, costs: dict[str, int] | None = None
+) -> dict[str, Any]:
     t = ledger.totals(conn, account.id)
+    costs = store.provider_costs(conn) if costs is None else costs
     return {
         "id": account.id,
         "name": account.name,
@@ -60,6 +64,8 @@ def _account_view(conn: sa.Connection, account: ledger.Account) -> dict[str, Any
         "granted": t.granted,
         "debited": t.debited,
         "refunded": t.refunded,
+        # What the work cost at the providers (list prices, USD, a decimal string: exact).
+        "providerCostUsd": format_usd(costs.get(account.id, 0)),
     }
 
 
@@ -86,7 +92,8 @@ async def create_account(request: Request) -> Response:
 async def list_accounts(request: Request) -> Response:
     def listing(db: sa.Engine) -> list[dict[str, Any]]:
         with read_connection(db) as conn:
-            return [_account_view(conn, a) for a in ledger.list_accounts(conn)]
+            costs = store.provider_costs(conn)
+            return [_account_view(conn, a, costs) for a in ledger.list_accounts(conn)]
 
     return FastJSONResponse({"accounts": await _run(request, listing)})
 
@@ -167,3 +174,30 @@ async def revoke_key(key_id: str, request: Request) -> Response:
     if not await _run(request, revoke):
         raise errors.NotFound(f"No live key {key_id!r}")
     return FastJSONResponse({"id": key_id, "revoked": True})
+
+
+@router.get("/tasks/{task_id}", summary="One task as operators see it: engine, provider operation and cost")
+async def show_task(task_id: str, request: Request) -> Response:
+    def show(db: sa.Engine) -> dict[str, Any]:
+        with read_connection(db) as conn:
+            task = store.get_task(conn, task_id)
+        if task is None:
+            raise errors.NotFound(f"Task {task_id!r} not found")
+        cost = task.provider_cost_micros
+        return {
+            "id": task.id,
+            "generationId": task.generation_id,
+            "accountId": task.account_id,
+            "product": task.product.value,
+            "engine": task.engine,
+            "status": task.status.value,
+            "credits": task.credits,
+            "attempts": task.attempts,
+            "providerOperation": task.provider_operation,
+            "providerCostUsd": None if cost is None else format_usd(cost),
+            "error": task.error,
+            "createdAt": task.created_at,
+            "finishedAt": task.finished_at,
+        }
+
+    return FastJSONResponse(await _run(request, show))

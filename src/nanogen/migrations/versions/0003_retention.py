@@ -1,7 +1,7 @@
 """Retention: when a generation's files were deleted, and a tombstone per deleted file (410 GONE).
 
-Revision ID: 0002_retention
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_retention"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,11 @@
+"""The Google engine: Nano Banana images (Gemini image models) and Veo videos, with a Gemini API key
+or on Vertex AI. See docs/engines.md; the wire facts it relies on are in shared/design/google.md.
+
+Modules: ``engine`` (the Engine), ``backends`` (API key vs Vertex AI clients), ``images``
+(generateContent request and response), ``veo`` (long-running video operations), ``calls`` (provider
+errors and retries), ``models`` (what each known model can do).
+"""
+
+from nanogen.engines.google.engine import GoogleEngine
+
+__all__ = ["GoogleEngine"]

@@ -1,0 +1,214 @@
+"""The Google engine: Nano Banana images through ``generateContent``, Veo shots as long-running
+operations. Configuration, mapping and what nanogen does where Google cannot: docs/engines.md.
+
+Money: an image is one synchronous call (a crash during it means the re-run calls again); a shot is
+submitted once (``submit_shot``; the workflow records the operation before anything waits on it) and
+awaited (``await_shot``) as often as the task is recovered, so Google is never asked twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import httpx
+from google.genai import types
+
+from nanogen.engines.base import Check, Engine, ImageJob, Output, ProgressFn, ShotJob
+from nanogen.engines.google import images
+from nanogen.engines.google.backends import BACKENDS
+from nanogen.engines.google.calls import Backoff, ProviderError, remaining, retrying, sdk
+from nanogen.engines.google.models import DEFAULT_VIDEO_MODEL, model_info
+from nanogen.errors import EngineError
+from nanogen.media.video import probe_video
+from nanogen.products import (
+    PRICES_CHECKED,
+    GenerationType,
+    ImageQuality,
+    Product,
+    Resolution,
+    image_list_price,
+    to_micros,
+    video_list_price,
+)
+from nanogen.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Veo reports no progress; a shot usually takes 1-5 minutes. Progress is an estimate from the time
+# waited so far that approaches 90% (never 100% before the video is here).
+TYPICAL_SHOT_S = 90.0
+DOCTOR_TIMEOUT_S = 20.0
+
+
+def shot_progress(waited_s: float) -> int:
+    return 5 + int(85 * (1 - math.exp(-waited_s / TYPICAL_SHOT_S)))
+
+
+class GoogleEngine(Engine):
+    name = "google"
+    products: ClassVar[frozenset[Product]] = frozenset(Product)
+    generation_types: ClassVar[frozenset[GenerationType]] = frozenset(GenerationType)
+    resolutions: ClassVar[frozenset[Resolution]] = frozenset(Resolution)
+    image_qualities: ClassVar[frozenset[ImageQuality]] = frozenset(ImageQuality)
+    supports_google_search = True
+    spends_money = True
+    long_running: ClassVar[frozenset[Product]] = frozenset({Product.VIDEO})
+    # Jobs mostly wait on Google (a shot holds a worker for minutes while its operation runs).
+    default_concurrency = 16
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.models = {
+            Product.IMAGE: settings.google_image_model,
+            Product.VIDEO: settings.google_video_model or DEFAULT_VIDEO_MODEL[settings.google_mode],
+        }
+        self._http = httpx.Client(timeout=settings.google_request_timeout_s, follow_redirects=False)
+        self._backend = BACKENDS[settings.google_mode](settings, self._http, self.models[Product.VIDEO])
+        self._backoff = Backoff(settings.google_retry_base_s, settings.google_retry_max_s)
+
+    # -- capabilities: those of the configured models -------------------------------------------------
+    def capabilities(self, product: Product) -> dict[str, frozenset[str]]:
+        info = model_info(product, self.models[product])
+        if info is None:
+            return super().capabilities(product)
+        return {
+            "generation_type": info.generation_types,
+            "resolution": info.resolutions,
+            "quality": info.qualities,
+        }
+
+    def unsupported(self, product: Product, **options: str) -> str | None:
+        reason = super().unsupported(product, **options)
+        return (
+            f"{reason} with model {self.models[product]}" if reason and product in self.products else reason
+        )
+
+    def cost_micros(self, job: ImageJob | ShotJob) -> int | None:
+        if isinstance(job, ImageJob):
+            usd = image_list_price(self.models[Product.IMAGE], job.quality)
+        else:
+            usd = video_list_price(self.models[Product.VIDEO], job.resolution, job.seconds)
+        return None if usd is None else to_micros(usd)
+
+    # -- images: one synchronous call ---------------------------------------------------------------------
+    def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
+        contents, config = images.request(job)
+        progress(10)  # the request is on its way; nothing else is known until Google answers
+
+        def call() -> types.GenerateContentResponse:
+            timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
+            config.http_options = types.HttpOptions(timeout=int(timeout * 1000))
+            return sdk(
+                lambda: self._backend.images.models.generate_content(
+                    model=self.models[Product.IMAGE], contents=contents, config=config
+                )
+            )
+
+        response = self._retry(call, "image generation", job.deadline, idempotent=False)
+        dest.write_bytes(images.png_from(response))
+        progress(90)
+        return Output(dest, "image/png", {"model": self.models[Product.IMAGE]})
+
+    # -- shots: a long-running operation, submitted once -----------------------------------------------
+    def submit_shot(self, job: ShotJob) -> str:
+        def call() -> str:
+            timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "submitting to Google")
+            return self._backend.veo.submit(job, timeout)
+
+        operation = self._retry(call, "video submission", job.deadline, idempotent=False)
+        log.info("task %s: Veo operation %s", job.task_id, operation)
+        return operation
+
+    def await_shot(self, job: ShotJob, operation: str, dest: Path, progress: ProgressFn) -> Output:
+        started = time.monotonic()
+        interval = self.settings.google_poll_interval_s
+        while True:
+            finished = self._retry(
+                lambda: self._backend.veo.poll(operation, self._timeout(job)),
+                "polling the video operation",
+                job.deadline,
+                idempotent=True,
+            )
+            if finished is not None:
+                break
+            progress(shot_progress(time.monotonic() - started))
+            if time.time() + interval >= job.deadline:
+                raise EngineError(
+                    "Generation timed out (deadline exceeded): Google's video operation had not finished"
+                )
+            time.sleep(interval)
+        self._retry(
+            lambda: self._backend.veo.fetch(finished, dest, self._timeout(job)),
+            "downloading the video",
+            job.deadline,
+            idempotent=True,
+        )
+        try:
+            info = probe_video(dest)
+        except Exception as exc:  # PyAV raises its own error types for undecodable files
+            raise EngineError(
+                f"Google returned a malformed response (the video does not decode: {exc})"
+            ) from exc
+        progress(95)
+        return Output(dest, "video/mp4", {"operation": operation, "width": info.width, "height": info.height})
+
+    def _timeout(self, job: ShotJob) -> float:
+        return remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
+
+    def _retry(self, call: Callable[[], T], what: str, deadline: float, *, idempotent: bool) -> T:
+        return retrying(call, what=what, deadline=deadline, backoff=self._backoff, idempotent=idempotent)
+
+    # -- nanogen doctor ---------------------------------------------------------------------------------
+    def diagnose(self, products: frozenset[Product]) -> list[Check]:
+        checks = [Check("mode", True, self._backend.description), self._backend.check_credentials()]
+        for product in sorted(products):
+            checks.append(self._check_model(product))
+            checks.append(self._check_price(product))
+        return checks
+
+    def _check_model(self, product: Product) -> Check:
+        model = self.models[product]
+        client = self._backend.images if product is Product.IMAGE else self._backend.videos
+        label = f"{product.value} model"
+        info = model_info(product, model)
+        known = (
+            f"{info.label}"
+            if info
+            else "not in nanogen's model table: its abilities are not checked before debit"
+        )
+        try:
+            found = sdk(
+                lambda: client.models.get(
+                    model=model, config={"http_options": {"timeout": int(DOCTOR_TIMEOUT_S * 1000)}}
+                )
+            )
+        except ProviderError as exc:
+            return Check(label, False, f"{model}: {exc.engine_error().message}")
+        except EngineError as exc:
+            return Check(label, False, f"{model}: {exc.message}")
+        except httpx.HTTPError as exc:
+            return Check(label, False, f"{model}: cannot reach Google ({type(exc).__name__}: {exc})")
+        return Check(label, True, f"{model} answers ({found.display_name or found.name}); {known}")
+
+    def _check_price(self, product: Product) -> Check:
+        model = self.models[product]
+        if product is Product.IMAGE:
+            prices = [(q.value, image_list_price(model, q)) for q in ImageQuality]
+            unit = "per image"
+        else:
+            prices = [(r.value, video_list_price(model, r, 1)) for r in Resolution]
+            unit = "per second"
+        listed = ", ".join(f"{k} ${v}" for k, v in prices if v is not None)
+        if not listed:
+            return Check(
+                f"{product.value} price", True, f"no list price for {model}: costs are not estimated"
+            )
+        return Check(
+            f"{product.value} price", True, f"{listed} {unit} (list prices checked {PRICES_CHECKED})"
+        )
