@@ -148,6 +148,15 @@ class VideoStatusResponse(BaseModel):
     concatenationError: str | None = None
 
 
+class AccountResponse(BaseModel):
+    """nanogen addition: ``GET /api/account``, the caller's account and balance."""
+
+    success: bool = True
+    accountId: str
+    name: str
+    credits: int = Field(description="The balance, in credits")
+
+
 class ErrorResponse(BaseModel):
     error: str
     errorCode: str
