@@ -125,7 +125,9 @@ class Card {
         if (shot.error) parts.push(`(${shot.error})`);
         const item = el("li", { textContent: parts.join(" ") + " " });
         if (shot.videoUrl && record.shots.length > 1) {
-          item.append(el("a", { href: shot.videoUrl, textContent: "shot video", target: "_blank", rel: "noopener" }));
+          const link = el("a", { href: shot.videoUrl, textContent: "video", target: "_blank", rel: "noopener" });
+          link.setAttribute("aria-label", `Video of shot ${i + 1}`);
+          item.append(link);
         }
         return item;
       }));
