@@ -1,8 +1,9 @@
-"""One exception tree for the server, the engines and (later) the SDK.
+"""One exception tree for the server, the engines and the SDK.
 
 Every :class:`APIError` carries the contract's ``errorCode`` and HTTP status and renders as the pages'
 envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to responses in one place
-(``server/errors.py``)::
+(``server/errors.py``); the SDK maps responses back to the same classes in one place
+(:func:`from_response`), so ``except nanogen.errors.InsufficientCredits`` works on both sides::
 
     NanogenError
     ├── APIError                          -> {"error", "errorCode", ...} with .http_status
@@ -21,8 +22,10 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   │   ├── TooManyShots               TOO_MANY_SHOTS          (nanogen)
     │   │   ├── DuplicateShotId            DUPLICATE_SHOT_ID       (nanogen)
     │   │   ├── ResolutionNotAvailable     RESOLUTION_NOT_AVAILABLE (nanogen: 1080p/4k, >1 shot)
-    │   │   ├── InvalidImageUrl            INVALID_IMAGE_URL       (nanogen: refused, unreachable...)
+    │   │   ├── InvalidImageUrl            INVALID_IMAGE_URL       (nanogen: refused, unreachable, expired...)
+    │   │   ├── InvalidImage               INVALID_IMAGE           (nanogen: an upload that is not an image)
     │   │   └── RequestTooLarge            REQUEST_TOO_LARGE       (nanogen: body over the size cap)
+    │   │       └── UploadTooLarge (413)   REQUEST_TOO_LARGE       (nanogen: upload over its size cap)
     │   ├── LoginRequired (401)            LOGIN_REQUIRED
     │   ├── InsufficientCredits (402)      INSUFFICIENT_CREDITS, requiredCredits
     │   ├── Forbidden (403)                FORBIDDEN
@@ -30,16 +33,28 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   ├── NotFound (404)                 NOT_FOUND
     │   │   └── TaskNotFound               TASK_NOT_FOUND
     │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
+    │   ├── UnsupportedMediaType (415)     UNSUPPORTED_MEDIA_TYPE  (nanogen: upload Content-Type)
     │   ├── RateLimited (429)              API_KEY_RATE_LIMIT_EXCEEDED (+ Retry-After)
     │   ├── InternalError (500)            INTERNAL_ERROR
-    │   │   └── CreditReservationFailed    CREDIT_RESERVATION_FAILED
+    │   │   ├── CreditReservationFailed    CREDIT_RESERVATION_FAILED
+    │   │   └── GenerationFailed           GENERATION_FAILED       (contract; the SDK raises it when a
+    │   │                                                            generation ends failed, with .result)
     │   └── ServiceUnavailable (503)       SERVICE_UNAVAILABLE
     ├── EngineError                        an engine could not make the output; the task fails and is refunded
-    └── FetchError                         an input URL was refused or unusable (becomes InvalidImageUrl)
+    ├── FetchError                         an input URL was refused or unusable (becomes InvalidImageUrl)
+    └── ClientError                        SDK side, no answer from the server to map
+        ├── ConnectionFailed               the server could not be reached (network, DNS, timeout)
+        ├── UnexpectedResponse             a success answer that does not fit the contract's models
+        └── WaitTimeout                    wait() gave up before the generation ended (also a TimeoutError)
+
+A response whose ``errorCode`` has no class here (another server's code) becomes the class for its HTTP
+status (``BadRequest`` for 400, ``InternalError`` for 5xx...) with ``.code`` set to the code it carried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import cache
 from typing import Any, ClassVar
 
 
@@ -57,10 +72,13 @@ class APIError(NanogenError):
     def __init__(self, message: str | None = None, **extra: Any) -> None:
         self.message = message or self.default_message
         self.extra = extra
+        # What was (or will be) answered: the class's values, or a response's when the SDK built it.
+        self.status: int = self.http_status
+        self.code: str = self.error_code
         super().__init__(self.message)
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message, "errorCode": self.error_code, **self.extra}
+        return {"error": self.message, "errorCode": self.code, **self.extra}
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -146,9 +164,19 @@ class InvalidImageUrl(BadRequest):
     default_message = "An image URL could not be used"
 
 
+class InvalidImage(BadRequest):
+    error_code = "INVALID_IMAGE"
+    default_message = "The upload is not a PNG, JPEG, WebP or GIF image"
+
+
 class RequestTooLarge(BadRequest):
     error_code = "REQUEST_TOO_LARGE"
     default_message = "Request body too large"
+
+
+class UploadTooLarge(RequestTooLarge):
+    http_status = 413
+    default_message = "Upload too large"
 
 
 class LoginRequired(APIError):
@@ -164,7 +192,11 @@ class InsufficientCredits(APIError):
 
     def __init__(self, required_credits: int, message: str | None = None) -> None:
         super().__init__(message, requiredCredits=required_credits)
-        self.required_credits = required_credits
+
+    @property
+    def required_credits(self) -> int | None:
+        value = self.extra.get("requiredCredits")
+        return value if isinstance(value, int) else None
 
 
 class Forbidden(APIError):
@@ -196,6 +228,12 @@ class MethodNotAllowed(APIError):
     default_message = "Method not allowed"
 
 
+class UnsupportedMediaType(APIError):
+    http_status = 415
+    error_code = "UNSUPPORTED_MEDIA_TYPE"
+    default_message = "Upload an image/png, image/jpeg, image/webp or image/gif body"
+
+
 class RateLimited(APIError):
     http_status = 429
     error_code = "API_KEY_RATE_LIMIT_EXCEEDED"
@@ -203,7 +241,12 @@ class RateLimited(APIError):
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         super().__init__(message, retryAfter=retry_after)
-        self.retry_after = retry_after
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds until the next request may pass (the body's ``retryAfter`` or the header)."""
+        value = self.extra.get("retryAfter")
+        return value if isinstance(value, int) else None
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
@@ -216,6 +259,17 @@ class InternalError(APIError):
 class CreditReservationFailed(InternalError):
     error_code = "CREDIT_RESERVATION_FAILED"
     default_message = "Failed to reserve credits"
+
+
+class GenerationFailed(InternalError):
+    """The pages' GENERATION_FAILED; the SDK raises it when a generation it waits for ends failed."""
+
+    error_code = "GENERATION_FAILED"
+    default_message = "Generation failed"
+
+    def __init__(self, message: str | None = None, *, result: Any = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.result = result  # the final status response (SDK), completed shots included
 
 
 class ServiceUnavailable(APIError):
@@ -243,3 +297,78 @@ class FetchError(NanogenError):
         super().__init__(f"{reason}: {url}")
         self.url = url
         self.reason = reason
+
+
+class ClientError(NanogenError):
+    """SDK side: something went wrong before a server answer could be mapped to an APIError."""
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached (connection refused, DNS, network timeout)."""
+
+
+class UnexpectedResponse(ClientError):
+    """A success answer whose body does not fit the contract's response models."""
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """``wait()`` stopped at its timeout; the generation goes on on the server."""
+
+
+# -- the SDK's side of the boundary: a response back into the tree ---------------------------------------
+_STATUS_FALLBACK: dict[int, type[APIError]] = {
+    400: BadRequest,
+    401: LoginRequired,
+    402: InsufficientCredits,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: UploadTooLarge,
+    415: UnsupportedMediaType,
+    429: RateLimited,
+    503: ServiceUnavailable,
+}
+
+
+def _subclasses(cls: type[APIError]) -> list[type[APIError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+@cache
+def _class_for(code: str, status: int) -> type[APIError]:
+    """The most specific class for ``code``, preferring one with this HTTP status."""
+    candidates = [c for c in _subclasses(APIError) if c.error_code == code and c is not APIError]
+    if candidates:
+        same_status = [c for c in candidates if c.http_status == status] or candidates
+        return max(same_status, key=lambda c: len(c.__mro__))
+    if status in _STATUS_FALLBACK:
+        return _STATUS_FALLBACK[status]
+    return InternalError if status >= 500 else BadRequest if status >= 400 else APIError
+
+
+def from_response(status: int, body: object, headers: Mapping[str, str] | None = None) -> APIError:
+    """Rebuild the server's exception from an error response (its status, JSON body and headers).
+
+    Extra fields (``requiredCredits``, ``retryAfter``, ``field``, ``url``...) stay in ``.extra``;
+    a ``Retry-After`` header fills ``retryAfter`` when the body has none.
+    """
+    if isinstance(body, dict) and isinstance(body.get("errorCode"), str):
+        code: str = body["errorCode"]
+        message = str(body.get("error") or code)
+        extra = {k: v for k, v in body.items() if k not in ("error", "errorCode")}
+    else:
+        code, message, extra = f"HTTP_{status}", f"Unexpected HTTP {status} response", {}
+    retry_after = {k.lower(): v for k, v in (headers or {}).items()}.get("retry-after", "")
+    if "retryAfter" not in extra and retry_after.strip().isdigit():
+        extra["retryAfter"] = int(retry_after)
+    cls = _class_for(code, status)
+    # Bypass the subclasses' convenience constructors: the body is already the envelope.
+    exc = cls.__new__(cls)
+    APIError.__init__(exc, message, **extra)
+    exc.status, exc.code = status, code
+    if isinstance(exc, GenerationFailed):
+        exc.result = None
+    return exc

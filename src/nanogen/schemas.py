@@ -7,6 +7,7 @@ type or enum problem to ``INVALID_PARAMETER`` naming the field, so no client inp
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -66,7 +67,10 @@ class ImageGenerateResponse(BaseModel):
     generationId: str
     taskId: str
     status: Literal["pending"] = "pending"
-    creditsUsed: int = Field(description="nanogen addition: credits debited for this request")
+    # nanogen additions are optional here: the SDK reads the hosted service's answers with these models.
+    creditsUsed: int | None = Field(
+        default=None, description="nanogen addition: credits debited for this request"
+    )
 
 
 class ImageStatusRequest(_Request):
@@ -111,8 +115,8 @@ class ShotAccepted(BaseModel):
 class VideoGenerateResponse(BaseModel):
     status: Literal["processing"] = "processing"
     shots: list[ShotAccepted]
-    creditsUsed: int
-    generationId: str = Field(description="nanogen addition: the request's id")
+    creditsUsed: int | None = None
+    generationId: str | None = Field(default=None, description="nanogen addition: the request's id")
 
 
 class TaskRef(_Request):
@@ -121,9 +125,18 @@ class TaskRef(_Request):
 
 
 class VideoStatusRequest(_Request):
-    taskIds: list[TaskRef] = Field(min_length=1, max_length=MAX_SHOTS * 10)
+    taskIds: list[TaskRef] = Field(
+        default_factory=list, max_length=MAX_SHOTS * 10, description="Required unless generationId is given"
+    )
     resolution: str | None = Field(
         default=None, description="Accepted and validated for compatibility; answers are the same."
+    )
+    generationId: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="nanogen addition: instead of taskIds, every shot of the request with this generationId "
+        "(from the generate response); taskIds win when both are given",
     )
 
 
@@ -134,7 +147,8 @@ class ShotStatus(BaseModel):
     videoUrl: str | None = None
     generationTime: int | None = None
     error: str | None = None
-    progress: int = Field(description="nanogen addition: 0-100")
+    progress: int | None = Field(default=None, description="nanogen addition: 0-100")
+    resolution: str | None = Field(default=None, description="nanogen addition: as generated")
 
 
 class VideoStatusResponse(BaseModel):
@@ -146,6 +160,22 @@ class VideoStatusResponse(BaseModel):
         "request completed",
     )
     concatenationError: str | None = None
+    generationId: str | None = Field(
+        default=None, description="nanogen addition: when the taskIds are exactly one request's shots"
+    )
+
+
+# -- uploads (nanogen) ---------------------------------------------------------------------------------
+class UploadResponse(BaseModel):
+    success: bool = True
+    url: str = Field(
+        description="nanogen's own file URL; usable in inputImageUrls / imageUrls until expiresAt"
+    )
+    expiresAt: datetime = Field(description="ISO 8601, UTC")
+    contentType: str = Field(description="The format found by decoding (image/png, image/jpeg...)")
+    width: int
+    height: int
+    bytes: int
 
 
 class AccountResponse(BaseModel):
@@ -278,9 +308,12 @@ def _check_shots(request: VideoGenerateRequest) -> None:
 
 def parse_video_status_request(data: dict[str, Any]) -> VideoStatusRequest:
     task_ids = data.get("taskIds")
-    if task_ids is None or task_ids == []:
+    generation_id = data.get("generationId")
+    if (task_ids is None or task_ids == []) and not (
+        isinstance(generation_id, str) and generation_id.strip()
+    ):
         raise errors.TaskIdsRequired()
-    if not isinstance(task_ids, list):
+    if task_ids is not None and not isinstance(task_ids, list):
         raise errors.InvalidParameter("taskIds must be an array of {shotId, taskId}", field="taskIds")
     request = validate(VideoStatusRequest, data)
     if request.resolution is not None:

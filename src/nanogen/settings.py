@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # -- uploads (POST /api/uploads): local files as input images
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Size cap of one upload.")
+    upload_ttl_s: float = Field(default=86_400.0, gt=0, description="How long an upload URL stays usable.")
+    rate_limit_upload: str = Field(default="300/hour", description="Per API key, uploads.")
+
     # -- fetching input images
     fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from limits import RateLimitItem
+from limits import RateLimitItem, parse
 from starlette.concurrency import run_in_threadpool
 
 from nanogen import errors, ledger
@@ -22,14 +23,15 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _authenticate(svc: Services, key: str, budget: RateLimitItem) -> ledger.Caller:
+def _authenticate(svc: Services, key: str, budget: RateLimitItem, scope: str = "") -> ledger.Caller:
     """Look the key up and count the request against its budget, in one worker-thread hop (the
-    limiter may start a timer thread, which must not stall the event loop)."""
+    limiter may start a timer thread, which must not stall the event loop). ``scope`` keeps a
+    budget's counter apart from another budget configured with the same rate."""
     with read_connection(svc.runtime.db) as conn:
         found = ledger.authenticate(conn, key)
     if found is None:
         raise errors.LoginRequired()
-    svc.limiter.hit(budget, found.key_id)
+    svc.limiter.hit(budget, scope + found.key_id)
     return found
 
 
@@ -54,6 +56,20 @@ async def status_caller(
     """Authenticates and counts against the key's separate, generous polling budget."""
     svc = services(request)
     return await run_in_threadpool(_authenticate, svc, _bearer_key(credentials), svc.limiter.status)
+
+
+@lru_cache(maxsize=8)
+def _budget(rate: str) -> RateLimitItem:
+    return parse(rate)
+
+
+async def upload_caller(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
+) -> ledger.Caller:
+    """Authenticates and counts against the key's upload budget (``NANOGEN_RATE_LIMIT_UPLOAD``)."""
+    svc = services(request)
+    budget = _budget(svc.settings.rate_limit_upload)
+    return await run_in_threadpool(_authenticate, svc, _bearer_key(credentials), budget, "upload:")
 
 
 async def json_body(request: Request) -> dict[str, Any]:

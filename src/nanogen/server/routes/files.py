@@ -7,6 +7,7 @@ from starlette.responses import FileResponse, Response
 
 from nanogen import errors
 from nanogen.server.deps import services
+from nanogen.server.inputs import upload_expired
 from nanogen.storage import content_type_for
 
 router = APIRouter(tags=["Files"])
@@ -17,7 +18,7 @@ router = APIRouter(tags=["Files"])
 )
 async def download(key: str, request: Request) -> Response:
     path = services(request).runtime.storage.local_path(key)
-    if path is None:
+    if path is None or upload_expired(key):
         raise errors.NotFound("File not found")
     return FileResponse(
         path,

@@ -116,6 +116,8 @@ def _lookup(
 async def check_status(request: Request, who: ledger.Caller = Depends(status_caller)) -> Response:
     svc = services(request)
     body = schemas.parse_video_status_request(await json_body(request))
+    if not body.taskIds and body.generationId:
+        return FastJSONResponse(without_none(await _status_of_generation(svc, who, body.generationId)))
     ids = [ref.taskId for ref in body.taskIds]
     found, generation = await run_in_threadpool(_lookup, svc, ids)
     for ref in body.taskIds:
@@ -124,6 +126,21 @@ async def check_status(request: Request, who: ledger.Caller = Depends(status_cal
             raise errors.TaskNotFound(f"Task not found or not owned by user: {ref.taskId}")
     shots = [found[i] for i in ids]
     return FastJSONResponse(without_none(video_status(shots, generation)))
+
+
+def _generation_shots(
+    svc: Services, generation_id: str
+) -> tuple[list[store.TaskRecord], store.GenerationRecord | None]:
+    with read_connection(svc.runtime.db) as conn:
+        return store.generation_tasks(conn, generation_id), store.get_generation(conn, generation_id)
+
+
+async def _status_of_generation(svc: Services, who: ledger.Caller, generation_id: str) -> dict[str, Any]:
+    """nanogen: look a request up by the generationId its generate response carried (same answer)."""
+    shots, generation = await run_in_threadpool(_generation_shots, svc, generation_id)
+    if not shots or any(t.account_id != who.account_id or t.product is not Product.VIDEO for t in shots):
+        raise errors.TaskNotFound(f"Video generation not found or not owned by user: {generation_id}")
+    return video_status(shots, generation)
 
 
 def video_status(shots: list[store.TaskRecord], generation: store.GenerationRecord | None) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""The asyncio client: drives the operations of ``_base`` with ``httpx.AsyncClient`` and ``asyncio.sleep``.
+
+Local files to upload are read with plain (blocking) file reads: they are small and read once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+import httpx
+
+from nanogen import errors, schemas
+from nanogen.client import _base
+from nanogen.client._base import (
+    IMAGE_WAIT_TIMEOUT_S,
+    VIDEO_WAIT_TIMEOUT_S,
+    ImageInput,
+    ImageProgress,
+    Op,
+    ShotInput,
+    T,
+    VideoProgress,
+)
+
+PathArg = str | os.PathLike[str] | None
+
+
+class AsyncClient:
+    """``AsyncClient(api_key=None, base_url=None)``: arguments, else ``NANOGEN_API_KEY`` /
+    ``NANOGEN_BASE_URL`` (default ``http://127.0.0.1:8000``). ``transport`` is httpx's seam
+    (``httpx.MockTransport`` in tests)."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._config = _base.Config.resolve(api_key, base_url)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
+        self._sleep = asyncio.sleep
+        self.images = AsyncImages(self)
+        self.videos = AsyncVideos(self)
+        self.uploads = AsyncUploads(self)
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self, op: Op[T]) -> T:
+        result: Any = None
+        failure: BaseException | None = None
+        while True:
+            try:
+                effect = op.throw(failure) if failure else op.send(result)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            failure = None
+            try:
+                result = await self._perform(effect)
+            except httpx.TransportError as exc:
+                failure, result = errors.ConnectionFailed(f"{_target(effect)}: {exc!r}"), None
+
+    async def _perform(self, effect: _base.Effect) -> Any:
+        if isinstance(effect, _base.Sleep):
+            await self._sleep(effect.seconds)
+            return None
+        if isinstance(effect, _base.Save):
+            return await self._save(effect)
+        return await self._http.send(effect)
+
+    async def _save(self, effect: _base.Save) -> httpx.Response:
+        response = await self._http.send(effect.request, stream=True)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                return response
+            part = _base.part_path(effect.path)
+            part.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with part.open("wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        out.write(chunk)
+                part.replace(effect.path)
+            finally:
+                with contextlib.suppress(OSError):
+                    part.unlink(missing_ok=True)
+        finally:
+            await response.aclose()
+        return response
+
+
+def _target(effect: _base.Effect) -> str:
+    request = effect.request if isinstance(effect, _base.Save) else effect
+    return f"cannot reach {request.url}" if isinstance(request, httpx.Request) else "cannot reach the server"
+
+
+class AsyncImageGeneration(_base.ImageGenerationBase):
+    def __init__(self, client: AsyncClient, generation_id: str, **known: Any) -> None:
+        super().__init__(client._config, generation_id, **known)
+        self._client = client
+
+    async def status(self) -> schemas.ImageStatusResponse:
+        """One check-status call."""
+        return await self._client._run(self._status_op())
+
+    async def wait(
+        self,
+        on_progress: ImageProgress | None = None,
+        timeout: float | None = IMAGE_WAIT_TIMEOUT_S,
+        poll_interval: float | None = None,
+    ) -> schemas.ImageStatusResponse:
+        """Poll (every 3 s, the page's interval) until completed; GenerationFailed / WaitTimeout otherwise."""
+        return await self._client._run(self._wait_op(on_progress, timeout, poll_interval))
+
+    async def download(
+        self,
+        path: PathArg = None,
+        *,
+        on_progress: ImageProgress | None = None,
+        timeout: float | None = IMAGE_WAIT_TIMEOUT_S,
+        poll_interval: float | None = None,
+    ) -> Path:
+        """Wait, then save the image to ``path`` (a file, a folder, or ``./<generationId>.png``)."""
+        return await self._client._run(self._download_op(path, on_progress, timeout, poll_interval))
+
+
+class AsyncVideoGeneration(_base.VideoGenerationBase):
+    def __init__(self, client: AsyncClient, generation_id: str | None, **known: Any) -> None:
+        super().__init__(client._config, generation_id, **known)
+        self._client = client
+
+    async def status(self) -> schemas.VideoStatusResponse:
+        return await self._client._run(self._status_op())
+
+    async def wait(
+        self,
+        on_progress: VideoProgress | None = None,
+        timeout: float | None = VIDEO_WAIT_TIMEOUT_S,
+        poll_interval: float | None = None,
+    ) -> schemas.VideoStatusResponse:
+        """Poll (every 5 s, the page's interval) until every shot ended (and a multi-shot video is joined)."""
+        return await self._client._run(self._wait_op(on_progress, timeout, poll_interval))
+
+    async def download(
+        self,
+        path: PathArg = None,
+        *,
+        on_progress: VideoProgress | None = None,
+        timeout: float | None = VIDEO_WAIT_TIMEOUT_S,
+        poll_interval: float | None = None,
+    ) -> Path:
+        """Wait, then save the whole video (the concatenation, or the single shot)."""
+        return await self._client._run(self._download_op(path, on_progress, timeout, poll_interval))
+
+    async def download_shots(
+        self,
+        directory: PathArg = None,
+        *,
+        on_progress: VideoProgress | None = None,
+        timeout: float | None = VIDEO_WAIT_TIMEOUT_S,
+        poll_interval: float | None = None,
+    ) -> list[Path]:
+        """Wait, then save each shot's video into ``directory``."""
+        return await self._client._run(
+            self._download_shots_op(directory, on_progress, timeout, poll_interval)
+        )
+
+
+class AsyncImages:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        aspect_ratio: str | None = None,
+        quality: str | None = None,
+        google_search: bool = False,
+        input_images: Sequence[ImageInput] = (),
+        mode: str | None = None,
+    ) -> AsyncImageGeneration:
+        """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once."""
+        op = _base.image_generate(
+            self._client._config, prompt, aspect_ratio, quality, google_search, input_images, mode
+        )
+        accepted = await self._client._run(op)
+        return AsyncImageGeneration(
+            self._client, accepted.generationId, task_id=accepted.taskId, credits_used=accepted.creditsUsed
+        )
+
+    def get(self, generation_id: str) -> AsyncImageGeneration:
+        """A handle on an earlier generation."""
+        return AsyncImageGeneration(self._client, generation_id)
+
+
+class AsyncVideos:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def generate(
+        self, shots: Sequence[ShotInput], *, resolution: str | None = None
+    ) -> AsyncVideoGeneration:
+        """Submit 1-21 shots: prompts, dicts in the contract's shape or ``Shot`` models (images may be
+        local files). Returns at once."""
+        accepted = await self._client._run(_base.video_generate(self._client._config, shots, resolution))
+        return AsyncVideoGeneration(
+            self._client,
+            accepted.generationId,
+            shots=[schemas.TaskRef(shotId=s.shotId, taskId=s.taskId) for s in accepted.shots],
+            credits_used=accepted.creditsUsed,
+            resolution=resolution,
+        )
+
+    def get(
+        self, generation_id: str | None = None, *, task_ids: Sequence[schemas.TaskRef] = ()
+    ) -> AsyncVideoGeneration:
+        """A handle on an earlier request: by its task ids (any server) or its generationId (nanogen)."""
+        return AsyncVideoGeneration(self._client, generation_id, shots=task_ids)
+
+
+class AsyncUploads:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self, source: ImageInput | bytes, *, content_type: str | None = None
+    ) -> schemas.UploadResponse:
+        """Upload a local image (path or bytes); the URL works in input images until ``expiresAt``."""
+        return await self._client._run(_base.upload(self._client._config, source, content_type))

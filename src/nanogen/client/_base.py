@@ -1,0 +1,519 @@
+"""Everything the sync and async clients share, written once and free of I/O.
+
+Each operation is a generator that *yields* effects (an :class:`httpx.Request` to send, a
+:class:`Sleep`, a :class:`Save` to stream to a file) and receives their results; ``_sync.py`` and
+``_async.py`` only drive those generators with blocking or awaited I/O. Request bodies are built and
+checked with the server's own models (``nanogen.schemas``) and error responses become the server's
+own exceptions (``nanogen.errors.from_response``).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from nanogen import __version__, errors, schemas
+from nanogen.products import SHOT_IMAGE_COUNT, GenerationType
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+# The pages' polling strategy: images every 3-5 s, videos every 5-10 s.
+IMAGE_POLL_INTERVAL_S = 3.0
+VIDEO_POLL_INTERVAL_S = 5.0
+# Past the server's own deadlines (images 10 min, videos 30 min), with room for the queue.
+IMAGE_WAIT_TIMEOUT_S = 15 * 60.0
+VIDEO_WAIT_TIMEOUT_S = 45 * 60.0
+# Status polls that may fail in a row (network, restarting server) before wait() gives up.
+MAX_POLL_FAILURES = 5
+# Answers that a poll waits out (Retry-After) rather than raises.
+_RETRY_STATUSES = (429, 503)
+
+ImageInput = str | os.PathLike[str]
+ShotInput = schemas.Shot | Mapping[str, Any] | str
+ImageProgress = Callable[[schemas.ImageStatusResponse], object]
+VideoProgress = Callable[[schemas.VideoStatusResponse], object]
+
+
+# -- effects -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Save:
+    """Stream the response to ``request`` into ``path`` (via a temporary file); answered with the
+    response, whose body is read only when it is an error."""
+
+    request: httpx.Request
+    path: Path
+
+
+Effect = httpx.Request | Sleep | Save
+Op = Generator[Effect, Any, T]
+
+
+def send(request: httpx.Request) -> Op[httpx.Response]:
+    response = yield request
+    assert isinstance(response, httpx.Response)
+    return response
+
+
+def sleep(seconds: float) -> Op[None]:
+    yield Sleep(seconds)
+
+
+# -- configuration and requests ------------------------------------------------------------------------
+@dataclass
+class Config:
+    api_key: str | None
+    base_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, api_key: str | None, base_url: str | None) -> Config:
+        key = api_key if api_key is not None else os.environ.get("NANOGEN_API_KEY")
+        url = (base_url or os.environ.get("NANOGEN_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        return cls(key or None, url, {"User-Agent": f"nanogen-python/{__version__}"})
+
+    def request(
+        self, path: str, *, json: Any = None, content: bytes | None = None, **headers: str
+    ) -> httpx.Request:
+        """An API request; the key goes only to the API, never to file URLs (CDNs, buckets)."""
+        all_headers = dict(self.headers)
+        if self.api_key:
+            all_headers["Authorization"] = f"Bearer {self.api_key}"
+        all_headers.update({k.replace("_", "-"): v for k, v in headers.items()})
+        return httpx.Request(
+            "POST", f"{self.base_url}{path}", json=json, content=content, headers=all_headers
+        )
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise errors.from_response(response.status_code, _json_or_none(response), response.headers)
+
+
+def _json_or_none(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def parse(model: type[M], response: httpx.Response) -> M:
+    raise_for_error(response)
+    try:
+        return model.model_validate(response.json())
+    except (ValueError, ValidationError) as exc:
+        raise errors.UnexpectedResponse(
+            f"{response.request.url.path} answered {response.status_code} with an unexpected body: {exc}"
+        ) from None
+
+
+def call(config: Config, path: str, model: type[M], body: dict[str, Any]) -> Op[M]:
+    return parse(model, (yield from send(config.request(path, json=body))))
+
+
+# -- uploads -------------------------------------------------------------------------------------------
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
+
+
+def sniff_content_type(data: bytes, name: str = "") -> str:
+    """The image type from the first bytes (the name's extension when they say nothing)."""
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def is_url(value: ImageInput) -> bool:
+    """URLs (and data: strings, which the server answers for) pass through; anything else is a path."""
+    return isinstance(value, str) and ("://" in value or value.lower().startswith("data:"))
+
+
+def upload(
+    config: Config, source: ImageInput | bytes, content_type: str | None = None
+) -> Op[schemas.UploadResponse]:
+    if isinstance(source, bytes):
+        data, name = source, ""
+    else:
+        path = Path(source).expanduser()
+        data, name = path.read_bytes(), path.name
+    mime = content_type or sniff_content_type(data, name)
+    request = config.request("/api/uploads", content=data, Content_Type=mime)
+    return parse(schemas.UploadResponse, (yield from send(request)))
+
+
+def upload_all(config: Config, sources: Sequence[ImageInput]) -> Op[list[str]]:
+    """URLs for ``sources``: URLs as given, local files uploaded (each distinct path once)."""
+    uploaded: dict[str, str] = {}
+    urls = []
+    for source in sources:
+        if is_url(source):
+            urls.append(str(source))
+            continue
+        key = os.fspath(Path(source).expanduser().resolve())
+        if key not in uploaded:
+            uploaded[key] = (yield from upload(config, source)).url
+        urls.append(uploaded[key])
+    return urls
+
+
+def _placeholders(sources: Sequence[ImageInput]) -> list[str]:
+    """Stand-ins for local files, so a request is checked before anything is uploaded."""
+    return [str(s) if is_url(s) else f"https://upload.invalid/{i}" for i, s in enumerate(sources)]
+
+
+def _check_files(sources: Sequence[ImageInput]) -> None:
+    for source in sources:
+        if not is_url(source) and not Path(source).expanduser().is_file():
+            raise FileNotFoundError(f"no such image file: {os.fspath(source)}")
+
+
+# -- images --------------------------------------------------------------------------------------------
+def image_body(
+    prompt: str,
+    aspect_ratio: str | None,
+    quality: str | None,
+    google_search: bool,
+    input_urls: Sequence[str],
+    mode: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": prompt, "mode": mode or ("edit" if input_urls else "generate")}
+    if aspect_ratio is not None:
+        body["aspectRatio"] = aspect_ratio
+    if quality is not None:
+        body["imageQuality"] = quality
+    if google_search:
+        body["googleSearch"] = True
+    if input_urls:
+        body["inputImageUrls"] = list(input_urls)
+    # The server's own checks, in its order, with its error classes: refused here, no request spent.
+    checked = schemas.parse_image_request(body)
+    return checked.model_dump(mode="json", exclude_none=True)
+
+
+def image_generate(
+    config: Config,
+    prompt: str,
+    aspect_ratio: str | None,
+    quality: str | None,
+    google_search: bool,
+    input_images: Sequence[ImageInput],
+    mode: str | None,
+) -> Op[schemas.ImageGenerateResponse]:
+    image_body(prompt, aspect_ratio, quality, google_search, _placeholders(input_images), mode)
+    _check_files(input_images)
+    urls = yield from upload_all(config, input_images)
+    body = image_body(prompt, aspect_ratio, quality, google_search, urls, mode)
+    return (yield from call(config, "/api/nano-banana-2/generate", schemas.ImageGenerateResponse, body))
+
+
+def image_status(config: Config, generation_id: str) -> Op[schemas.ImageStatusResponse]:
+    body = {"generationId": generation_id}
+    return (yield from call(config, "/api/nano-banana-2/check-status", schemas.ImageStatusResponse, body))
+
+
+def image_failed(status: schemas.ImageStatusResponse) -> errors.GenerationFailed:
+    return errors.GenerationFailed(status.error or "Generation failed", result=status)
+
+
+# -- videos --------------------------------------------------------------------------------------------
+def default_generation_type(images: int) -> GenerationType:
+    """No images: text to video; 1-2: first (and last) frame; 3: references (the only type taking 3)."""
+    if images == 0:
+        return GenerationType.TEXT_2_VIDEO
+    if images <= SHOT_IMAGE_COUNT[GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO][1]:
+        return GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO
+    return GenerationType.REFERENCE_2_VIDEO
+
+
+def shot_dicts(shots: Sequence[ShotInput]) -> list[dict[str, Any]]:
+    """Shots in the contract's shape: ids ``shot-N`` and the generation type filled in when absent."""
+    out = []
+    for index, shot in enumerate(shots, start=1):
+        if isinstance(shot, str):
+            data: dict[str, Any] = {"prompt": shot}
+        elif isinstance(shot, BaseModel):
+            data = shot.model_dump(mode="json")
+        else:
+            data = dict(shot)
+        data.setdefault("id", f"shot-{index}")
+        images = data.get("imageUrls") or []
+        if isinstance(images, list | tuple):
+            data["imageUrls"] = list(images)
+            data.setdefault("generationType", default_generation_type(len(images)).value)
+        out.append(data)
+    return out
+
+
+def video_body(shots: list[dict[str, Any]], resolution: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"shots": shots}
+    if resolution is not None:
+        body["resolution"] = resolution
+    checked = schemas.parse_video_request(body)
+    return checked.model_dump(mode="json", exclude_none=True)
+
+
+def _with_urls(shot: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+    return {**shot, "imageUrls": urls} if isinstance(shot.get("imageUrls"), list) else shot
+
+
+def video_generate(
+    config: Config, shots: Sequence[ShotInput], resolution: str | None
+) -> Op[schemas.VideoGenerateResponse]:
+    prepared = shot_dicts(shots)
+    sources = [s["imageUrls"] if isinstance(s.get("imageUrls"), list) else [] for s in prepared]
+    video_body(
+        [_with_urls(s, _placeholders(src)) for s, src in zip(prepared, sources, strict=True)], resolution
+    )
+    for src in sources:
+        _check_files(src)
+    uploaded = []
+    for shot, src in zip(prepared, sources, strict=True):
+        uploaded.append(_with_urls(shot, (yield from upload_all(config, src))))
+    body = video_body(uploaded, resolution)
+    return (yield from call(config, "/api/veo-3/generate", schemas.VideoGenerateResponse, body))
+
+
+def video_status(
+    config: Config, task_ids: Sequence[schemas.TaskRef], generation_id: str | None, resolution: str | None
+) -> Op[schemas.VideoStatusResponse]:
+    # Without task ids: nanogen's lookup by generationId (docs/api.md).
+    body: dict[str, Any] = (
+        {"taskIds": [t.model_dump() for t in task_ids]} if task_ids else {"generationId": generation_id}
+    )
+    if resolution:
+        body["resolution"] = resolution
+    return (yield from call(config, "/api/veo-3/check-status", schemas.VideoStatusResponse, body))
+
+
+def video_failed(status: schemas.VideoStatusResponse) -> errors.GenerationFailed:
+    failed = [s for s in status.shots if s.status == "failed"]
+    detail = "; ".join(f"{s.shotId}: {s.error or 'failed'}" for s in failed)
+    return errors.GenerationFailed(
+        f"{len(failed)} of {len(status.shots)} shots failed ({detail})"
+        if failed
+        else "Video generation failed",
+        result=status,
+    )
+
+
+def video_url(status: schemas.VideoStatusResponse) -> str | None:
+    """The whole video: the concatenation, or the only shot's video."""
+    if status.concatenatedVideoUrl:
+        return status.concatenatedVideoUrl
+    if len(status.shots) == 1:
+        return status.shots[0].videoUrl
+    return None
+
+
+# -- waiting -------------------------------------------------------------------------------------------
+def wait(
+    poll: Callable[[], Op[M]],
+    is_terminal: Callable[[M], bool],
+    on_progress: Callable[[M], object] | None,
+    timeout: float | None,
+    interval: float,
+) -> Op[M]:
+    """Poll until ``is_terminal``: first at once, then every ``interval`` seconds. A 429/503 answer is
+    waited out for its ``Retry-After``; up to MAX_POLL_FAILURES network failures in a row are retried.
+    Past ``timeout`` seconds: :class:`~nanogen.errors.WaitTimeout` (the generation goes on)."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    failures = 0
+    while True:
+        delay = interval
+        try:
+            status = yield from poll()
+        except errors.ConnectionFailed:
+            failures += 1
+            if failures >= MAX_POLL_FAILURES:
+                raise
+        except (errors.RateLimited, errors.ServiceUnavailable) as exc:
+            if exc.status not in _RETRY_STATUSES:
+                raise
+            retry_after = exc.extra.get("retryAfter")
+            delay = max(interval, float(retry_after)) if isinstance(retry_after, int | float) else interval
+        else:
+            failures = 0
+            if on_progress is not None:
+                on_progress(status)
+            if is_terminal(status):
+                return status
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (delay > remaining and delay > interval):  # Retry-After past the deadline
+                raise errors.WaitTimeout(f"still not finished after {time.monotonic() - started:.0f} s")
+            delay = min(delay, remaining)
+        yield from sleep(delay)
+
+
+# -- downloads -----------------------------------------------------------------------------------------
+def destination(path: str | os.PathLike[str] | None, url: str, stem: str) -> Path:
+    """Where a download goes: ``path``; inside it when it is a directory; else ``<stem><suffix>`` here."""
+    suffix = PurePosixPath(urlsplit(url).path).suffix or ""
+    if path is None:
+        return Path.cwd() / f"{stem}{suffix}"
+    target = Path(path).expanduser()
+    return target / f"{stem}{suffix}" if target.is_dir() else target
+
+
+def download(config: Config, url: str, path: Path) -> Op[Path]:
+    request = httpx.Request("GET", url, headers=config.headers)  # no API key to file hosts
+    response = yield Save(request, path)
+    assert isinstance(response, httpx.Response)
+    raise_for_error(response)
+    return path
+
+
+def part_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.part")
+
+
+# -- handles: the state and operations of one generation (the shells add run()) --------------------------
+class ImageGenerationBase:
+    """One image generation: ``id`` is its generationId."""
+
+    def __init__(
+        self, config: Config, generation_id: str, task_id: str | None = None, credits_used: int | None = None
+    ) -> None:
+        self._config = config
+        self.id = generation_id
+        self.task_id = task_id
+        self.credits_used = credits_used
+        self.last_status: schemas.ImageStatusResponse | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+    def _status_op(self) -> Op[schemas.ImageStatusResponse]:
+        self.last_status = yield from image_status(self._config, self.id)
+        return self.last_status
+
+    def _wait_op(
+        self, on_progress: ImageProgress | None, timeout: float | None, poll_interval: float | None
+    ) -> Op[schemas.ImageStatusResponse]:
+        status = yield from wait(
+            self._status_op,
+            lambda s: s.status in ("completed", "failed"),
+            on_progress,
+            timeout,
+            IMAGE_POLL_INTERVAL_S if poll_interval is None else poll_interval,
+        )
+        if status.status == "failed":
+            raise image_failed(status)
+        return status
+
+    def _download_op(
+        self,
+        path: str | os.PathLike[str] | None,
+        on_progress: ImageProgress | None,
+        timeout: float | None,
+        poll_interval: float | None,
+    ) -> Op[Path]:
+        status = yield from self._wait_op(on_progress, timeout, poll_interval)
+        if not status.imageUrl:
+            raise errors.UnexpectedResponse(f"{self.id} completed without an imageUrl")
+        return (
+            yield from download(self._config, status.imageUrl, destination(path, status.imageUrl, self.id))
+        )
+
+
+class VideoGenerationBase:
+    """One video request: its shots' task ids (the contract's handle) and, from nanogen, its generationId."""
+
+    def __init__(
+        self,
+        config: Config,
+        generation_id: str | None,
+        shots: Sequence[schemas.TaskRef] = (),
+        credits_used: int | None = None,
+        resolution: str | None = None,
+    ) -> None:
+        if not generation_id and not shots:
+            raise ValueError("a video generation needs its generationId or its task ids")
+        self._config = config
+        self.id = generation_id
+        self.shots = list(shots)
+        self.credits_used = credits_used
+        self.resolution = resolution
+        self.last_status: schemas.VideoStatusResponse | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id or ','.join(t.taskId for t in self.shots)}>"
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [t.taskId for t in self.shots]
+
+    def _status_op(self) -> Op[schemas.VideoStatusResponse]:
+        status = yield from video_status(self._config, self.shots, self.id, self.resolution)
+        if not self.shots:  # looked up by generationId: remember the tasks
+            self.shots = [schemas.TaskRef(shotId=s.shotId, taskId=s.taskId) for s in status.shots]
+        self.id = self.id or status.generationId
+        self.last_status = status
+        return status
+
+    def _wait_op(
+        self, on_progress: VideoProgress | None, timeout: float | None, poll_interval: float | None
+    ) -> Op[schemas.VideoStatusResponse]:
+        status = yield from wait(
+            self._status_op,
+            lambda s: s.status in ("completed", "failed"),
+            on_progress,
+            timeout,
+            VIDEO_POLL_INTERVAL_S if poll_interval is None else poll_interval,
+        )
+        if status.status == "failed":
+            raise video_failed(status)
+        return status
+
+    def _download_op(
+        self,
+        path: str | os.PathLike[str] | None,
+        on_progress: VideoProgress | None,
+        timeout: float | None,
+        poll_interval: float | None,
+    ) -> Op[Path]:
+        status = yield from self._wait_op(on_progress, timeout, poll_interval)
+        url = video_url(status)
+        if url is None:
+            raise errors.UnexpectedResponse(
+                "no single video to download (the server sent no concatenatedVideoUrl): use download_shots()"
+            )
+        stem = self.id or status.shots[0].taskId
+        return (yield from download(self._config, url, destination(path, url, stem)))
+
+    def _download_shots_op(
+        self,
+        directory: str | os.PathLike[str] | None,
+        on_progress: VideoProgress | None,
+        timeout: float | None,
+        poll_interval: float | None,
+    ) -> Op[list[Path]]:
+        status = yield from self._wait_op(on_progress, timeout, poll_interval)
+        folder = Path.cwd() if directory is None else Path(directory).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for shot in status.shots:
+            if shot.videoUrl:
+                safe = re.sub(r"[^A-Za-z0-9._-]", "_", shot.shotId)
+                target = destination(folder, shot.videoUrl, f"{self.id or 'video'}-{safe}")
+                paths.append((yield from download(self._config, shot.videoUrl, target)))
+        return paths
