@@ -178,10 +178,11 @@ def test_upload_a_local_file_and_edit_it(page: Page, server: Server, tmp_path: A
     ):
         form.get_by_role("button", name="Generate image").click()
     assert uploaded.value.status == 201
-    upload = uploaded.value.json()
-    assert (upload["width"], upload["height"], upload["contentType"]) == (320, 240, "image/png")
+    assert uploaded.value.request.headers["content-type"] == "image/png"
     assert sent.value.post_data_json["mode"] == "edit"
-    assert sent.value.post_data_json["inputImageUrls"] == [upload["url"]]
+    (upload_url,) = sent.value.post_data_json["inputImageUrls"]
+    assert "/files/up/" in upload_url
+    assert httpx.get(upload_url).content == photo.read_bytes()  # the file itself, not a multipart body
 
     wait_for_image(page)
     # The sandbox composes the input into its output: the uploaded colour is in the result.
@@ -229,3 +230,38 @@ def test_insufficient_credits_gets_a_clear_message(page: Page, server: Server) -
     )
     expect(results(page).get_by_role("listitem")).to_have_count(0)
     assert account.balance() == 3
+
+
+def test_a_file_that_is_not_an_image_is_refused_clearly(page: Page, server: Server, tmp_path: Any) -> None:
+    account = server.new_account(20)
+    fake = tmp_path / "notes.png"
+    fake.write_text("meeting notes, not a picture")
+    open_playground(page, server)
+    use_key(page, account.key)
+
+    form = image_form(page)
+    form.get_by_label("Prompt").fill("Edit my notes")
+    form.get_by_label("Mode").select_option("edit")
+    form.get_by_label("Add image files").set_input_files(fake)
+    form.get_by_role("button", name="Generate image").click()
+    expect(form.get_by_role("alert")).to_contain_text("Uploading notes.png failed: ")
+    expect(form.get_by_role("alert")).to_contain_text("[400 INVALID_IMAGE]")
+    expect(results(page).get_by_role("listitem")).to_have_count(0)
+    assert account.balance() == 20
+
+
+def test_a_failed_generation_shows_its_refund(page: Page, server: Server) -> None:
+    account = server.new_account(20)
+    open_playground(page, server)
+    use_key(page, account.key)
+    form = image_form(page)
+    form.get_by_label("Prompt").fill("[sandbox:fail] a picture that will not come")
+    form.get_by_role("button", name="Generate image").click()
+
+    card = results(page).get_by_role("listitem").first
+    expect(card).to_contain_text("Failed", timeout=SLOW)
+    price = IMAGE_CREDITS[ImageQuality.Q1K]
+    expect(card).to_contain_text(f"Cost: {price} credits, refunded")
+    expect(page.get_by_role("status")).to_contain_text("Image failed: ")
+    expect(page.locator("#account")).to_contain_text("20 credits")
+    assert account.balance() == 20

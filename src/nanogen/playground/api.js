@@ -41,7 +41,14 @@ export class Api {
   imageStatus(generationId) { return this.call("POST", "api/nano-banana-2/check-status", { generationId }); }
   generateVideo(body) { return this.call("POST", "api/veo-3/generate", body); }
   videoStatus(taskIds, resolution) { return this.call("POST", "api/veo-3/check-status", { taskIds, resolution }); }
-  upload(file) { return this.call("POST", "api/uploads", file, file.type || "application/octet-stream"); }
+  async upload(file) {
+    try {
+      return await this.call("POST", "api/uploads", file, file.type || "application/octet-stream");
+    } catch (err) {
+      if (err instanceof ApiError) err.context = `Uploading ${file.name} failed`;
+      throw err;
+    }
+  }
 }
 
 // A sentence for a person: what happened and what to do about it.
@@ -68,7 +75,8 @@ export function describeError(err, balance) {
     default: {
       const where = b.field ? ` (${b.field})` : b.url ? ` (${b.url})` : "";
       const code = err.code ? ` ${err.code}` : "";
-      return `${b.error || "Request failed"}${where} [${err.status}${code}]`;
+      const context = err.context ? `${err.context}: ` : "";
+      return `${context}${b.error || "Request failed"}${where} [${err.status}${code}]`;
     }
   }
 }
