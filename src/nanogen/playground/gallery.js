@@ -6,6 +6,9 @@ const KEEP = 50;
 
 export const isTerminal = (status) => status === "completed" || status === "failed";
 
+// Only http(s) URLs become links and sources (never javascript: or data: from a stored record).
+const safeUrl = (url) => (typeof url === "string" && /^https?:\/\//i.test(url) ? url : null);
+
 function el(tag, props = {}, ...children) {
   const node = Object.assign(document.createElement(tag), props);
   node.append(...children.filter((c) => c != null));
@@ -124,8 +127,8 @@ class Card {
         if (shot.generationTime != null) parts.push(`in ${shot.generationTime} s`);
         if (shot.error) parts.push(`(${shot.error})`);
         const item = el("li", { textContent: parts.join(" ") + " " });
-        if (shot.videoUrl && record.shots.length > 1) {
-          const link = el("a", { href: shot.videoUrl, textContent: "video", target: "_blank", rel: "noopener" });
+        if (safeUrl(shot.videoUrl) && record.shots.length > 1) {
+          const link = el("a", { href: safeUrl(shot.videoUrl), textContent: "video", target: "_blank", rel: "noopener" });
           link.setAttribute("aria-label", `Video of shot ${i + 1}`);
           item.append(link);
         }
@@ -137,26 +140,27 @@ class Card {
 
   showMedia(record) {
     this.mediaUrl = record.url;
-    if (!record.url) {
+    const url = safeUrl(record.url);
+    if (!url) {
       this.media.replaceChildren(el("div", { className: "placeholder", textContent: record.kind === "video" ? "🎬" : "🖼" }));
       this.links.replaceChildren();
       return;
     }
     const label = record.kind === "video" ? `Video: ${this.prompt.textContent}` : this.prompt.textContent;
     if (record.kind === "video") {
-      const player = el("video", { src: record.url, controls: true, preload: "metadata", playsInline: true });
+      const player = el("video", { src: url, controls: true, preload: "metadata", playsInline: true });
       player.setAttribute("aria-label", label);
       this.media.replaceChildren(player);
     } else {
-      const img = el("img", { src: record.url, alt: label, loading: "lazy", decoding: "async" });
+      const img = el("img", { src: url, alt: label, loading: "lazy", decoding: "async" });
       const open = el("button", { type: "button", className: "thumb" }, img);
       open.setAttribute("aria-label", `View image: ${label}`);
-      open.addEventListener("click", () => this.viewer.open(record.url, label));
+      open.addEventListener("click", () => this.viewer.open(url, label));
       this.media.replaceChildren(open);
     }
     this.links.replaceChildren(
-      el("a", { href: record.url, download: "", textContent: "Download" }), " ",
-      el("a", { href: record.url, target: "_blank", rel: "noopener", textContent: "Open in a new tab" }));
+      el("a", { href: url, download: "", textContent: "Download" }), " ",
+      el("a", { href: url, target: "_blank", rel: "noopener", textContent: "Open in a new tab" }));
   }
 }
 
