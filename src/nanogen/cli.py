@@ -1,4 +1,5 @@
-"""The ``nanogen`` command line: serve, worker, migrate, demo, keys, credits."""
+"""The ``nanogen`` command line: serve, worker, migrate, demo, keys, credits; and (cli_generate.py)
+image, video, status, download."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nanogen import ledger
+from nanogen import cli_generate, ledger
 from nanogen.db import make_engine, read_connection, write_transaction
 from nanogen.products import MAX_GRANT
 from nanogen.settings import Settings
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant and show credits.", no_args_is_help=True)
+cli_generate.register(app)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 

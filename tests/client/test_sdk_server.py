@@ -202,3 +202,24 @@ def test_async_client_generates_and_downloads(server: Server, tmp_path: Path) ->
         assert png.size == (1376, 768)
     assert probe_video(video_path).duration_s == pytest.approx(8.0, abs=0.1)
     assert spent == 14 and account.balance() == 16
+
+
+def test_video_lookup_by_generation_id_is_the_owners_only(server: Server) -> None:
+    """The check-status extension the SDK's videos.get(id) uses, on the wire."""
+    owner, other = server.new_account(20), server.new_account(0)
+    with client_for(server, owner.key) as client:
+        video = client.videos.generate(["one"])
+        image = client.images.generate("an image")
+    status = "/api/veo-3/check-status"
+    with owner.client() as c:
+        mine = c.post(status, json={"generationId": video.id})
+        assert mine.status_code == 200 and [s["taskId"] for s in mine.json()["shots"]] == video.task_ids
+        assert c.post(status, json={"generationId": image.id}).json()["errorCode"] == "TASK_NOT_FOUND"
+        assert c.post(status, json={"generationId": "gen_nope"}).json()["errorCode"] == "TASK_NOT_FOUND"
+        assert c.post(status, json={"generationId": ""}).json()["errorCode"] == "TASK_IDS_REQUIRED"
+        assert (
+            c.post(status, json={"taskIds": [], "generationId": 5}).json()["errorCode"] == "TASK_IDS_REQUIRED"
+        )
+    with other.client() as c:
+        theirs = c.post(status, json={"generationId": video.id})
+        assert theirs.status_code == 404 and theirs.json()["errorCode"] == "TASK_NOT_FOUND"
