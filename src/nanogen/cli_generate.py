@@ -255,12 +255,15 @@ def image(
                 highlight=False,
             )
         if no_wait:
-            _submitted(as_json, "image", submitted.id, submitted.credits_used)
+            _submitted(as_json, "image", submitted.id, submitted.credits_used, submitted.id)
             return
         _finish_image(submitted, output, as_json, timeout, poll_interval)
 
 
-def _submitted(as_json: bool, kind: str, ident: str | None, credits: int | None, **extra: Any) -> None:
+def _submitted(
+    as_json: bool, kind: str, ident: str | None, credits: int | None, resume_id: str, **extra: Any
+) -> None:
+    """``--no-wait``: the id to pass to ``nanogen status`` / ``download`` (stdout), or the JSON."""
     if as_json:
         _emit(
             {
@@ -273,7 +276,7 @@ def _submitted(as_json: bool, kind: str, ident: str | None, credits: int | None,
             }
         )
     else:
-        print(ident)
+        print(resume_id)
 
 
 # -- videos ----------------------------------------------------------------------------------------------
@@ -392,7 +395,14 @@ def video(
                 highlight=False,
             )
         if no_wait:
-            _submitted(as_json, "video", submitted.id, submitted.credits_used, taskIds=submitted.task_ids)
+            _submitted(
+                as_json,
+                "video",
+                submitted.id,
+                submitted.credits_used,
+                _resume_id(submitted),
+                taskIds=submitted.task_ids,
+            )
             return
         _finish_video(submitted, output, as_json, timeout, poll_interval)
 

@@ -341,6 +341,7 @@ def test_the_api_key_never_goes_to_file_hosts(tmp_path: Path) -> None:
     assert path == tmp_path / "gen_1.png" and path.read_bytes() == b"PNGDATA"
     assert "Authorization" in sent[0].headers and "Authorization" not in sent[1].headers
     assert not list(tmp_path.glob(".*.part"))
+    assert "ng_secret" not in repr(client._config)  # nor in a repr that a log or traceback could show
 
 
 def test_a_failed_download_leaves_no_file(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def sleep(seconds: float) -> Op[None]:
 # -- configuration and requests ------------------------------------------------------------------------
 @dataclass
 class Config:
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a repr, a log line or a traceback
     base_url: str
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -89,13 +89,14 @@ class Config:
         return cls(key or None, url, {"User-Agent": f"nanogen-python/{__version__}"})
 
     def request(
-        self, path: str, *, json: Any = None, content: bytes | None = None, **headers: str
+        self, path: str, *, json: Any = None, content: bytes | None = None, content_type: str | None = None
     ) -> httpx.Request:
         """An API request; the key goes only to the API, never to file URLs (CDNs, buckets)."""
         all_headers = dict(self.headers)
         if self.api_key:
             all_headers["Authorization"] = f"Bearer {self.api_key}"
-        all_headers.update({k.replace("_", "-"): v for k, v in headers.items()})
+        if content_type:
+            all_headers["Content-Type"] = content_type
         return httpx.Request(
             "POST", f"{self.base_url}{path}", json=json, content=content, headers=all_headers
         )
@@ -155,7 +156,7 @@ def upload(
         path = Path(source).expanduser()
         data, name = path.read_bytes(), path.name
     mime = content_type or sniff_content_type(data, name)
-    request = config.request("/api/uploads", content=data, Content_Type=mime)
+    request = config.request("/api/uploads", content=data, content_type=mime)
     return parse(schemas.UploadResponse, (yield from send(request)))
 
 
