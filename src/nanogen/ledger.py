@@ -88,6 +88,14 @@ def find_account(conn: sa.Connection, id_or_name: str) -> Account | None:
     return Account(row.id, row.name, row.balance) if row else None
 
 
+def get_account(conn: sa.Connection, account_id: str) -> Account | None:
+    """The account with this id (never matched by name: a name could look like another's id)."""
+    row = conn.execute(
+        sa.select(accounts.c.id, accounts.c.name, accounts.c.balance).where(accounts.c.id == account_id)
+    ).first()
+    return Account(row.id, row.name, row.balance) if row else None
+
+
 def list_accounts(conn: sa.Connection) -> list[Account]:
     rows = conn.execute(
         sa.select(accounts.c.id, accounts.c.name, accounts.c.balance).order_by(accounts.c.created_at)

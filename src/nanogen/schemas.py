@@ -178,6 +178,15 @@ class UploadResponse(BaseModel):
     bytes: int
 
 
+class AccountResponse(BaseModel):
+    """nanogen addition: ``GET /api/account``, the caller's account and balance."""
+
+    success: bool = True
+    accountId: str
+    name: str
+    credits: int = Field(description="The balance, in credits")
+
+
 class ErrorResponse(BaseModel):
     error: str
     errorCode: str

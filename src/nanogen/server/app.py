@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from nanogen import __version__
 from nanogen.server import errors
 from nanogen.server.deps import BEARER_SCHEME
-from nanogen.server.routes import admin, files, health, images, uploads, videos
+from nanogen.server.routes import account, admin, files, health, images, playground, uploads, videos
 from nanogen.server.services import lifespan
 from nanogen.settings import Settings
 
@@ -30,8 +30,9 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    for module in (images, videos, uploads, files, admin, health):
+    for module in (images, videos, uploads, account, files, admin, health):
         app.include_router(module.router)
+    playground.install(app)
     app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]
     return app
 
