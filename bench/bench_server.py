@@ -255,11 +255,18 @@ class WrkResult:
         }
 
 
-def wrk(url: str, body: dict[str, Any], key: str | None, tmp: Path, seconds: int = WRK_SECONDS) -> WrkResult:
+def wrk(
+    url: str,
+    body: dict[str, Any],
+    key: str | None,
+    tmp: Path,
+    seconds: int = WRK_SECONDS,
+    connections: int = WRK_CONNECTIONS,
+) -> WrkResult:
     script = tmp / f"wrk-{time.monotonic_ns()}.lua"
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
     script.write_text(WRK_SCRIPT.format(body=json.dumps(body), auth=auth))
-    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     out = subprocess.run(
         [*argv, "--latency", "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60
     )

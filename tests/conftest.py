@@ -74,8 +74,8 @@ class Server:
         return env
 
     def start(self) -> Server:
-        log = open(self.home / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nanogen", "serve", "--port", str(self.port), *self.args],
             env=self.env,

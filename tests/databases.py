@@ -51,6 +51,11 @@ class Database:
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self._conn.execute(sql.replace("?", "%s") if self._postgres else sql, params)
 
+    def iterdump(self) -> Iterator[str]:
+        """The whole database as SQL text (SQLite only: what a test greps for secrets)."""
+        assert not self._postgres, "iterdump is SQLite's"
+        yield from self._conn.iterdump()
+
     def __enter__(self) -> Database:
         return self
 

@@ -171,6 +171,14 @@ def read_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
+def unavailable(exc: BaseException) -> bool:
+    """A lost or refused connection (the database down, restarting, or locked past the busy
+    timeout), not a bad statement: worth retrying, or answering 503."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
 def is_sqlite(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     )
     max_executor_threads: int = Field(default=64, ge=4)
     watchdog_interval_s: float = Field(default=5.0, gt=0)
+    shutdown_grace_s: int = Field(
+        default=5, ge=0, description="On SIGTERM, how long running generations get to finish."
+    )
 
     @field_validator("fetch_allow_hosts", "worker_engines", mode="before")
     @classmethod

@@ -221,7 +221,10 @@ def test_database_outage_answers_503_then_recovers_and_loses_nothing(tmp_path: P
                         "SELECT generation_id FROM nanogen_tasks WHERE status = 'completed'"
                     ).fetchall()
                 }
-            assert set(accepted) <= done, "every accepted request completed"
+                failures = db.execute(
+                    "SELECT generation_id, error FROM nanogen_tasks WHERE status = 'failed'"
+                ).fetchall()
+            assert set(accepted) <= done, f"every accepted request completed; failed: {failures}"
             print(f"\ndatabase outage: statuses {seen}; {books}")
         finally:
             server.stop()

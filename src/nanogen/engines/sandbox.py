@@ -8,8 +8,10 @@ pattern seeded from a hash of the prompt, the options as badges, and the input i
 Videos are drawn straight into the encoder's I420 planes; only a small moving block, a frame counter
 and a progress bar change from frame to frame, so a 720p 8 s shot costs well under a second of CPU.
 
-Latency: each job waits ``settings.sandbox_latency_s`` seconds, reporting progress in
-``settings.sandbox_progress_steps`` steps (monotonic; 100 only once the file is written).
+Latency: a job takes ``settings.sandbox_latency_s`` seconds from start to delivery, like a remote
+provider's: the file is drawn first (its CPU time overlaps the wait, as a provider's compute would
+not be ours), then the rest of the latency is waited out, reporting progress in
+``settings.sandbox_progress_steps`` steps (monotonic; 100 only once the job is delivered).
 
 Markers in the prompt (case-insensitive, removed before the prompt is drawn) test failure handling:
 
@@ -186,7 +188,10 @@ class SandboxEngine(Engine):
     default_concurrency = 32  # jobs mostly sleep through the simulated latency
 
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
-        directives = self._simulate(job.prompt, progress)
+        started = time.monotonic()
+        directives = parse_prompt(job.prompt)
+        if directives.fail or directives.error:  # nothing to deliver: wait, then fail as asked
+            self._simulate(directives, started, progress)
         badges = ["NANOGEN SANDBOX", f"{job.quality.value} · {job.aspect_ratio.value}", job.mode.value]
         if job.google_search:
             badges.append("search")
@@ -194,12 +199,17 @@ class SandboxEngine(Engine):
         palette = Palette.from_text(directives.text)
         card = render_card((job.width, job.height), directives.text, badges, palette, inputs)
         im.save_png(card, dest)
+        self._simulate(directives, started, progress)
         progress(100)
         return Output(dest, "image/png", {"engine": self.name, "width": job.width, "height": job.height})
 
     def generate_shot(self, job: ShotJob, dest: Path, progress: ProgressFn) -> Output:
-        directives = self._simulate(job.prompt, progress)
+        started = time.monotonic()
+        directives = parse_prompt(job.prompt)
+        if directives.fail or directives.error:  # nothing to deliver: wait, then fail as asked
+            self._simulate(directives, started, progress)
         frames = render_shot(job, directives.text, dest)
+        self._simulate(directives, started, progress)
         progress(100)
         metadata: dict[str, object] = {
             "engine": self.name,
@@ -210,20 +220,18 @@ class SandboxEngine(Engine):
         }
         return Output(dest, "video/mp4", metadata)
 
-    def _simulate(self, prompt: str, progress: ProgressFn) -> Directives:
-        """Wait out the simulated latency in steps, then fail if the prompt asks to."""
-        directives = parse_prompt(prompt)
+    def _simulate(self, directives: Directives, started: float, progress: ProgressFn) -> None:
+        """Wait out what is left of the simulated latency in steps, then fail if the prompt asks to."""
         latency = self.settings.sandbox_latency_s if directives.slow_s is None else directives.slow_s
         steps = self.settings.sandbox_progress_steps
         for step in range(1, steps + 1):
-            time.sleep(latency / steps)
-            if step < steps:  # 100 is reported only once the file exists
+            time.sleep(max(0.0, started + latency * step / steps - time.monotonic()))
+            if step < steps:  # 100 is reported only once the job is delivered
                 progress(step * 100 // steps)
         if directives.fail:
             raise EngineError("The sandbox engine failed as asked by [sandbox:fail] in the prompt")
         if directives.error:
             raise RuntimeError("sandbox engine crashed as asked by [sandbox:error] in the prompt")
-        return directives
 
 
 # -- video shots ------------------------------------------------------------------------------------

@@ -66,7 +66,9 @@ class Process:
             self.watchdog.stop()
         if self.retention is not None:
             self.retention.stop()
-        DBOS.destroy(workflow_completion_timeout_sec=5)
+        # Stops the queue pollers, then gives running workflows the grace period; what is left
+        # stays with this executor id (recovered on restart) or goes to the deadline watchdog.
+        DBOS.destroy(workflow_completion_timeout_sec=self.runtime.settings.shutdown_grace_s)
         self.runtime.dbos_client.destroy()
         self.runtime.db.dispose()
         runtime_module.install(None)

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from dbos import DBOSClient
 
 from nanogen import ledger
-from nanogen.db import write_transaction
-from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits
+from nanogen.db import unavailable, write_transaction
+from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits, ServiceUnavailable
 from nanogen.products import Product
 from nanogen.tasks import store
 from nanogen.tasks.runtime import RUN_TASK
@@ -184,19 +184,25 @@ class SubmitWriter:
     def _write(self, batch: list[_Pending]) -> None:
         """One transaction for the batch. A statement that fails (rare: a database error, not a short
         balance) rolls the batch back, and then each submission gets a transaction of its own, so one
-        request's failure never touches another's (cheaper than a savepoint per request)."""
+        request's failure never touches another's (cheaper than a savepoint per request). While the
+        database is unreachable every request of the batch gets 503 (retry), nothing written."""
         try:
             with write_transaction(self._engine) as conn:
                 for item in batch:
                     item.error = self._write_one(conn, item.submission)
-        except Exception:
-            if len(batch) > 1:
+        except Exception as exc:
+            if unavailable(exc):
+                log.warning("submit of %d request(s): database unavailable: %s", len(batch), exc)
+                for item in batch:
+                    item.error = ServiceUnavailable()
+            elif len(batch) > 1:
                 log.warning("submit batch of %d failed; writing each on its own", len(batch))
                 for item in batch:
                     self._write([item])
                 return
-            log.exception("submit of generation %s failed", batch[0].submission.generation_id)
-            batch[0].error = CreditReservationFailed()
+            else:
+                log.exception("submit of generation %s failed", batch[0].submission.generation_id)
+                batch[0].error = CreditReservationFailed()
         for item in batch:
             item.loop.call_soon_threadsafe(_settle, item.future, item.error)
 

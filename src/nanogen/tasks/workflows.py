@@ -15,12 +15,13 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from dbos import DBOS
 
-from nanogen.db import read_connection, write_transaction
+from nanogen.db import read_connection, unavailable, write_transaction
 from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
@@ -31,8 +32,24 @@ from nanogen.tasks.runtime import CONCATENATE, MEDIA_QUEUE, RUN_TASK, Runtime, c
 from nanogen.tasks.status import TaskStatus
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 FAILED_MESSAGE = {Product.IMAGE: "Image generation failed", Product.VIDEO: "Video generation failed"}
+
+
+def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A step whose effects are idempotent, retried with backoff (about a minute in all) while the
+    database is unreachable (a restart, a failover) instead of failing the task. The provider submit
+    step is not one: re-running it after an unrecorded submission could pay twice."""
+    return DBOS.step(
+        name=name,
+        retries_allowed=True,
+        interval_seconds=1.0,
+        max_attempts=10,
+        backoff_rate=1.5,
+        should_retry=unavailable,
+    )
 
 
 @DBOS.workflow(name=RUN_TASK)
@@ -58,7 +75,7 @@ def run_task(task_id: str) -> str:
     return TaskStatus.COMPLETED.value
 
 
-@DBOS.step(name="nanogen.start")
+@database_step("nanogen.start")
 def start_step(task_id: str) -> dict[str, Any] | None:
     rt = current()
     with write_transaction(rt.db) as conn:
@@ -102,7 +119,7 @@ def submit_step(task_id: str) -> dict[str, str]:
         return {"operation": store.record_operation(conn, task_id, operation, engine.cost_micros(job))}
 
 
-@DBOS.step(name="nanogen.render")
+@database_step("nanogen.render")
 def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
     """Run the engine (or await the submitted ``operation``) and store its output. Returns
     {"key", "url"} or {"error"}; never raises, so the outcome is recorded as this step's result and a
@@ -122,7 +139,9 @@ def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
     except EngineError as exc:
         log.info("task %s failed in engine %s: %s", task_id, record.engine, exc.message)
         return {"error": exc.message}
-    except Exception:
+    except Exception as exc:
+        if unavailable(exc):  # not the engine's fault: the step runs again once the database is back
+            raise
         log.exception("task %s: engine %s raised", task_id, record.engine)
         return {"error": FAILED_MESSAGE[record.product]}
     finally:
@@ -170,13 +189,18 @@ def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
         if value <= last:
             return
         last = value
-        with write_transaction(rt.db) as conn:
-            store.set_progress(conn, task_id, value)
+        try:
+            with write_transaction(rt.db) as conn:
+                store.set_progress(conn, task_id, value)
+        except Exception as exc:  # progress is advisory: a write lost to an outage is skipped
+            if not unavailable(exc):
+                raise
+            log.debug("progress of %s not recorded: %s", task_id, exc)
 
     return report
 
 
-@DBOS.step(name="nanogen.complete")
+@database_step("nanogen.complete")
 def complete_step(task_id: str, url: str, key: str) -> bool:
     rt = current()
     with write_transaction(rt.db) as conn:
@@ -186,14 +210,14 @@ def complete_step(task_id: str, url: str, key: str) -> bool:
     return done
 
 
-@DBOS.step(name="nanogen.fail")
+@database_step("nanogen.fail")
 def fail_step(task_id: str, error: str) -> bool:
     rt = current()
     with write_transaction(rt.db) as conn:
         return store.fail_and_refund(conn, task_id, error)
 
 
-@DBOS.step(name="nanogen.request_concat")
+@database_step("nanogen.request_concat")
 def request_concat_step(generation_id: str) -> bool:
     """Start the concatenation once every shot completed. Every shot asks after completing; the
     fixed workflow id makes the concatenation run once however many ask."""
@@ -219,7 +243,7 @@ def concatenate(generation_id: str) -> str:
     return concat_step(generation_id)
 
 
-@DBOS.step(name="nanogen.concat")
+@database_step("nanogen.concat")
 def concat_step(generation_id: str) -> str:
     rt = current()
     with read_connection(rt.db) as conn:
