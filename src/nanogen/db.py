@@ -171,12 +171,25 @@ def read_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
+def conflict(exc: BaseException) -> bool:
+    """A transaction the database rolled back to resolve a conflict (deadlock, serialization
+    failure: SQLSTATE class 40): running it again is the remedy."""
+    return isinstance(exc, sa.exc.DBAPIError) and str(getattr(exc.orig, "sqlstate", "") or "")[:2] == "40"
+
+
 def unavailable(exc: BaseException) -> bool:
     """A lost or refused connection (the database down, restarting, or locked past the busy
-    timeout), not a bad statement: worth retrying, or answering 503."""
+    timeout), not a bad statement nor a conflict: worth retrying later, or answering 503."""
+    if conflict(exc):
+        return False
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
         isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
     )
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth running the same work again: a conflict, or a database briefly unreachable."""
+    return conflict(exc) or unavailable(exc)
 
 
 def is_sqlite(engine: sa.Engine) -> bool:

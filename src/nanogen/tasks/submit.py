@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from dbos import DBOSClient
 
 from nanogen import ledger
-from nanogen.db import unavailable, write_transaction
+from nanogen.db import conflict, unavailable, write_transaction
 from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits, ServiceUnavailable
 from nanogen.products import Product
 from nanogen.tasks import store
@@ -181,16 +181,22 @@ class SubmitWriter:
                 batch.append(item)
             self._write(batch)
 
-    def _write(self, batch: list[_Pending]) -> None:
-        """One transaction for the batch. A statement that fails (rare: a database error, not a short
+    def _write(self, batch: list[_Pending], attempts: int = 3) -> None:
+        """One transaction for the batch, its accounts' rows locked in one order (so that writers in
+        several processes cannot deadlock each other). A conflict the database resolved by rolling
+        the batch back is retried; a statement that fails (rare: a database error, not a short
         balance) rolls the batch back, and then each submission gets a transaction of its own, so one
         request's failure never touches another's (cheaper than a savepoint per request). While the
         database is unreachable every request of the batch gets 503 (retry), nothing written."""
         try:
             with write_transaction(self._engine) as conn:
-                for item in batch:
+                for item in sorted(batch, key=lambda i: i.submission.account_id):
                     item.error = self._write_one(conn, item.submission)
         except Exception as exc:
+            if conflict(exc) and attempts > 1:
+                log.info("submit batch of %d rolled back by a conflict; again", len(batch))
+                self._write(batch, attempts - 1)
+                return
             if unavailable(exc):
                 log.warning("submit of %d request(s): database unavailable: %s", len(batch), exc)
                 for item in batch:

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from dbos import DBOS
 
-from nanogen.db import read_connection, unavailable, write_transaction
+from nanogen.db import read_connection, transient, write_transaction
 from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
@@ -39,16 +39,17 @@ FAILED_MESSAGE = {Product.IMAGE: "Image generation failed", Product.VIDEO: "Vide
 
 
 def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """A step whose effects are idempotent, retried with backoff (about a minute in all) while the
-    database is unreachable (a restart, a failover) instead of failing the task. The provider submit
-    step is not one: re-running it after an unrecorded submission could pay twice."""
+    """A step whose effects are idempotent, retried with backoff (about a minute in all) after a
+    conflict or while the database is unreachable (a restart, a failover) instead of failing the
+    task. The provider submit step is not one: re-running it after an unrecorded submission could
+    pay twice."""
     return DBOS.step(
         name=name,
         retries_allowed=True,
         interval_seconds=1.0,
         max_attempts=10,
         backoff_rate=1.5,
-        should_retry=unavailable,
+        should_retry=transient,
     )
 
 
@@ -140,7 +141,7 @@ def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
         log.info("task %s failed in engine %s: %s", task_id, record.engine, exc.message)
         return {"error": exc.message}
     except Exception as exc:
-        if unavailable(exc):  # not the engine's fault: the step runs again once the database is back
+        if transient(exc):  # not the engine's fault: the step runs again once the database is back
             raise
         log.exception("task %s: engine %s raised", task_id, record.engine)
         return {"error": FAILED_MESSAGE[record.product]}
@@ -193,7 +194,7 @@ def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
             with write_transaction(rt.db) as conn:
                 store.set_progress(conn, task_id, value)
         except Exception as exc:  # progress is advisory: a write lost to an outage is skipped
-            if not unavailable(exc):
+            if not transient(exc):
                 raise
             log.debug("progress of %s not recorded: %s", task_id, exc)
 
