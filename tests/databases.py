@@ -3,6 +3,7 @@ these machines run at 127.0.0.1:5432 (trust auth), created for the run and dropp
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -34,6 +36,26 @@ def postgres_database(purpose: str) -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@contextmanager
+def migrated_engine(kind: str, directory: Path, purpose: str) -> Iterator[sa.Engine]:
+    """A migrated database of the run's own and an engine on it: ``kind`` "sqlite" (a file in
+    ``directory``) or "postgres"."""
+    from nanogen.db import make_engine
+    from nanogen.migrate import migrate
+
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{directory / 'nanogen.sqlite'}"
+        else:
+            url = stack.enter_context(postgres_database(purpose))
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 class Database:

@@ -16,32 +16,19 @@ import pytest
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import accounts, api_keys, generations, make_engine, metadata, tasks, write_transaction
+from nanogen.db import accounts, api_keys, generations, metadata, tasks, write_transaction
 from nanogen.db import ledger as ledger_table
-from nanogen.migrate import migrate
 from nanogen.products import Product
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
-from tests.databases import postgres_database
+from tests.databases import migrated_engine
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
     """A migrated database (its own SQLite file, or its own PostgreSQL database) for this module."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'nanogen.sqlite'}"
-        migrate(url)
-        eng = make_engine(url)
+    with migrated_engine(request.param, tmp_path_factory.mktemp("ledger"), "ledger") as eng:
         yield eng
-        eng.dispose()
-        return
-    with postgres_database("ledger") as url:
-        migrate(url)
-        eng = make_engine(url)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
 
 
 def _name() -> str:

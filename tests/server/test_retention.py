@@ -11,19 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import sqlalchemy as sa
 
-from nanogen.db import accounts, generations, make_engine, tasks, write_transaction
-from nanogen.migrate import migrate
+from nanogen.db import accounts, generations, tasks, write_transaction
 from nanogen.storage import new_key
 from nanogen.tasks import retention
 from tests.conftest import ImageHost, Server, assert_envelope, wait_for
+from tests.databases import migrated_engine
 from tests.storage import flows
 
 DAY_S = 86_400
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def stored_keys(server: Server, generation_id: str) -> list[str]:
@@ -113,30 +111,8 @@ def test_old_outputs_are_deleted_fresh_and_running_ones_kept(image_host: ImageHo
 # -- the selection rules, on both databases ---------------------------------------------------------
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('retention') / 'nanogen.sqlite'}"
-        migrate(url)
-        eng = make_engine(url)
+    with migrated_engine(request.param, tmp_path_factory.mktemp("retention"), "retention") as eng:
         yield eng
-        eng.dispose()
-        return
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    name = f"nanogen_test_retention_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        migrate(url)
-        eng = make_engine(url)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _generation(
