@@ -606,17 +606,16 @@ def bench_debits(tmp: Path, report: Report) -> None:
     from nanogen.db import write_transaction
     from nanogen.migrate import migrate
     from nanogen.products import ImageQuality, Product, image_price
-    from nanogen.server.services import enqueue_into
     from nanogen.settings import Settings
     from nanogen.tasks.lifecycle import build_runtime
-    from nanogen.tasks.submit import NewTask, Submission, SubmitWriter, write_submission
+    from nanogen.tasks.submit import NewTask, Submission, SubmitWriter, dbos_enqueue, write_submission
 
     home = tmp / "home-debits"
     home.mkdir()
     settings = Settings(home=home)
     migrate(settings.resolved_database_url)
     rt = build_runtime(settings)  # the server's engine and DBOSClient, on a fresh migrated file
-    enqueue = enqueue_into(rt)
+    enqueue = dbos_enqueue(rt.dbos_client, settings.application_version)
     price = image_price(ImageQuality.Q1K).total
     params = {"prompt": IMAGE_BODY["prompt"], "mode": "generate"}
 

@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     image_concurrency: int | None = Field(default=None, ge=1, description="Default: the engine's own.")
     video_concurrency: int | None = Field(default=None, ge=1, description="Default: the engine's own.")
     account_concurrency: int = Field(
-        default=16, ge=1, description="At most this many of one account's tasks run at once, per product."
+        default=32,
+        ge=1,
+        description="At most this many of one account's tasks run at once, per product (>= 21: one "
+        "request's shots all run together).",
     )
     worker_engines: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
