@@ -9,7 +9,6 @@ The four DBOS settings that decide whether paid work is lost or done twice
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from nanogen.settings import Settings
 from nanogen.storage import make_storage
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks import store
+from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper
 from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
 
@@ -148,30 +148,15 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     return process
 
 
-class Watchdog:
+class Watchdog(Periodic):
     """Fails and refunds every task past its deadline, then cancels its workflow.
 
     Idempotent (a conditional transition), so any number of processes may run one.
     """
 
     def __init__(self, rt: Runtime) -> None:
+        super().__init__("nanogen-watchdog", rt.settings.watchdog_interval_s)
         self._rt = rt
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nanogen-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._rt.settings.watchdog_interval_s):
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("deadline sweep failed; will retry")
 
     def sweep(self) -> int:
         with read_connection(self._rt.db) as conn:

@@ -13,7 +13,6 @@ so check-status still answers; a deleted file's URL answers 410 GONE (files rout
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import sqlalchemy as sa
 
 from nanogen.db import expired_files, generations, read_connection, tasks, write_transaction
 from nanogen.storage import is_valid_key
+from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.runtime import Runtime
 from nanogen.tasks.status import OPEN
 
@@ -93,31 +93,14 @@ def mark_expired(conn: sa.Connection, generation_id: str, keys: list[str], now: 
     return True
 
 
-class RetentionSweeper:
+class RetentionSweeper(Periodic):
     """Runs :meth:`sweep` at start and then every ``retention_sweep_interval_s``. Any number of
     processes may run one: deletes are idempotent and marking is conditional."""
 
     def __init__(self, rt: Runtime, days: float) -> None:
+        super().__init__("nanogen-retention", rt.settings.retention_sweep_interval_s, run_at_start=True)
         self._rt = rt
         self._max_age_s = days * DAY_S
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nanogen-retention", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("retention sweep failed; will retry")
-            if self._stop.wait(self._rt.settings.retention_sweep_interval_s):
-                return
 
     def sweep(self) -> int:
         """Expire every due generation, a batch at a time; the number expired."""
