@@ -822,7 +822,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["status", "submit", "debits", "video"],
+        help="run only these benchmarks (repeatable; default: all)",
+    )
     args = parser.parse_args()
+    wanted = set(args.only or ["status", "submit", "debits", "video"])
     if args.baseline_server:
         serve_baseline(args.baseline_server)
         return
@@ -833,16 +840,22 @@ def main() -> None:
     report.emit(bench="machine", **machine)
     with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="nanogen-bench-") as name:
         tmp = Path(name)
-        base = baseline_server(tmp).start()
-        try:
-            timed(
-                "1+5 check-status and gateway overhead", lambda: bench_status_and_overhead(tmp, base, report)
-            )
-            timed("2 submit", lambda: bench_submit(tmp, base, report))
-        finally:
-            base.stop()
-        timed("3 debits", lambda: bench_debits(tmp, report))
-        timed("4 video 21 vs 1", lambda: bench_video(tmp, report))
+        if wanted & {"status", "submit"}:
+            base = baseline_server(tmp).start()
+            try:
+                if "status" in wanted:
+                    timed(
+                        "1+5 check-status and gateway overhead",
+                        lambda: bench_status_and_overhead(tmp, base, report),
+                    )
+                if "submit" in wanted:
+                    timed("2 submit", lambda: bench_submit(tmp, base, report))
+            finally:
+                base.stop()
+        if "debits" in wanted:
+            timed("3 debits", lambda: bench_debits(tmp, report))
+        if "video" in wanted:
+            timed("4 video 21 vs 1", lambda: bench_video(tmp, report))
     report.table()
     print(
         f"\nmachine: {machine['cpus']} CPUs, {machine['busy_pct_before_start']}% busy with other work"

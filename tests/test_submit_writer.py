@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
-from dbos import DBOSClient
+from dbos import DBOSClient, EnqueueOptions
 
 from nanogen import ledger
 from nanogen.db import generations, make_engine, tasks, write_transaction
@@ -22,6 +22,8 @@ from nanogen.db import ledger as ledger_table
 from nanogen.errors import CreditReservationFailed, InsufficientCredits
 from nanogen.migrate import migrate
 from nanogen.products import Product
+from nanogen.tasks.enqueue import PreparedEnqueue
+from nanogen.tasks.runtime import RUN_TASK
 from nanogen.tasks.submit import Enqueue, NewTask, Submission, SubmitWriter, dbos_enqueue
 from tests.databases import postgres_database
 
@@ -269,3 +271,52 @@ def test_a_failure_after_the_enqueue_rolls_the_workflow_back(db: Database) -> No
     assert db.workflows(_task_ids([survivor])) == [(survivor.tasks[0].id, QUEUE, "ENQUEUED")]
     with db.engine.connect() as conn:
         assert ledger.balance(conn, account) == 14
+
+
+def test_prepared_enqueue_writes_the_rows_dbos_writes(db: Database) -> None:
+    """tasks/enqueue.py writes DBOS's two rows with statements compiled once; for the same options
+    they must equal what ``DBOSClient.enqueue_in_transaction`` writes, column by column (a DBOS
+    upgrade that changes its rows fails here)."""
+    ours, theirs = f"task_{uuid.uuid4().hex}", f"task_{uuid.uuid4().hex}"
+
+    def options(workflow_id: str) -> EnqueueOptions:
+        return {
+            "workflow_name": RUN_TASK,
+            "queue_name": QUEUE,
+            "workflow_id": workflow_id,
+            "app_version": "test",
+            "queue_partition_key": "acct_prepared",
+        }
+
+    with write_transaction(db.engine) as conn:
+        PreparedEnqueue(db.client)(conn, options(ours), ours)
+        db.client.enqueue_in_transaction(conn, options(theirs), theirs)
+
+    schema = db.workflow_status.schema
+    inputs_table = sa.Table("workflow_input", sa.MetaData(), schema=schema, autoload_with=db.engine)
+    with db.engine.connect() as conn:
+        status = {
+            r.workflow_uuid: dict(r._mapping)
+            for r in conn.execute(
+                sa.select(db.workflow_status).where(db.workflow_status.c.workflow_uuid.in_([ours, theirs]))
+            )
+        }
+        inputs = {
+            r.workflow_uuid: dict(r._mapping)
+            for r in conn.execute(
+                sa.select(inputs_table).where(inputs_table.c.workflow_uuid.in_([ours, theirs]))
+            )
+        }
+    assert set(status) == set(inputs) == {ours, theirs}
+    per_call = {"workflow_uuid", "creator_xid", "created_at", "updated_at"}
+    assert {k: v for k, v in status[ours].items() if k not in per_call} == {
+        k: v for k, v in status[theirs].items() if k not in per_call
+    }
+    assert status[ours]["status"] == "ENQUEUED" and status[ours]["queue_partition_key"] == "acct_prepared"
+    assert status[ours]["creator_xid"] and status[ours]["creator_xid"] != status[theirs]["creator_xid"]
+    assert abs(status[ours]["created_at"] - status[theirs]["created_at"]) < 60_000  # ms, the database's clock
+    assert status[ours]["updated_at"] == status[ours]["created_at"]
+    serializer = db.client._serializer
+    assert serializer.deserialize(inputs[ours]["inputs"]) == {"args": (ours,), "kwargs": {}}
+    assert serializer.deserialize(inputs[theirs]["inputs"]) == {"args": (theirs,), "kwargs": {}}
+    assert abs(inputs[ours]["retention_timestamp"] - inputs[theirs]["retention_timestamp"]) < 60_000

@@ -207,14 +207,15 @@ def is_sqlite(engine: sa.Engine) -> bool:
 class Prepared:
     """A Core statement compiled per dialect and executed on the DBAPI cursor, bound by name."""
 
-    def __init__(self, statement: sa.Executable) -> None:
+    def __init__(self, statement: sa.Executable, **compile_options: Any) -> None:
         self.statement = statement
+        self._compile_options = compile_options  # e.g. a schema_translate_map
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
     def compiled(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
         found = self._compiled.get(dialect.name)
         if found is None:
-            compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+            compiled = self.statement.compile(dialect=dialect, **self._compile_options)  # type: ignore[attr-defined]
             order = tuple(compiled.positiontup) if compiled.positional else None
             found = self._compiled[dialect.name] = (compiled.string, order)
         return found

@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from nanogen import __version__
 from nanogen.server import errors
 from nanogen.server.deps import BEARER_SCHEME
+from nanogen.server.direct import App
 from nanogen.server.routes import account, admin, files, health, images, playground, uploads, videos
 from nanogen.server.services import lifespan
 from nanogen.settings import Settings
@@ -21,7 +22,7 @@ see docs/api.md for the contract as implemented."""
 
 def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
     """``work``: also run generation workflows in this process (``nanogen serve`` does by default)."""
-    app = FastAPI(
+    app = App(
         title="nanogen",
         version=__version__,
         description=DESCRIPTION,

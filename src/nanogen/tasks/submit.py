@@ -26,6 +26,7 @@ from nanogen.db import conflict, unavailable, write_transaction
 from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits, ServiceUnavailable
 from nanogen.products import Product
 from nanogen.tasks import store
+from nanogen.tasks.enqueue import PreparedEnqueue
 from nanogen.tasks.runtime import RUN_TASK
 from nanogen.tasks.status import TaskStatus
 
@@ -38,10 +39,11 @@ Enqueue = Callable[[sa.Connection, str, str, str], None]
 
 def dbos_enqueue(client: DBOSClient, app_version: str) -> Enqueue:
     """Enqueue through DBOS, in the caller's transaction: the task's workflow (id = task id) on its
-    queue, in the account's partition."""
+    queue, in the account's partition (DBOS's rows, statements compiled once: tasks/enqueue.py)."""
+    prepared = PreparedEnqueue(client)
 
     def enqueue(conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
-        client.enqueue_in_transaction(
+        prepared(
             conn,
             {
                 "workflow_name": RUN_TASK,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from nanogen import errors, ledger, schemas
+from nanogen import errors, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, image_price, image_size
 from nanogen.server.deps import generate_caller, json_body, services, status_caller
+from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
 from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
@@ -17,7 +18,7 @@ from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
 
-router = APIRouter(prefix="/api/nano-banana-2", tags=["Nano Banana 2"])
+router = APIRouter(prefix="/api/nano-banana-2", tags=["Nano Banana 2"], route_class=DirectRoute)
 
 
 @router.post(
@@ -27,7 +28,8 @@ router = APIRouter(prefix="/api/nano-banana-2", tags=["Nano Banana 2"])
     responses=error_responses(400, 401, 402, 429, 500, 503),
     openapi_extra=body_schema(schemas.ImageGenerateRequest),
 )
-async def generate(request: Request, who: ledger.Caller = Depends(generate_caller)) -> Response:
+async def generate(request: Request) -> Response:
+    who = await generate_caller(request)
     svc = services(request)
     body = schemas.parse_image_request(await json_body(request))
     check_engine(svc, Product.IMAGE, quality=body.imageQuality.value)
@@ -81,7 +83,8 @@ async def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
     responses=error_responses(400, 401, 403, 404, 429, 503),
     openapi_extra=body_schema(schemas.ImageStatusRequest),
 )
-async def check_status(request: Request, who: ledger.Caller = Depends(status_caller)) -> Response:
+async def check_status(request: Request) -> Response:
+    who = await status_caller(request)
     svc = services(request)
     body = schemas.parse_image_status_request(await json_body(request))
     task = await _lookup(svc, body.generationId)

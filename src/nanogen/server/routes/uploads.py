@@ -11,20 +11,21 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from nanogen import errors, ledger
+from nanogen import errors
 from nanogen.media.images import ImageInfo, probe_image
 from nanogen.schemas import UploadResponse
 from nanogen.server.deps import services, upload_caller
+from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import EXTENSIONS, files_url, upload_key
 from nanogen.server.responses import FastJSONResponse
 from nanogen.server.routes._common import error_responses
 from nanogen.server.services import Services
 
-router = APIRouter(prefix="/api", tags=["Uploads"])
+router = APIRouter(prefix="/api", tags=["Uploads"], route_class=DirectRoute)
 
 _BODY_DOC = {
     "requestBody": {
@@ -74,7 +75,8 @@ def _store(svc: Services, data: bytes, info: ImageInfo) -> tuple[str, int]:
     },
     openapi_extra=_BODY_DOC,
 )
-async def upload(request: Request, who: ledger.Caller = Depends(upload_caller)) -> Response:
+async def upload(request: Request) -> Response:
+    await upload_caller(request)
     svc = services(request)
     declared = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if declared not in EXTENSIONS:

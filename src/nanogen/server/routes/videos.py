@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from nanogen import errors, ledger, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
 from nanogen.server.deps import generate_caller, json_body, services, status_caller
+from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
 from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
@@ -25,7 +26,7 @@ from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
 
-router = APIRouter(prefix="/api/veo-3", tags=["Veo 3.1"])
+router = APIRouter(prefix="/api/veo-3", tags=["Veo 3.1"], route_class=DirectRoute)
 
 
 @router.post(
@@ -35,7 +36,8 @@ router = APIRouter(prefix="/api/veo-3", tags=["Veo 3.1"])
     responses=error_responses(400, 401, 402, 429, 500, 503),
     openapi_extra=body_schema(schemas.VideoGenerateRequest),
 )
-async def generate(request: Request, who: ledger.Caller = Depends(generate_caller)) -> Response:
+async def generate(request: Request) -> Response:
+    who = await generate_caller(request)
     svc = services(request)
     body = schemas.parse_video_request(await json_body(request))
     resolution = body.parsed_resolution
@@ -111,7 +113,8 @@ async def _lookup(
     responses=error_responses(400, 401, 404, 429, 503),
     openapi_extra=body_schema(schemas.VideoStatusRequest),
 )
-async def check_status(request: Request, who: ledger.Caller = Depends(status_caller)) -> Response:
+async def check_status(request: Request) -> Response:
+    who = await status_caller(request)
     svc = services(request)
     body = schemas.parse_video_status_request(await json_body(request))
     if not body.taskIds and body.generationId:
