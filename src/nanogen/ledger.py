@@ -16,10 +16,11 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
-from nanogen.db import Prepared, Reads, accounts, api_keys, ledger
+from nanogen.db import Prepared, Query, Reads, accounts, api_keys, ledger
 from nanogen.products import MAX_BALANCE, MAX_GRANT
 
 KEY_PREFIX = "ng_"
@@ -164,10 +165,14 @@ def authenticate(conn: sa.Connection, key: str) -> Caller | None:
     return Caller(*rows[0]) if rows else None
 
 
-async def authenticate_reading(reads: Reads, key: str) -> Caller | None:
-    """``authenticate`` for request handlers (see ``db.Reads``)."""
-    row = await reads.first(_AUTHENTICATE, key_hash=hash_key(key))
-    return None if row is None else Caller(*row)
+def authentication(key: str) -> Query:
+    """The key lookup, for request handlers to run with their own reads (``db.Reads.together``)."""
+    return _AUTHENTICATE, {"key_hash": hash_key(key)}
+
+
+def caller(rows: Sequence[tuple[Any, ...]]) -> Caller | None:
+    """Who the key lookup's rows say is calling (None: no live key)."""
+    return Caller(*rows[0]) if rows else None
 
 
 def list_keys(conn: sa.Connection, account_id: str | None = None) -> list[ApiKeyInfo]:

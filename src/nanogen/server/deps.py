@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi import Request
 from limits import RateLimitItem, parse
 
 from nanogen import errors, ledger
+from nanogen.db import Query
 from nanogen.server.services import Services
 
 BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer YOUR_API_KEY"}
@@ -20,15 +22,22 @@ def services(request: Request) -> Services:
     return svc
 
 
-async def _authenticate(svc: Services, key: str, budget: RateLimitItem, scope: str = "") -> ledger.Caller:
+Rows = list[tuple[Any, ...]]
+
+
+async def _authenticate(
+    svc: Services, key: str, budget: RateLimitItem, scope: str = "", reads: Sequence[Query] = ()
+) -> tuple[ledger.Caller, list[Rows]]:
     """Look the key up and count the request against its budget (both without a thread hop on the
-    embedded default: see db.Reads and ratelimit). ``scope`` keeps a budget's counter apart from
-    another budget configured with the same rate."""
-    found = await ledger.authenticate_reading(svc.reads, key)
-    if found is None:
+    embedded default: see db.Reads and ratelimit). ``reads`` run with the key lookup, in the same
+    trip to the database; their rows come back in order. ``scope`` keeps a budget's counter apart
+    from another budget configured with the same rate."""
+    found, *rows = await svc.reads.together(ledger.authentication(key), *reads)
+    caller = ledger.caller(found)
+    if caller is None:
         raise errors.LoginRequired()
-    await svc.limiter.count(budget, scope + found.key_id)
-    return found
+    await svc.limiter.count(budget, scope + caller.key_id)
+    return caller, rows
 
 
 def _bearer_key(request: Request) -> str:
@@ -46,13 +55,15 @@ def _bearer_key(request: Request) -> str:
 async def generate_caller(request: Request) -> ledger.Caller:
     """Authenticates and counts against the key's generate budget (the pages' 100 requests/hour)."""
     svc = services(request)
-    return await _authenticate(svc, _bearer_key(request), svc.limiter.generate)
+    who, _ = await _authenticate(svc, _bearer_key(request), svc.limiter.generate)
+    return who
 
 
-async def status_caller(request: Request) -> ledger.Caller:
-    """Authenticates and counts against the key's separate, generous polling budget."""
+async def status_caller(request: Request, *reads: Query) -> tuple[ledger.Caller, list[Rows]]:
+    """Authenticates and counts against the key's separate, generous polling budget; ``reads`` (the
+    poll's own) run with the key lookup and their rows come back in order."""
     svc = services(request)
-    return await _authenticate(svc, _bearer_key(request), svc.limiter.status)
+    return await _authenticate(svc, _bearer_key(request), svc.limiter.status, reads=reads)
 
 
 @lru_cache(maxsize=8)
@@ -64,7 +75,8 @@ async def upload_caller(request: Request) -> ledger.Caller:
     """Authenticates and counts against the key's upload budget (``NANOGEN_RATE_LIMIT_UPLOAD``)."""
     svc = services(request)
     budget = _budget(svc.settings.rate_limit_upload)
-    return await _authenticate(svc, _bearer_key(request), budget, "upload:")
+    who, _ = await _authenticate(svc, _bearer_key(request), budget, "upload:")
+    return who
 
 
 async def json_body(request: Request) -> dict[str, Any]:

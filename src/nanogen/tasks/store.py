@@ -16,7 +16,7 @@ import orjson
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import Prepared, Reads, generations, tasks
+from nanogen.db import Prepared, Query, Reads, generations, tasks
 from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
@@ -155,19 +155,22 @@ def get_generation(conn: sa.Connection, generation_id: str) -> GenerationRecord 
     return _generation(rows[0]) if rows else None
 
 
-# The same reads for request handlers (db.Reads: no thread hop on SQLite).
+# The same reads for request handlers (db.Reads: no thread hop on SQLite; a handler may run them with
+# its key lookup, db.Reads.together).
+def generation_tasks_query(generation_id: str) -> Query:
+    return _GENERATION_TASKS, {"generation_id": generation_id}
+
+
+def task_query(task_id: str) -> Query:
+    return _TASK_BY_ID, {"task_id": task_id}
+
+
+def task_records(rows: Sequence[Sequence[Any]]) -> list[TaskRecord]:
+    return [_task(r) for r in rows]
+
+
 async def read_generation_tasks(reads: Reads, generation_id: str) -> list[TaskRecord]:
-    return [_task(r) for r in await reads.all(_GENERATION_TASKS, generation_id=generation_id)]
-
-
-async def read_tasks(reads: Reads, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
-    """Tasks by id, one indexed lookup each (a check-status names at most 21)."""
-    found: dict[str, TaskRecord] = {}
-    for task_id in dict.fromkeys(task_ids):
-        row = await reads.first(_TASK_BY_ID, task_id=task_id)
-        if row is not None:
-            found[task_id] = _task(row)
-    return found
+    return task_records((await reads.together(generation_tasks_query(generation_id)))[0])
 
 
 async def read_generation(reads: Reads, generation_id: str) -> GenerationRecord | None:

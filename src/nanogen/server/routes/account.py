@@ -29,7 +29,7 @@ def _account(svc: Services, account_id: str) -> ledger.Account | None:
     responses=error_responses(401, 429, 503),
 )
 async def account(request: Request) -> Response:
-    who = await status_caller(request)
+    who, _ = await status_caller(request)
     # Counted against the polling budget: a page refreshes the balance after every request.
     found = await run_in_threadpool(_account, services(request), who.account_id)
     if found is None:  # the key outlived its account: treat it like an unknown key

@@ -13,7 +13,6 @@ from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
 from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
-from nanogen.server.services import Services
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
@@ -71,11 +70,6 @@ async def generate(request: Request) -> Response:
     )
 
 
-async def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
-    found = await store.read_generation_tasks(svc.reads, generation_id)
-    return found[0] if found and found[0].product is Product.IMAGE else None
-
-
 @router.post(
     "/check-status",
     summary="Check task status and retrieve result",
@@ -84,10 +78,17 @@ async def _lookup(svc: Services, generation_id: str) -> store.TaskRecord | None:
     openapi_extra=body_schema(schemas.ImageStatusRequest),
 )
 async def check_status(request: Request) -> Response:
-    who = await status_caller(request)
-    svc = services(request)
-    body = schemas.parse_image_status_request(await json_body(request))
-    task = await _lookup(svc, body.generationId)
+    try:
+        body: schemas.ImageStatusRequest | None = schemas.parse_image_status_request(await json_body(request))
+        invalid = None
+    except errors.APIError as exc:  # answered after authentication: 401 comes before 400
+        body, invalid = None, exc
+    lookup = (store.generation_tasks_query(body.generationId),) if body else ()
+    who, found = await status_caller(request, *lookup)  # one trip to the database for both
+    if body is None:
+        assert invalid is not None
+        raise invalid
+    task = next((t for t in store.task_records(found[0]) if t.product is Product.IMAGE), None)
     if task is None:
         raise errors.NotFound()
     if task.account_id != who.account_id:

@@ -96,14 +96,9 @@ def _shot_params(shot: schemas.Shot, resolution: str, stored: dict[str, dict[str
     }
 
 
-async def _lookup(
-    svc: Services, task_ids: list[str]
-) -> tuple[dict[str, store.TaskRecord], store.GenerationRecord | None]:
-    found = await store.read_tasks(svc.reads, task_ids)
+async def _generation_of(svc: Services, found: dict[str, store.TaskRecord]) -> store.GenerationRecord | None:
     generation_ids = {t.generation_id for t in found.values()}
-    if len(generation_ids) != 1:
-        return found, None
-    return found, await store.read_generation(svc.reads, generation_ids.pop())
+    return await store.read_generation(svc.reads, generation_ids.pop()) if len(generation_ids) == 1 else None
 
 
 @router.post(
@@ -114,13 +109,22 @@ async def _lookup(
     openapi_extra=body_schema(schemas.VideoStatusRequest),
 )
 async def check_status(request: Request) -> Response:
-    who = await status_caller(request)
     svc = services(request)
-    body = schemas.parse_video_status_request(await json_body(request))
+    try:
+        body: schemas.VideoStatusRequest | None = schemas.parse_video_status_request(await json_body(request))
+        invalid = None
+    except errors.APIError as exc:  # answered after authentication: 401 comes before 400
+        body, invalid = None, exc
+    ids = [ref.taskId for ref in body.taskIds] if body else []
+    unique = list(dict.fromkeys(ids))
+    who, rows = await status_caller(request, *map(store.task_query, unique))  # one database trip
+    if body is None:
+        assert invalid is not None
+        raise invalid
     if not body.taskIds and body.generationId:
         return FastJSONResponse(without_none(await _status_of_generation(svc, who, body.generationId)))
-    ids = [ref.taskId for ref in body.taskIds]
-    found, generation = await _lookup(svc, ids)
+    found = {t.id: t for task_rows in rows for t in store.task_records(task_rows)}
+    generation = await _generation_of(svc, found)
     for ref in body.taskIds:
         task = found.get(ref.taskId)
         if task is None or task.account_id != who.account_id or task.product is not Product.VIDEO:
