@@ -4,8 +4,9 @@ baseline measured in the same run. Run with ``bench/run`` or ``.venv/bin/python 
 1. submit (image generate, submit-only) and check-status, ``nanogen serve`` on PostgreSQL side by
    side with the same benchmark on the embedded SQLite default.
 2. submits/s with 2 API processes (``nanogen serve --no-worker``) against 1, on PostgreSQL: the same
-   total load (32 connections; two wrk runs of 16 at once for two processes), the load generator on
-   the same 2 cores (goal >= 1.5x). Per-process server CPU per submit is printed, which is what a
+   load both times, two clients of 16 connections with an account each (one hot account serialises
+   on its balance row whatever the number of processes), the load generator on the same 2 cores
+   (goal >= 1.5x). Per-process server CPU per submit is printed, which is what a
    bigger machine divides among more cores.
 """
 
@@ -123,40 +124,49 @@ def bench_side_by_side(tmp: Path, pg_url: str, report: Report) -> None:
 
 
 def bench_two_apis(tmp: Path, pg_url: str, report: Report) -> None:
+    """Two clients (an account each, 16 connections each) against one API process, then each against
+    its own. One account's submits serialise on its balance row (the conditional debit that keeps
+    credits exact holds it until commit), so one hot key does not scale with processes: the
+    benchmark uses two, as a deployment with many clients has many."""
     settings = {"DATABASE_URL": pg_url, "SANDBOX_LATENCY_S": str(SUBMIT_LATENCY_S)}
     servers = [api_only(nanogen_server(tmp / f"api{i}", **settings)).start() for i in range(2)]
     try:
-        account = new_account(servers[0], 10**12)
-        urls = [f"{s.url}/api/nano-banana-2/generate" for s in servers]
-        wrk(urls[0], IMAGE_BODY, account.key, tmp, WARMUP_S)
-        one = measured(servers[0], lambda: wrk(urls[0], IMAGE_BODY, account.key, tmp))
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda u: wrk(u, IMAGE_BODY, account.key, tmp, WARMUP_S, connections=16), urls))
-            two = list(
-                pool.map(
-                    lambda s: measured(
-                        s, lambda: wrk(f"{s.url}/api/nano-banana-2/generate", IMAGE_BODY, account.key, tmp,
-                                       connections=16)
-                    ),
-                    servers,
-                )
-            )  # fmt: skip
+        keys = [new_account(servers[0], 10**12).key for _ in range(2)]
+
+        def clients(targets: list[Service], seconds: int = 0) -> list[WrkResult]:
+            def run(i: int) -> WrkResult:
+                url = f"{targets[i].url}/api/nano-banana-2/generate"
+                if seconds:
+                    return wrk(url, IMAGE_BODY, keys[i], tmp, seconds, connections=16)
+                return measured(targets[i], lambda: wrk(url, IMAGE_BODY, keys[i], tmp, connections=16))
+
+            with ThreadPoolExecutor(2) as pool:
+                return list(pool.map(run, range(2)))
+
+        clients([servers[0], servers[0]], WARMUP_S)
+        one_pair = clients([servers[0], servers[0]])
+        clients(servers, WARMUP_S)
+        two = clients(servers)
     finally:
         for s in servers:
             s.stop()
+    one = one_pair[0]  # both measured the same process: its CPU counts once
+    one_rps = sum(r.rps for r in one_pair)
     total = sum(r.rps for r in two)
-    ratio = total / one.rps
+    ratio = total / one_rps
     report.emit(
-        bench="two_api_processes", one=one.summary(), two=[r.summary() for r in two], ratio=round(ratio, 3)
+        bench="two_api_processes",
+        one=[r.summary() for r in one_pair],
+        two=[r.summary() for r in two],
+        ratio=round(ratio, 3),
     )
     report.add(
-        Row("2. submits/s, 2 API processes vs 1 (PG)", f"{total:.0f}/s", f"{one.rps:.0f}/s", f"{ratio:.2f}x",
-            ">= 1.5x", ratio >= 1.5 and all(r.non2xx == 0 for r in [one, *two]))
+        Row("2. submits/s, 2 API processes vs 1 (PG)", f"{total:.0f}/s", f"{one_rps:.0f}/s", f"{ratio:.2f}x",
+            ">= 1.5x", ratio >= 1.5 and all(r.non2xx == 0 for r in [*one_pair, *two]))
     )  # fmt: skip
     cpu = sum(r.server_cpu_s for r in two) / max(1, sum(r.requests for r in two)) * 1e3
-    report.add(
-        Row("   server CPU per submit (2 vs 1)", f"{cpu:.2f} ms", f"{one.cpu_ms_per_request:.2f} ms", "", "")
-    )
+    one_cpu = one.server_cpu_s / max(1, sum(r.requests for r in one_pair)) * 1e3
+    report.add(Row("   server CPU per submit (2 vs 1)", f"{cpu:.2f} ms", f"{one_cpu:.2f} ms", "", ""))
 
 
 def main() -> None:

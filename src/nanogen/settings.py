@@ -137,8 +137,14 @@ class Settings(BaseSettings):
         default=None, description="Stable id of this process for DBOS recovery; default <role>-<hostname>."
     )
     application_version: str = Field(default=f"nanogen-{__version__}")
-    queue_polling_interval_s: float = Field(
-        default=0.1, gt=0, description="How often a worker polls each generation queue."
+    # Every poll costs a few queries (and GIL time in an API process) whether or not work waits:
+    # images are polled often (a sandbox or hosted image takes seconds), video shots, which take
+    # minutes on a real engine, less.
+    image_queue_polling_interval_s: float = Field(
+        default=0.1, gt=0, description="How often a worker polls its image queue."
+    )
+    video_queue_polling_interval_s: float = Field(
+        default=0.5, gt=0, description="How often a worker polls its video queue."
     )
     media_queue_polling_interval_s: float = Field(
         default=0.5, gt=0, description="How often a worker polls the concatenation queue."

@@ -25,7 +25,8 @@ from tests.faults.cluster import PrivatePostgres, Worker, all_terminal, availabl
 
 FAST = {
     "NANOGEN_SANDBOX_LATENCY_S": "0.6",
-    "NANOGEN_QUEUE_POLLING_INTERVAL_S": "0.1",
+    "NANOGEN_IMAGE_QUEUE_POLLING_INTERVAL_S": "0.1",
+    "NANOGEN_VIDEO_QUEUE_POLLING_INTERVAL_S": "0.1",
     "NANOGEN_RATE_LIMIT_GENERATE": "100000/hour",
 }
 

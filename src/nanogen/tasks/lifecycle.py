@@ -95,9 +95,13 @@ def worker_queues(rt: Runtime) -> dict[str, QueueSettings]:
     waits, so only the queues whose latency a client sees are polled often."""
     settings = rt.settings
     wanted = set(settings.worker_engines) or set(rt.engine_names.values())
+    polling = {
+        Product.IMAGE: settings.image_queue_polling_interval_s,
+        Product.VIDEO: settings.video_queue_polling_interval_s,
+    }
     queues = {
         rt.queue_for(product): QueueSettings(
-            concurrency(rt, product), settings.queue_polling_interval_s, settings.account_concurrency
+            concurrency(rt, product), polling[product], settings.account_concurrency
         )
         for product, engine in rt.engine_names.items()
         if engine in wanted
