@@ -67,6 +67,8 @@ class Server:
             NANOGEN_EXECUTOR_ID="test-serve",
             NANOGEN_LOG_LEVEL="warning",
             NANOGEN_WATCHDOG_INTERVAL_S="0.5",
+            # Shots dispatched as fast as images: the tests wait for many videos.
+            NANOGEN_VIDEO_QUEUE_POLLING_INTERVAL_S="0.1",
         )
         if self.database_url:
             env["NANOGEN_DATABASE_URL"] = self.database_url
