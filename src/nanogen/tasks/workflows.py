@@ -181,15 +181,15 @@ def _record_cost(rt: Runtime, engine: Engine, job: ImageJob | ShotJob, record: s
             store.set_provider_cost(conn, record.id, cost * max(1, record.attempts))
 
 
-# Progress is written at most this often per task (and not at all by a job done sooner): clients poll
-# every few seconds, and each write is a transaction in the one database (a sandbox image reported
-# five steps in its 50 ms, five write transactions between submit and completed).
+# After its first report (written at once: "the request is in flight"), a task's progress is written
+# at most this often: clients poll every few seconds, and each write is a transaction in the one
+# database (a sandbox image reported five steps in its 50 ms, five write transactions).
 PROGRESS_EVERY_S = 0.25
 
 
 def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
     last = 0
-    due = time.monotonic() + PROGRESS_EVERY_S
+    due = 0.0
 
     def report(value: int) -> None:
         nonlocal last, due
