@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -13,6 +13,8 @@ from limits import RateLimitItem, parse
 from nanogen import errors, ledger
 from nanogen.db import Query
 from nanogen.server.services import Services
+
+T = TypeVar("T")
 
 BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer YOUR_API_KEY"}
 
@@ -97,3 +99,12 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.InvalidJSON()
     return data
+
+
+async def body_or_error(request: Request, parse: Callable[[dict[str, Any]], T]) -> T | errors.APIError:
+    """The body parsed by ``parse``, or the error it would get: a poll authenticates first (401 comes
+    before 400) and reads its task with the key lookup, so the caller raises it after authenticating."""
+    try:
+        return parse(await json_body(request))
+    except errors.APIError as exc:
+        return exc

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from nanogen import errors, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, image_price, image_size
-from nanogen.server.deps import generate_caller, json_body, services, status_caller
+from nanogen.server.deps import body_or_error, generate_caller, json_body, services, status_caller
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
@@ -78,16 +78,11 @@ async def generate(request: Request) -> Response:
     openapi_extra=body_schema(schemas.ImageStatusRequest),
 )
 async def check_status(request: Request) -> Response:
-    try:
-        body: schemas.ImageStatusRequest | None = schemas.parse_image_status_request(await json_body(request))
-        invalid = None
-    except errors.APIError as exc:  # answered after authentication: 401 comes before 400
-        body, invalid = None, exc
-    lookup = (store.generation_tasks_query(body.generationId),) if body else ()
+    body = await body_or_error(request, schemas.parse_image_status_request)
+    lookup = () if isinstance(body, errors.APIError) else (store.generation_tasks_query(body.generationId),)
     who, found = await status_caller(request, *lookup)  # one trip to the database for both
-    if body is None:
-        assert invalid is not None
-        raise invalid
+    if isinstance(body, errors.APIError):
+        raise body
     task = next((t for t in store.task_records(found[0]) if t.product is Product.IMAGE), None)
     if task is None:
         raise errors.NotFound()

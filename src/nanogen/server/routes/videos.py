@@ -16,7 +16,7 @@ from starlette.responses import Response
 from nanogen import errors, ledger, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
-from nanogen.server.deps import generate_caller, json_body, services, status_caller
+from nanogen.server.deps import body_or_error, generate_caller, json_body, services, status_caller
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
@@ -110,17 +110,12 @@ async def _generation_of(svc: Services, found: dict[str, store.TaskRecord]) -> s
 )
 async def check_status(request: Request) -> Response:
     svc = services(request)
-    try:
-        body: schemas.VideoStatusRequest | None = schemas.parse_video_status_request(await json_body(request))
-        invalid = None
-    except errors.APIError as exc:  # answered after authentication: 401 comes before 400
-        body, invalid = None, exc
-    ids = [ref.taskId for ref in body.taskIds] if body else []
+    body = await body_or_error(request, schemas.parse_video_status_request)
+    ids = [] if isinstance(body, errors.APIError) else [ref.taskId for ref in body.taskIds]
     unique = list(dict.fromkeys(ids))
     who, rows = await status_caller(request, *map(store.task_query, unique))  # one database trip
-    if body is None:
-        assert invalid is not None
-        raise invalid
+    if isinstance(body, errors.APIError):
+        raise body
     if not body.taskIds and body.generationId:
         return FastJSONResponse(without_none(await _status_of_generation(svc, who, body.generationId)))
     found = {t.id: t for task_rows in rows for t in store.task_records(task_rows)}
