@@ -7,6 +7,7 @@ balance, the append-only triggers, the unique (task_id, kind)).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,6 +100,17 @@ def _task(engine: sa.Engine, account_id: str, credits: int) -> str:
 
 
 # -- accounts and grants -----------------------------------------------------------------------------
+def test_new_ids_are_unique_and_sort_in_the_order_they_were_made() -> None:
+    first = [ledger.new_id("task") for _ in range(5_000)]
+    time.sleep(0.002)  # the next millisecond
+    later = ledger.new_id("task")
+    assert len(set(first)) == len(first)
+    assert all(re.fullmatch(r"task_[0-9a-f]{24}", i) for i in first + [later])
+    assert all(later > i for i in first)
+    made_at_ms = int(later[len("task_") : len("task_") + 12], 16)
+    assert abs(made_at_ms / 1000 - time.time()) < 60
+
+
 def test_create_account_with_credits_records_a_grant(engine: sa.Engine) -> None:
     account = _account(engine, 120)
     assert account.balance == 120
