@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -253,6 +254,30 @@ def test_oversized_body(account: Account) -> None:
         r = c.post(GENERATE, json={"prompt": "x", "padding": "y" * 2_000_000})
     assert r.status_code == 400
     assert r.json()["errorCode"] == "REQUEST_TOO_LARGE"
+
+
+def test_oversized_body_sent_in_chunks_without_a_length(account: Account) -> None:
+    def chunks() -> Iterator[bytes]:  # Transfer-Encoding: chunked: the cap is found while reading
+        yield b'{"prompt": "x", "padding": "'
+        for _ in range(40):
+            yield b"y" * 65_536
+        yield b'"}'
+
+    with account.client() as c:
+        r = c.post(GENERATE, content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["errorCode"] == "REQUEST_TOO_LARGE"
+
+
+def test_body_sent_in_chunks_is_read_whole(account: Account) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "a lighthouse'
+        yield b' in fog", "imageQuality": "2K"}'
+
+    with account.client() as c:
+        r = c.post(GENERATE, content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["creditsUsed"] == 8
 
 
 def test_insufficient_credits_creates_nothing(server: Server) -> None:

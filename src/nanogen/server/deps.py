@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import Request
 from limits import RateLimitItem, parse
+from starlette.requests import ClientDisconnect
 
 from nanogen import errors, ledger
 from nanogen.db import Query
@@ -87,9 +88,14 @@ async def json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise errors.RequestTooLarge(f"Request body larger than {cap} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    body = b""
+    more = True
+    while more:  # ASGI messages read directly: Request.stream()'s async generator cost a tenth of a poll
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
         if len(body) > cap:
             raise errors.RequestTooLarge(f"Request body larger than {cap} bytes")
     try:
