@@ -621,7 +621,7 @@ def bench_debits(tmp: Path, report: Report) -> None:
     from nanogen.products import ImageQuality, Product, image_price
     from nanogen.settings import Settings
     from nanogen.tasks.lifecycle import build_runtime
-    from nanogen.tasks.submit import NewTask, Submission, SubmitWriter, dbos_enqueue, write_submission
+    from nanogen.tasks.submit import NewTask, Submission, SubmitWriter, dbos_enqueue, write_submissions
 
     home = tmp / "home-debits"
     home.mkdir()
@@ -687,7 +687,7 @@ def bench_debits(tmp: Path, report: Report) -> None:
 
         def one(sub: Submission) -> bool:
             with write_transaction(rt.db) as conn:
-                return write_submission(conn, sub, enqueue)
+                return write_submissions(conn, [sub], enqueue)[0]
 
         started = time.perf_counter()
         with ThreadPoolExecutor(BASELINE_THREADS) as pool:

@@ -64,17 +64,19 @@ def _task(engine: sa.Engine, account_id: str, credits: int) -> str:
     now = time.time()
     with write_transaction(engine) as conn:
         assert ledger.debit(conn, account_id, generation_id, [ledger.Charge(task_id, credits)])
-        store.insert_generation(
+        store.insert_generations(
             conn,
-            dict(
-                id=generation_id,
-                account_id=account_id,
-                product=Product.IMAGE.value,
-                params={"prompt": "a lighthouse"},
-                credits=credits,
-                task_count=1,
-                created_at=now,
-            ),
+            [
+                dict(
+                    id=generation_id,
+                    account_id=account_id,
+                    product=Product.IMAGE.value,
+                    params={"prompt": "a lighthouse"},
+                    credits=credits,
+                    task_count=1,
+                    created_at=now,
+                )
+            ],
         )
         store.insert_tasks(
             conn,
@@ -105,7 +107,7 @@ def test_new_ids_are_unique_and_sort_in_the_order_they_were_made() -> None:
     time.sleep(0.002)  # the next millisecond
     later = ledger.new_id("task")
     assert len(set(first)) == len(first)
-    assert all(re.fullmatch(r"task_[0-9a-f]{24}", i) for i in first + [later])
+    assert all(re.fullmatch(r"task_[0-9a-f]{24}", i) for i in [*first, later])
     assert all(later > i for i in first)
     made_at_ms = int(later[len("task_") : len("task_") + 12], 16)
     assert abs(made_at_ms / 1000 - time.time()) < 60
@@ -192,6 +194,31 @@ def test_debit_without_enough_credits_writes_nothing(engine: sa.Engine) -> None:
             .where(ledger_table.c.task_id.in_([c.task_id for c in charges]))
         ).scalar_one()
     assert task_rows == 0
+
+
+def test_debit_many_charges_in_order_each_seeing_the_balance_the_ones_before_left(engine: sa.Engine) -> None:
+    first, second = _account(engine, 10), _account(engine, 3)
+    requests = [
+        (first.id, 6),
+        (first.id, 5),  # 5 > 4 left: refused, nothing of it written
+        (second.id, 3),
+        (first.id, 4),  # fits what the refused one did not take
+        ("acct_missing", 1),
+        (second.id, 1),
+    ]
+    debits = [
+        ledger.Debit(account_id, ledger.new_id("gen"), [ledger.Charge(ledger.new_id("task"), amount)])
+        for account_id, amount in requests
+    ]
+    with write_transaction(engine) as conn:
+        assert ledger.debit_many(conn, debits) == [True, False, True, True, False, False]
+    assert (_balance(engine, first.id), _balance(engine, second.id)) == (0, 0)
+    assert _ledger_rows(engine, first.id) == [
+        ("grant", 10, None),
+        ("debit", 6, debits[0].charges[0].task_id),
+        ("debit", 4, debits[3].charges[0].task_id),
+    ]
+    assert _ledger_rows(engine, second.id) == [("grant", 3, None), ("debit", 3, debits[2].charges[0].task_id)]
 
 
 def test_debit_of_an_unknown_account_is_refused(engine: sa.Engine) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -24,7 +24,7 @@ from nanogen.migrate import migrate
 from nanogen.products import Product
 from nanogen.tasks.enqueue import PreparedEnqueue
 from nanogen.tasks.runtime import RUN_TASK
-from nanogen.tasks.submit import Enqueue, NewTask, Submission, SubmitWriter, dbos_enqueue
+from nanogen.tasks.submit import Enqueue, NewTask, Submission, SubmitWriter, Workflow, dbos_enqueue
 from tests.databases import postgres_database
 
 QUEUE = "nanogen.image.sandbox"
@@ -36,8 +36,8 @@ class Database:
     client: DBOSClient
     workflow_status: sa.Table
 
-    def enqueue(self, conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
-        dbos_enqueue(self.client, "test")(conn, task_id, queue, account_id)
+    def enqueue(self, conn: sa.Connection, workflows: Sequence[Workflow]) -> None:
+        dbos_enqueue(self.client, "test")(conn, workflows)
 
     def workflows(self, ids: list[str]) -> list[tuple[str, str, str]]:
         ws = self.workflow_status.c
@@ -253,11 +253,12 @@ def test_a_failure_after_the_enqueue_rolls_the_workflow_back(db: Database) -> No
     poisoned = doomed.tasks[1].id
     seen: list[str] = []
 
-    def enqueue_then_fail(conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
-        db.enqueue(conn, task_id, queue, account_id)
-        seen.append(task_id)
-        if task_id == poisoned:
-            raise RuntimeError("the enqueue's caller failed after the workflow row was written")
+    def enqueue_then_fail(conn: sa.Connection, workflows: Sequence[Workflow]) -> None:
+        db.enqueue(conn, workflows)
+        ids = [w.task_id for w in workflows]
+        seen.extend(ids)
+        if poisoned in ids:
+            raise RuntimeError("the enqueue's caller failed after the workflow rows were written")
 
     results = _run(db, [doomed, survivor], enqueue_then_fail, start_after_queued=True)
     assert isinstance(results[0], CreditReservationFailed)
@@ -289,7 +290,7 @@ def test_prepared_enqueue_writes_the_rows_dbos_writes(db: Database) -> None:
         }
 
     with write_transaction(db.engine) as conn:
-        PreparedEnqueue(db.client)(conn, options(ours), ours)
+        PreparedEnqueue(db.client)(conn, [(options(ours), (ours,))])
         db.client.enqueue_in_transaction(conn, options(theirs), theirs)
 
     schema = db.workflow_status.schema

@@ -254,6 +254,26 @@ class Prepared:
             cursor.executemany(sql, bound)
         cursor.close()
 
+    def each(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> list[list[tuple[Any, ...]]]:
+        """Execute once per parameter set, in order, and return each execution's rows (a statement
+        with RETURNING). On PostgreSQL one pipelined ``executemany``: one trip to the server for
+        all of them; on SQLite, in-process, one execute each."""
+        sql, order = self.compiled(conn.dialect)
+        bound = [tuple(r[n] for n in order) for r in rows] if order is not None else list(rows)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        results: list[list[tuple[Any, ...]]] = []
+        with driver_errors(conn.dialect, sql, bound):
+            if conn.dialect.driver == "psycopg":
+                cursor.executemany(sql, bound, returning=True)
+                results.append(cursor.fetchall())
+                while cursor.nextset():
+                    results.append(cursor.fetchall())
+            else:
+                for params in bound:
+                    results.append(cursor.execute(sql, params).fetchall())
+        cursor.close()
+        return [[tuple(row) for row in rows_] for rows_ in results]
+
     def all(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         cursor = self.run(conn, params)
         try:

@@ -230,6 +230,7 @@ _DEBIT_BALANCE = Prepared(
     sa.update(accounts)
     .where(accounts.c.id == sa.bindparam("account_id"), accounts.c.balance >= sa.bindparam("total"))
     .values(balance=accounts.c.balance - sa.bindparam("total"))
+    .returning(accounts.c.id)
 )
 _INSERT_DEBIT = Prepared(
     sa.insert(ledger).values(
@@ -241,35 +242,53 @@ _INSERT_DEBIT = Prepared(
 )
 
 
-def debit(conn: sa.Connection, account_id: str, generation_id: str, charges: Sequence[Charge]) -> bool:
-    """Charge a request's tasks if the balance covers all of them; False (and nothing written) if not.
+@dataclass(frozen=True)
+class Debit:
+    """One request's charge: all of its tasks' debits, or none."""
 
-    The conditional UPDATE is the check: two concurrent requests cannot both pass it on one balance.
-    Runs on every submit, so its statements are prepared (db.Prepared).
+    account_id: str
+    generation_id: str
+    charges: Sequence[Charge]
+
+    @property
+    def total(self) -> int:
+        return sum(c.amount for c in self.charges)
+
+
+def debit_many(conn: sa.Connection, debits: Sequence[Debit]) -> list[bool]:
+    """Charge each request, in order, if its account's balance covers all of its tasks; for each,
+    whether it was charged (False: nothing of it written).
+
+    The conditional UPDATE is the check: two concurrent requests cannot both pass it on one balance,
+    and within one call a request sees the balance the ones before it left. Two statements however
+    many requests (the submit path charges a batch at once): the UPDATEs together (one pipelined trip
+    on PostgreSQL), then every charged request's ledger rows.
     """
-    total = sum(c.amount for c in charges)
-    cursor = _DEBIT_BALANCE.run(conn, {"account_id": account_id, "total": total})
-    charged = cursor.rowcount == 1
-    cursor.close()
-    if not charged:
-        return False
+    balances = [{"account_id": d.account_id, "total": d.total} for d in debits]
+    charged = [len(rows) == 1 for rows in _DEBIT_BALANCE.each(conn, balances)]
     now = time.time()
-    _INSERT_DEBIT.run_many(
-        conn,
-        [
-            {
-                "account_id": account_id,
-                "kind": "debit",
-                "amount": c.amount,
-                "task_id": c.task_id,
-                "generation_id": generation_id,
-                "memo": "",
-                "created_at": now,
-            }
-            for c in charges
-        ],
-    )
-    return True
+    rows = [
+        {
+            "account_id": d.account_id,
+            "kind": "debit",
+            "amount": c.amount,
+            "task_id": c.task_id,
+            "generation_id": d.generation_id,
+            "memo": "",
+            "created_at": now,
+        }
+        for d, ok in zip(debits, charged, strict=True)
+        if ok
+        for c in d.charges
+    ]
+    if rows:
+        _INSERT_DEBIT.run_many(conn, rows)
+    return charged
+
+
+def debit(conn: sa.Connection, account_id: str, generation_id: str, charges: Sequence[Charge]) -> bool:
+    """One request's ``debit_many``."""
+    return debit_many(conn, [Debit(account_id, generation_id, charges)])[0]
 
 
 def refund(conn: sa.Connection, account_id: str, task_id: str, amount: int, memo: str = "") -> None:

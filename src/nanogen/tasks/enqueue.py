@@ -5,19 +5,21 @@ always, and on PostgreSQL whenever the connection is not one of DBOS's own engin
 took ~0.7 ms of CPU per task here, more than the rest of a submission's transaction together, in the
 one thread that commits every submission (see submit.py).
 
-``PreparedEnqueue`` writes the same two rows, the workflow's status and its inputs: DBOS builds the
+``PreparedEnqueue`` writes the same two rows, the workflow's status and its inputs (for a batch of
+workflows, two statements in all): DBOS builds the
 row (``_build_enqueue_status``: options checked, inputs serialised), the columns are DBOS's own
 table definitions, and the statements are compiled once per dialect. It covers what nanogen
 enqueues: a new workflow id (an existing one is an IntegrityError rather than DBOS's conflict
-checks), no deduplication, no delay, an unsharded system database. ``tests/test_enqueue.py`` checks
-that both ways write equal rows and that the workflow runs, so a DBOS upgrade that changes them fails
+checks), no deduplication, no delay, an unsharded system database.
+``tests/test_submit_writer.py`` checks that both ways write equal rows, column by column, and every
+workflow the contract tests see run was enqueued here, so a DBOS upgrade that changes them fails
 there first.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,16 +80,25 @@ class PreparedEnqueue:
         self._types = {name: types[name] for name in status_columns}
         self._processors: dict[str, dict[str, Callable[[Any], Any]]] = {}
 
-    def __call__(self, conn: sa.Connection, options: EnqueueOptions, *args: Any) -> None:
-        workflow_id, status = self._client._build_enqueue_status(options, *args)
-        if status["deduplication_id"] is not None or status["delay_until_epoch_ms"] is not None:
-            raise ValueError("PreparedEnqueue takes no deduplication id and no delay")
-        row = {column: status[key] for column, key in _STATUS_COLUMNS.items()}  # type: ignore[literal-required]
-        row.update(_FIXED, creator_xid=str(uuid.uuid4()))  # as DBOS stamps an enqueue in a transaction
-        for column, process in self._bind_processors(conn.dialect).items():
-            row[column] = process(row[column])
-        self._status.run(conn, row).close()
-        self._inputs.run(conn, {"workflow_uuid": workflow_id, "inputs": status["inputs"]}).close()
+    def __call__(
+        self, conn: sa.Connection, workflows: Sequence[tuple[EnqueueOptions, tuple[Any, ...]]]
+    ) -> None:
+        """Enqueue each ``(options, args)``: two statements however many workflows."""
+        processors = self._bind_processors(conn.dialect).items()
+        statuses, inputs = [], []
+        for options, args in workflows:
+            workflow_id, status = self._client._build_enqueue_status(options, *args)
+            if status["deduplication_id"] is not None or status["delay_until_epoch_ms"] is not None:
+                raise ValueError("PreparedEnqueue takes no deduplication id and no delay")
+            row = {column: status[key] for column, key in _STATUS_COLUMNS.items()}  # type: ignore[literal-required]
+            row.update(_FIXED, creator_xid=str(uuid.uuid4()))  # as DBOS stamps an enqueue in a transaction
+            for column, process in processors:
+                row[column] = process(row[column])
+            statuses.append(row)
+            inputs.append({"workflow_uuid": workflow_id, "inputs": status["inputs"]})
+        if statuses:
+            self._status.run_many(conn, statuses)
+            self._inputs.run_many(conn, inputs)
 
     def _bind_processors(self, dialect: sa.Dialect) -> dict[str, Callable[[Any], Any]]:
         """What SQLAlchemy does to each value on its way to the driver (JSON, booleans ...)."""

@@ -116,9 +116,10 @@ _TASK_DEFAULTS: dict[str, Any] = {c.name: None for c in tasks.c if c.nullable} |
 }
 
 
-def insert_generation(conn: sa.Connection, values: dict[str, Any]) -> None:
-    row = _GENERATION_DEFAULTS | values | {"params": orjson.dumps(values["params"]).decode()}
-    _INSERT_GENERATION.run(conn, row).close()
+def insert_generations(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    _INSERT_GENERATION.run_many(
+        conn, [_GENERATION_DEFAULTS | r | {"params": orjson.dumps(r["params"]).decode()} for r in rows]
+    )
 
 
 def insert_tasks(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -14,9 +14,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from dbos import DBOSClient
@@ -32,27 +32,41 @@ from nanogen.tasks.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
-# (connection, task id, queue name, account id) -> None: enqueue the task's workflow inside the
-# transaction, in the account's partition of the queue (the per-account concurrency cap).
-Enqueue = Callable[[sa.Connection, str, str, str], None]
+
+class Workflow(NamedTuple):
+    """A task's workflow to enqueue: its id is the task's, in the account's partition of the queue
+    (the per-account concurrency cap)."""
+
+    task_id: str
+    queue: str
+    account_id: str
+
+
+# Enqueue workflows inside the caller's transaction.
+Enqueue = Callable[[sa.Connection, Sequence[Workflow]], None]
 
 
 def dbos_enqueue(client: DBOSClient, app_version: str) -> Enqueue:
-    """Enqueue through DBOS, in the caller's transaction: the task's workflow (id = task id) on its
-    queue, in the account's partition (DBOS's rows, statements compiled once: tasks/enqueue.py)."""
+    """Enqueue through DBOS, in the caller's transaction (DBOS's rows, statements compiled once, two
+    statements per batch: tasks/enqueue.py)."""
     prepared = PreparedEnqueue(client)
 
-    def enqueue(conn: sa.Connection, task_id: str, queue: str, account_id: str) -> None:
+    def enqueue(conn: sa.Connection, workflows: Sequence[Workflow]) -> None:
         prepared(
             conn,
-            {
-                "workflow_name": RUN_TASK,
-                "queue_name": queue,
-                "workflow_id": task_id,
-                "app_version": app_version,
-                "queue_partition_key": account_id,
-            },
-            task_id,
+            [
+                (
+                    {
+                        "workflow_name": RUN_TASK,
+                        "queue_name": w.queue,
+                        "workflow_id": w.task_id,
+                        "app_version": app_version,
+                        "queue_partition_key": w.account_id,
+                    },
+                    (w.task_id,),
+                )
+                for w in workflows
+            ],
         )
 
     return enqueue
@@ -84,49 +98,62 @@ class Submission:
         return sum(t.credits for t in self.tasks)
 
 
-def write_submission(conn: sa.Connection, sub: Submission, enqueue: Enqueue) -> bool:
-    """The body of one request's transaction. False (nothing written) when credits don't cover it."""
-    charges = [ledger.Charge(t.id, t.credits) for t in sub.tasks]
-    if not ledger.debit(conn, sub.account_id, sub.generation_id, charges):
-        return False
-    now = time.time()
-    store.insert_generation(
+def write_submissions(conn: sa.Connection, subs: Sequence[Submission], enqueue: Enqueue) -> list[bool]:
+    """The body of a batch's transaction. Each submission is charged in order; for each, whether it
+    was (False: its credits don't cover it, and nothing of it is written). Then the charged ones'
+    rows, one statement per table for the whole batch: on PostgreSQL every statement is a trip to
+    the server, and one per row was most of a submission's time."""
+    charged = ledger.debit_many(
         conn,
-        dict(
-            id=sub.generation_id,
-            account_id=sub.account_id,
-            product=sub.product.value,
-            params=sub.params,
-            credits=sub.credits,
-            task_count=len(sub.tasks),
-            created_at=now,
-            concat_status="pending" if sub.concatenate else None,
-        ),
+        [
+            ledger.Debit(s.account_id, s.generation_id, [ledger.Charge(t.id, t.credits) for t in s.tasks])
+            for s in subs
+        ],
+    )
+    accepted = [s for s, ok in zip(subs, charged, strict=True) if ok]
+    if not accepted:
+        return charged
+    now = time.time()
+    store.insert_generations(
+        conn,
+        [
+            dict(
+                id=s.generation_id,
+                account_id=s.account_id,
+                product=s.product.value,
+                params=s.params,
+                credits=s.credits,
+                task_count=len(s.tasks),
+                created_at=now,
+                concat_status="pending" if s.concatenate else None,
+            )
+            for s in accepted
+        ],
     )
     store.insert_tasks(
         conn,
         [
             dict(
                 id=t.id,
-                generation_id=sub.generation_id,
-                account_id=sub.account_id,
-                product=sub.product.value,
+                generation_id=s.generation_id,
+                account_id=s.account_id,
+                product=s.product.value,
                 position=t.position,
                 shot_id=t.shot_id,
-                engine=sub.engine,
+                engine=s.engine,
                 status=TaskStatus.PENDING.value,
                 progress=0,
                 credits=t.credits,
                 params=t.params,
                 created_at=now,
-                deadline_at=now + sub.deadline_s,
+                deadline_at=now + s.deadline_s,
             )
-            for t in sub.tasks
+            for s in accepted
+            for t in s.tasks
         ],
     )
-    for t in sub.tasks:
-        enqueue(conn, t.id, sub.queue, sub.account_id)
-    return True
+    enqueue(conn, [Workflow(t.id, s.queue, s.account_id) for s in accepted for t in s.tasks])
+    return charged
 
 
 @dataclass
@@ -190,10 +217,12 @@ class SubmitWriter:
         balance) rolls the batch back, and then each submission gets a transaction of its own, so one
         request's failure never touches another's (cheaper than a savepoint per request). While the
         database is unreachable every request of the batch gets 503 (retry), nothing written."""
+        ordered = sorted(batch, key=lambda i: i.submission.account_id)
         try:
             with write_transaction(self._engine) as conn:
-                for item in sorted(batch, key=lambda i: i.submission.account_id):
-                    item.error = self._write_one(conn, item.submission)
+                charged = write_submissions(conn, [i.submission for i in ordered], self._enqueue)
+            for item, ok in zip(ordered, charged, strict=True):
+                item.error = None if ok else InsufficientCredits(item.submission.credits)
         except Exception as exc:
             if conflict(exc) and attempts > 1:
                 log.info("submit batch of %d rolled back by a conflict; again", len(batch))
@@ -218,11 +247,6 @@ class SubmitWriter:
             loops.setdefault(item.loop, []).append(item)
         for loop, settled in loops.items():
             loop.call_soon_threadsafe(_settle_all, settled)
-
-    def _write_one(self, conn: sa.Connection, sub: Submission) -> APIError | None:
-        if write_submission(conn, sub, self._enqueue):
-            return None
-        return InsufficientCredits(sub.credits)
 
 
 def _settle_all(settled: list[_Pending]) -> None:
