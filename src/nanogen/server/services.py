@@ -52,7 +52,7 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
     try:
         yield Services(settings, process, writer, fetcher, limiter, reads)
     finally:
-        reads.close()
+        await reads.aclose()
         writer.stop()
         await fetcher.aclose()
         await asyncio.to_thread(process.stop)
