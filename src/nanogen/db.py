@@ -283,6 +283,19 @@ class Prepared:
 
 
 @contextmanager
+def pipelined(conn: sa.Connection) -> Iterator[None]:
+    """Statements run inside are sent without waiting for each answer (psycopg's pipeline mode): on
+    PostgreSQL one round trip for all of them, up to the first whose rows are read; errors are raised
+    on reading or on leaving. On SQLite (in-process) nothing changes."""
+    if conn.dialect.driver != "psycopg":
+        yield
+        return
+    pipeline = conn.connection.driver_connection.pipeline  # type: ignore[union-attr]
+    with driver_errors(conn.dialect, "(pipeline)", None), pipeline():
+        yield
+
+
+@contextmanager
 def driver_errors(dialect: sa.Dialect, sql: str, params: Any) -> Iterator[None]:
     """Raise the driver's errors as SQLAlchemy's (IntegrityError, OperationalError, ...), as the
     rest of the code and the error handlers expect."""

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from dbos import DBOSClient
 
 from nanogen import ledger
-from nanogen.db import conflict, unavailable, write_transaction
+from nanogen.db import conflict, pipelined, unavailable, write_transaction
 from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits, ServiceUnavailable
 from nanogen.products import Product
 from nanogen.tasks import store
@@ -101,18 +101,23 @@ class Submission:
 def write_submissions(conn: sa.Connection, subs: Sequence[Submission], enqueue: Enqueue) -> list[bool]:
     """The body of a batch's transaction. Each submission is charged in order; for each, whether it
     was (False: its credits don't cover it, and nothing of it is written). Then the charged ones'
-    rows, one statement per table for the whole batch: on PostgreSQL every statement is a trip to
-    the server, and one per row was most of a submission's time."""
-    charged = ledger.debit_many(
-        conn,
-        [
-            ledger.Debit(s.account_id, s.generation_id, [ledger.Charge(t.id, t.credits) for t in s.tasks])
-            for s in subs
-        ],
-    )
-    accepted = [s for s, ok in zip(subs, charged, strict=True) if ok]
-    if not accepted:
-        return charged
+    rows, one statement per table for the whole batch, pipelined: on PostgreSQL a statement per row,
+    each a trip to the server, was most of a submission's time."""
+    with pipelined(conn):  # PostgreSQL: a trip for the debits, one for all the rows, then COMMIT
+        charged = ledger.debit_many(
+            conn,
+            [
+                ledger.Debit(s.account_id, s.generation_id, [ledger.Charge(t.id, t.credits) for t in s.tasks])
+                for s in subs
+            ],
+        )
+        accepted = [s for s, ok in zip(subs, charged, strict=True) if ok]
+        if accepted:
+            _write_rows(conn, accepted, enqueue)
+    return charged
+
+
+def _write_rows(conn: sa.Connection, accepted: Sequence[Submission], enqueue: Enqueue) -> None:
     now = time.time()
     store.insert_generations(
         conn,
@@ -153,7 +158,6 @@ def write_submissions(conn: sa.Connection, subs: Sequence[Submission], enqueue: 
         ],
     )
     enqueue(conn, [Workflow(t.id, s.queue, s.account_id) for s in accepted for t in s.tasks])
-    return charged
 
 
 @dataclass
