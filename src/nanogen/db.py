@@ -372,22 +372,27 @@ class AsyncReadPool:
     async def run(self, dialect: sa.Dialect, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
         async with self._slots:
             sql, bound = "(connect)", None
-            conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 conn = self._idle.pop() if self._idle else await self._connect()
+            except psycopg.Error as exc:
+                raise sa.exc.DBAPIError.instance(sql, bound, exc, psycopg.Error, dialect=dialect) from exc
+            reusable = False
+            try:
                 results = []
                 for statement, params in queries:
                     sql, bound = statement.bind(dialect, params)
                     cursor = await conn.execute(sql, bound)
                     results.append(await cursor.fetchall())
+                reusable = True
+                return results
             except psycopg.Error as exc:
-                if conn is not None and not conn.broken:
-                    self._idle.append(conn)
-                elif conn is not None:
-                    await conn.close()
+                reusable = not conn.broken  # a failed statement leaves an autocommit connection usable
                 raise sa.exc.DBAPIError.instance(sql, bound, exc, psycopg.Error, dialect=dialect) from exc
-            self._idle.append(conn)
-            return results
+            finally:  # also when cancelled mid-query: that connection's state is unknown
+                if reusable:
+                    self._idle.append(conn)
+                else:
+                    await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, connect_timeout=5)
