@@ -65,9 +65,15 @@ def test_a_failed_statement_raises_sqlalchemys_error_and_the_next_read_works(eng
     assert len(asyncio.run(read())) == 1
 
 
-def test_a_read_cancelled_mid_query_does_not_poison_the_pool(engine: sa.Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite reads run inline on the event loop: nothing to cancel mid-query")
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    """SQLite reads run inline on the event loop: only PostgreSQL's can be cancelled mid-query."""
+    with migrated_engine("postgres", Path(tmp_path_factory.mktemp("reads")), "reads") as eng:
+        yield eng
+
+
+def test_a_read_cancelled_mid_query_does_not_poison_the_pool(postgres: sa.Engine) -> None:
+    engine = postgres
     _, key = _key(engine)
 
     async def read() -> list[tuple[object, ...]]:
