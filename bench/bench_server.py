@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,6 +57,7 @@ PAIR_ROUNDS = 3  # alternating nanogen / baseline runs; the median ratio is repo
 SUBMIT_LATENCY_S = 3600.0  # submit-only: renders sleep for an hour, so none competes for the CPU
 VIDEO_LATENCY_S = 10.0
 OVERHEAD_RUNS = 10
+POLL_PHASE_S = 0.05  # the image queue's polling interval (NANOGEN_IMAGE_QUEUE_POLLING_INTERVAL_S)
 DEBITS = 1000
 BASELINE_THREADS = 8
 
@@ -455,6 +457,10 @@ def overhead_samples(server: Service, account: Account) -> list[OverheadSample]:
     samples = []
     with client(server, account) as c:
         for run in range(OVERHEAD_RUNS + 1):  # the first one warms up the path
+            # A random pause first: back-to-back samples kept the same phase against the queue
+            # poller's period (every 0.1 s), so one run's ten queue waits came out all near 30 ms or
+            # all near 90 ms; independent samples measure the distribution a client meets.
+            time.sleep(random.uniform(0, POLL_PHASE_S))
             started = time.perf_counter()
             wall_started = time.time()
             r = c.post("/api/nano-banana-2/generate", json=IMAGE_BODY)

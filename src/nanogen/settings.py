@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # images are polled often (a sandbox or hosted image takes seconds), video shots, which take
     # minutes on a real engine, less.
     image_queue_polling_interval_s: float = Field(
-        default=0.1, gt=0, description="How often a worker polls its image queue."
+        default=0.05, gt=0, description="How often a worker polls its image queue."
     )
     video_queue_polling_interval_s: float = Field(
         default=0.5, gt=0, description="How often a worker polls its video queue."
