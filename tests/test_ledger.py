@@ -221,6 +221,11 @@ def test_debit_many_charges_in_order_each_seeing_the_balance_the_ones_before_lef
     assert _ledger_rows(engine, second.id) == [("grant", 3, None), ("debit", 3, debits[2].charges[0].task_id)]
 
 
+def test_debit_many_of_no_requests_charges_nothing(engine: sa.Engine) -> None:
+    with write_transaction(engine) as conn:
+        assert ledger.debit_many(conn, []) == []
+
+
 def test_debit_of_an_unknown_account_is_refused(engine: sa.Engine) -> None:
     with write_transaction(engine) as conn:
         assert ledger.debit(conn, "acct_missing", "gen_q", [ledger.Charge(ledger.new_id("task"), 1)]) is False

@@ -246,9 +246,12 @@ class Prepared:
             cursor.execute(sql, bound)
         return cursor
 
+    def bind_many(self, dialect: sa.Dialect, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+        sql, order = self.compiled(dialect)
+        return sql, ([tuple(r[n] for n in order) for r in rows] if order is not None else list(rows))
+
     def run_many(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        sql, order = self.compiled(conn.dialect)
-        bound = [tuple(r[n] for n in order) for r in rows] if order is not None else list(rows)
+        sql, bound = self.bind_many(conn.dialect, rows)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with driver_errors(conn.dialect, sql, bound):
             cursor.executemany(sql, bound)
@@ -258,8 +261,9 @@ class Prepared:
         """Execute once per parameter set, in order, and return each execution's rows (a statement
         with RETURNING). On PostgreSQL one pipelined ``executemany``: one trip to the server for
         all of them; on SQLite, in-process, one execute each."""
-        sql, order = self.compiled(conn.dialect)
-        bound = [tuple(r[n] for n in order) for r in rows] if order is not None else list(rows)
+        if not rows:  # psycopg has no result to fetch after an empty executemany
+            return []
+        sql, bound = self.bind_many(conn.dialect, rows)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         results: list[list[tuple[Any, ...]]] = []
         with driver_errors(conn.dialect, sql, bound):
