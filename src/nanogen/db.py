@@ -121,7 +121,7 @@ tasks = sa.Table(
     sa.Column("provider_cost_micros", sa.BigInteger, nullable=True),
     sa.CheckConstraint("status IN ('pending', 'generating', 'completed', 'failed')", name="ck_tasks_status"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_tasks_progress"),
-    sa.Index("ix_tasks_generation", "generation_id"),
+    sa.Index("ix_tasks_generation_position", "generation_id", "position"),  # polls read in order
     sa.Index("ix_tasks_open_deadline", "status", "deadline_at"),
 )
 
@@ -334,14 +334,13 @@ class Reads:
         else:
             self._pool = AsyncReadPool(engine.url, READ_CONNECTIONS)
 
-    async def together(self, *queries: Query) -> list[list[tuple[Any, ...]]]:
-        """Each query's rows, in order (a poll's key lookup and its task read on one connection)."""
+    async def rows(self, statement: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         if self._pool is not None:
-            return await self._pool.run(self._dialect, queries)
-        return [self._inline(statement, params) for statement, params in queries]
+            return await self._pool.run(self._dialect, statement, params)
+        return self._inline(statement, params)
 
     async def all(self, statement: Prepared, **params: Any) -> list[tuple[Any, ...]]:
-        return (await self.together((statement, params)))[0]
+        return await self.rows(statement, params)
 
     async def first(self, statement: Prepared, **params: Any) -> tuple[Any, ...] | None:
         rows = await self.all(statement, **params)
@@ -373,7 +372,9 @@ class AsyncReadPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
 
-    async def run(self, dialect: sa.Dialect, queries: Sequence[Query]) -> list[list[tuple[Any, ...]]]:
+    async def run(
+        self, dialect: sa.Dialect, statement: Prepared, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         async with self._slots:
             sql, bound = "(connect)", None
             try:
@@ -382,13 +383,11 @@ class AsyncReadPool:
                 raise sa.exc.DBAPIError.instance(sql, bound, exc, psycopg.Error, dialect=dialect) from exc
             reusable = False
             try:
-                results = []
-                for statement, params in queries:
-                    sql, bound = statement.bind(dialect, params)
-                    cursor = await conn.execute(sql, bound)
-                    results.append(await cursor.fetchall())
+                sql, bound = statement.bind(dialect, params)
+                cursor = await conn.execute(sql, bound)
+                rows = await cursor.fetchall()
                 reusable = True
-                return results
+                return rows
             except psycopg.Error as exc:
                 reusable = not conn.broken  # a failed statement leaves an autocommit connection usable
                 raise sa.exc.DBAPIError.instance(sql, bound, exc, psycopg.Error, dialect=dialect) from exc

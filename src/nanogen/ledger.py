@@ -167,18 +167,31 @@ _AUTHENTICATE = Prepared(
 
 
 def authenticate(conn: sa.Connection, key: str) -> Caller | None:
-    rows = _AUTHENTICATE.all(conn, {"key_hash": hash_key(key)})
-    return Caller(*rows[0]) if rows else None
+    return caller(_AUTHENTICATE.all(conn, {"key_hash": hash_key(key)}))
 
 
-def authentication(key: str) -> Query:
-    """The key lookup, for request handlers to run with their own reads (``db.Reads.together``)."""
-    return _AUTHENTICATE, {"key_hash": hash_key(key)}
+def authentication(key_hash: str) -> Query:
+    """The key lookup alone, for request handlers (``db.Reads``)."""
+    return _AUTHENTICATE, {"key_hash": key_hash}
 
 
-def caller(rows: Sequence[tuple[Any, ...]]) -> Caller | None:
-    """Who the key lookup's rows say is calling (None: no live key)."""
-    return Caller(*rows[0]) if rows else None
+def with_caller(
+    columns: Sequence[sa.ColumnElement[Any]], table: sa.Table, on: sa.ColumnElement[bool]
+) -> sa.Select[Any]:
+    """A read joined to the key lookup, so that a poll is one statement (on SQLite each statement is
+    its own read transaction; two cost 1.7x one). Rows: ``(account_id, key_id, *columns)``; none when
+    the key is not live; one with ``columns`` NULL when the key is live and nothing matched ``on``.
+    Binds ``key_hash``."""
+    return (
+        sa.select(api_keys.c.account_id, api_keys.c.id, *columns)
+        .select_from(api_keys.outerjoin(table, on))
+        .where(api_keys.c.key_hash == sa.bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
+    )
+
+
+def caller(rows: Sequence[Sequence[Any]]) -> Caller | None:
+    """Who a key lookup's rows (``authentication`` or ``with_caller``) say is calling (None: no live key)."""
+    return Caller(rows[0][0], rows[0][1]) if rows else None
 
 
 def list_keys(conn: sa.Connection, account_id: str | None = None) -> list[ApiKeyInfo]:

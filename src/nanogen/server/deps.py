@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -26,17 +26,20 @@ def services(request: Request) -> Services:
 
 
 Rows = list[tuple[Any, ...]]
+Poll = Callable[[str], Query]  # a poll's read given the caller's key hash: ledger.with_caller's rows
 
 
 async def _authenticate(
-    svc: Services, key: str, budget: RateLimitItem, scope: str = "", reads: Sequence[Query] = ()
-) -> tuple[ledger.Caller, list[Rows]]:
+    svc: Services, key: str, budget: RateLimitItem, scope: str = "", poll: Poll | None = None
+) -> tuple[ledger.Caller, Rows]:
     """Look the key up and count the request against its budget (both without a thread hop on the
-    embedded default: see db.Reads and ratelimit). ``reads`` run with the key lookup, in the same
-    trip to the database; their rows come back in order. ``scope`` keeps a budget's counter apart
-    from another budget configured with the same rate."""
-    found, *rows = await svc.reads.together(ledger.authentication(key), *reads)
-    caller = ledger.caller(found)
+    embedded default: see db.Reads and ratelimit). ``poll``, when given, is the key lookup joined to
+    what the request reads, one statement; its rows come back. ``scope`` keeps a budget's counter
+    apart from another budget configured with the same rate."""
+    key_hash = ledger.hash_key(key)
+    statement, params = poll(key_hash) if poll is not None else ledger.authentication(key_hash)
+    rows = await svc.reads.rows(statement, params)
+    caller = ledger.caller(rows)
     if caller is None:
         raise errors.LoginRequired()
     await svc.limiter.count(budget, scope + caller.key_id)
@@ -62,11 +65,11 @@ async def generate_caller(request: Request) -> ledger.Caller:
     return who
 
 
-async def status_caller(request: Request, *reads: Query) -> tuple[ledger.Caller, list[Rows]]:
-    """Authenticates and counts against the key's separate, generous polling budget; ``reads`` (the
-    poll's own) run with the key lookup and their rows come back in order."""
+async def status_caller(request: Request, poll: Poll | None = None) -> tuple[ledger.Caller, Rows]:
+    """Authenticates and counts against the key's separate, generous polling budget; ``poll``'s rows
+    (the key lookup joined to the poll's read) come back."""
     svc = services(request)
-    return await _authenticate(svc, _bearer_key(request), svc.limiter.status, reads=reads)
+    return await _authenticate(svc, _bearer_key(request), svc.limiter.status, poll=poll)
 
 
 @lru_cache(maxsize=8)

@@ -7,10 +7,11 @@ settles the money (a failure refunds in the same transaction).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -21,8 +22,10 @@ from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
 
-@dataclass(frozen=True)
-class TaskRecord:
+class TaskRecord(NamedTuple):
+    """A task row. A tuple, not a frozen dataclass: every poll builds these, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) cost a twentieth of a check-status."""
+
     id: str
     generation_id: str
     account_id: str
@@ -68,7 +71,7 @@ class GenerationRecord:
 
 
 # The columns in the records' field order: the hot reads build records from plain tuples.
-_TASK_COLUMNS = [tasks.c[name] for name in TaskRecord.__dataclass_fields__]
+_TASK_COLUMNS = [tasks.c[name] for name in TaskRecord._fields]
 _GENERATION_COLUMNS = [generations.c[name] for name in GenerationRecord.__dataclass_fields__]
 
 
@@ -161,22 +164,39 @@ def get_generation(conn: sa.Connection, generation_id: str) -> GenerationRecord 
     return _generation(rows[0]) if rows else None
 
 
-# The same reads for request handlers (db.Reads: no thread hop on SQLite; a handler may run them with
-# its key lookup, db.Reads.together).
-def generation_tasks_query(generation_id: str) -> Query:
-    return _GENERATION_TASKS, {"generation_id": generation_id}
+# -- polls: the caller's key lookup and the tasks asked about, in one statement (ledger.with_caller) --
+_POLL_GENERATION = Prepared(
+    ledger.with_caller(_TASK_COLUMNS, tasks, tasks.c.generation_id == sa.bindparam("generation_id")).order_by(
+        tasks.c.position
+    )
+)
 
 
-def task_query(task_id: str) -> Query:
-    return _TASK_BY_ID, {"task_id": task_id}
+@functools.cache  # bounded: a check-status body names at most schemas.VideoStatusRequest's taskIds limit
+def _poll_tasks(count: int) -> Prepared:
+    """The poll of ``count`` task ids (one prepared statement per count, binds ``t0``, ``t1``...)."""
+    ids: list[sa.BindParameter[str]] = [sa.bindparam(f"t{i}") for i in range(count)]
+    return Prepared(ledger.with_caller(_TASK_COLUMNS, tasks, tasks.c.id.in_(ids)))
 
 
-def task_records(rows: Sequence[Sequence[Any]]) -> list[TaskRecord]:
-    return [_task(r) for r in rows]
+def poll_generation(key_hash: str, generation_id: str) -> Query:
+    """A generation's tasks, in position order, with the caller (read by ``polled``)."""
+    return _POLL_GENERATION, {"key_hash": key_hash, "generation_id": generation_id}
+
+
+def poll_tasks(key_hash: str, task_ids: Sequence[str]) -> Query:
+    """These tasks (distinct ids; rows in any order), with the caller."""
+    params = {f"t{i}": task_id for i, task_id in enumerate(task_ids)}
+    return _poll_tasks(len(task_ids)), params | {"key_hash": key_hash}
+
+
+def polled(rows: Sequence[Sequence[Any]]) -> list[TaskRecord]:
+    """The task records of a poll's rows (``ledger.caller`` reads the caller from the same rows)."""
+    return [_task(r[2:]) for r in rows if r[2] is not None]
 
 
 async def read_generation_tasks(reads: Reads, generation_id: str) -> list[TaskRecord]:
-    return task_records((await reads.together(generation_tasks_query(generation_id)))[0])
+    return [_task(r) for r in await reads.all(_GENERATION_TASKS, generation_id=generation_id)]
 
 
 async def read_generation(reads: Reads, generation_id: str) -> GenerationRecord | None:

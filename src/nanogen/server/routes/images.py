@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -79,11 +81,15 @@ async def generate(request: Request) -> Response:
 )
 async def check_status(request: Request) -> Response:
     body = await body_or_error(request, schemas.parse_image_status_request)
-    lookup = () if isinstance(body, errors.APIError) else (store.generation_tasks_query(body.generationId),)
-    who, found = await status_caller(request, *lookup)  # one trip to the database for both
+    poll = (
+        None
+        if isinstance(body, errors.APIError)
+        else partial(store.poll_generation, generation_id=body.generationId)
+    )
+    who, rows = await status_caller(request, poll)  # the key lookup and the tasks: one statement
     if isinstance(body, errors.APIError):
         raise body
-    task = next((t for t in store.task_records(found[0]) if t.product is Product.IMAGE), None)
+    task = next((t for t in store.polled(rows) if t.product is Product.IMAGE), None)
     if task is None:
         raise errors.NotFound()
     if task.account_id != who.account_id:

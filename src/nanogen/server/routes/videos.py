@@ -8,6 +8,7 @@ keep their ``videoUrl``).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -113,12 +114,13 @@ async def check_status(request: Request) -> Response:
     body = await body_or_error(request, schemas.parse_video_status_request)
     ids = [] if isinstance(body, errors.APIError) else [ref.taskId for ref in body.taskIds]
     unique = list(dict.fromkeys(ids))
-    who, rows = await status_caller(request, *map(store.task_query, unique))  # one database trip
+    poll = partial(store.poll_tasks, task_ids=unique) if unique else None
+    who, rows = await status_caller(request, poll)  # the key lookup and the tasks: one statement
     if isinstance(body, errors.APIError):
         raise body
     if not body.taskIds and body.generationId:
         return FastJSONResponse(without_none(await _status_of_generation(svc, who, body.generationId)))
-    found = {t.id: t for task_rows in rows for t in store.task_records(task_rows)}
+    found = {t.id: t for t in store.polled(rows)}
     generation = await _generation_of(svc, found)
     for ref in body.taskIds:
         task = found.get(ref.taskId)
