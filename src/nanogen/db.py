@@ -236,7 +236,7 @@ class Prepared:
 
     def bind(self, dialect: sa.Dialect, params: Mapping[str, Any]) -> tuple[str, Any]:
         sql, order = self.compiled(dialect)
-        return sql, (tuple(params[name] for name in order) if order is not None else params)
+        return sql, (tuple(map(params.__getitem__, order)) if order is not None else params)
 
     def run(self, conn: sa.Connection, params: Mapping[str, Any]) -> Any:
         """Execute inside ``conn``'s transaction; returns the DBAPI cursor."""
@@ -248,7 +248,7 @@ class Prepared:
 
     def bind_many(self, dialect: sa.Dialect, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         sql, order = self.compiled(dialect)
-        return sql, ([tuple(r[n] for n in order) for r in rows] if order is not None else list(rows))
+        return sql, ([tuple(map(r.__getitem__, order)) for r in rows] if order is not None else list(rows))
 
     def run_many(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         sql, bound = self.bind_many(conn.dialect, rows)

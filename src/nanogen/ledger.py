@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -151,9 +151,8 @@ def create_key(conn: sa.Connection, account_id: str, name: str = "") -> tuple[st
     return key_id, key
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who a request comes from: the live key and its account."""
+class Caller(NamedTuple):
+    """Who a request comes from: the live key and its account (a tuple: one is built per request)."""
 
     account_id: str
     key_id: str

@@ -60,10 +60,13 @@ class LocalWindows:
         """Count one request: None when it fits, else the seconds until a slot frees."""
         now = time.monotonic()
         period = item.get_expiry()
+        key = (item.amount, period, key_id)
         with self._lock:
             if now - self._swept_at > SWEEP_EVERY_S:
                 self._sweep(now)
-            window = self._windows.setdefault((item.amount, period, key_id), deque())
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = deque()
             while window and window[0] <= now - period:
                 window.popleft()
             if len(window) >= item.amount:
