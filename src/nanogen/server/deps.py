@@ -21,7 +21,7 @@ BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "Authorizati
 
 
 def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
+    svc: Services = request.scope["state"]["services"]  # the lifespan's state (server/services.py)
     return svc
 
 

@@ -1,4 +1,5 @@
-"""What the routes use, built in the app's lifespan (never at import) and kept on ``app.state``."""
+"""What the routes use, built in the app's lifespan (never at import) and given to each request as
+lifespan state."""
 
 from __future__ import annotations
 
@@ -58,11 +59,14 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
         await asyncio.to_thread(process.stop)
 
 
-def lifespan(settings: Settings, *, work: bool) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def lifespan(
+    settings: Settings, *, work: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Services]]]:
+    """Starts the services and hands them to every request as lifespan state (``scope["state"]``)."""
+
     @asynccontextmanager
-    async def run(app: FastAPI) -> AsyncIterator[None]:
+    async def run(app: FastAPI) -> AsyncIterator[dict[str, Services]]:
         async with start_services(settings, work=work) as services:
-            app.state.services = services
-            yield
+            yield {"services": services}
 
     return run

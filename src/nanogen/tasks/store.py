@@ -36,7 +36,7 @@ class TaskRecord(NamedTuple):
     status: TaskStatus
     progress: int
     credits: int
-    params: dict[str, Any]
+    params_column: str | dict[str, Any]  # as the driver gives it (JSON text on SQLite): see ``params``
     output_url: str | None
     output_key: str | None
     error: str | None
@@ -47,6 +47,12 @@ class TaskRecord(NamedTuple):
     attempts: int = 0
     provider_operation: str | None = None
     provider_cost_micros: int | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Decoded when asked for, not on every poll (which never needs them)."""
+        params: dict[str, Any] = _json(self.params_column)
+        return params
 
     @property
     def generation_seconds(self) -> int | None:
@@ -70,8 +76,9 @@ class GenerationRecord:
     concat_error: str | None
 
 
-# The columns in the records' field order: the hot reads build records from plain tuples.
-_TASK_COLUMNS = [tasks.c[name] for name in TaskRecord._fields]
+# The columns in the records' field order (``params_column`` is ``params``): the hot reads build
+# records from plain tuples.
+_TASK_COLUMNS = [tasks.c[name.removesuffix("_column")] for name in TaskRecord._fields]
 _GENERATION_COLUMNS = [generations.c[name] for name in GenerationRecord.__dataclass_fields__]
 
 
@@ -98,8 +105,7 @@ def _task(r: Sequence[Any]) -> TaskRecord:
         _STATUSES[r[7]],
         r[8],
         int(r[9]),
-        _json(r[10]),
-        *r[11:],
+        *r[10:],
     )
 
 
