@@ -238,6 +238,11 @@ def grant(conn: sa.Connection, account_id: str, amount: int, memo: str = "") -> 
     return int(new_balance)
 
 
+# The balance a batch's debits start from; FOR UPDATE holds the row until commit on PostgreSQL (on
+# SQLite the writer's BEGIN IMMEDIATE already excludes every other writer).
+_LOCKED_BALANCE = Prepared(
+    sa.select(accounts.c.balance).where(accounts.c.id == sa.bindparam("account_id")).with_for_update()
+)
 _DEBIT_BALANCE = Prepared(
     sa.update(accounts)
     .where(accounts.c.id == sa.bindparam("account_id"), accounts.c.balance >= sa.bindparam("total"))
@@ -271,13 +276,26 @@ def debit_many(conn: sa.Connection, debits: Sequence[Debit]) -> list[bool]:
     """Charge each request, in order, if its account's balance covers all of its tasks; for each,
     whether it was charged (False: nothing of it written).
 
-    The conditional UPDATE is the check: two concurrent requests cannot both pass it on one balance,
-    and within one call a request sees the balance the ones before it left. Two statements however
-    many requests (the submit path charges a batch at once): the UPDATEs together (one pipelined trip
-    on PostgreSQL), then every charged request's ledger rows.
+    Per account, however many of its requests the batch holds: its balance read and locked, the
+    requests that fit decided in order (each sees what the ones before it left), then one conditional
+    UPDATE of their sum, which is still the check the database enforces (with ``CHECK balance >= 0``).
+    A statement per request cost the submit path's writer a third of its time on SQLite. Rows are
+    locked in account-id order, whatever the order of ``debits``: two writers cannot deadlock.
     """
-    balances = [{"account_id": d.account_id, "total": d.total} for d in debits]
-    charged = [len(rows) == 1 for rows in _DEBIT_BALANCE.each(conn, balances)]
+    accounts_ = sorted({d.account_id for d in debits})
+    found = _LOCKED_BALANCE.each(conn, [{"account_id": a} for a in accounts_])
+    left: dict[str, int] = {a: int(rows[0][0]) for a, rows in zip(accounts_, found, strict=True) if rows}
+    spent: dict[str, int] = {}
+    charged = []
+    for d in debits:
+        fits = d.account_id in left and left[d.account_id] >= d.total
+        if fits:
+            left[d.account_id] -= d.total
+            spent[d.account_id] = spent.get(d.account_id, 0) + d.total
+        charged.append(fits)
+    updates = [{"account_id": a, "total": total} for a, total in spent.items()]
+    if any(len(rows) != 1 for rows in _DEBIT_BALANCE.each(conn, updates)):
+        raise RuntimeError("an account's balance changed under its row lock")  # rolls the batch back
     now = time.time()
     rows = [
         {
