@@ -110,7 +110,7 @@ def test_a_failed_statement_raises_sqlalchemys_error_and_the_next_read_works(eng
         try:
             for _ in range(3):  # more than once: the pool's connection must stay usable
                 with pytest.raises(sa.exc.DBAPIError):
-                    await reads.all(_MISSING)
+                    await reads.rows(_MISSING, {})
             return await reads.rows(*ledger.authentication(ledger.hash_key(key)))
         finally:
             await reads.aclose()
@@ -132,7 +132,7 @@ def test_a_read_cancelled_mid_query_does_not_poison_the_pool(postgres: sa.Engine
     async def read() -> list[tuple[object, ...]]:
         reads = Reads(engine)
         try:
-            slow = asyncio.ensure_future(reads.all(_SLEEP, seconds=30))
+            slow = asyncio.ensure_future(reads.rows(_SLEEP, {"seconds": 30}))
             await asyncio.sleep(0.3)  # the query is on the server now
             slow.cancel()
             with pytest.raises(asyncio.CancelledError):

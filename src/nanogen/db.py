@@ -339,11 +339,8 @@ class Reads:
             return await self._pool.run(self._dialect, statement, params)
         return self._inline(statement, params)
 
-    async def all(self, statement: Prepared, **params: Any) -> list[tuple[Any, ...]]:
-        return await self.rows(statement, params)
-
-    async def first(self, statement: Prepared, **params: Any) -> tuple[Any, ...] | None:
-        rows = await self.all(statement, **params)
+    async def first(self, statement: Prepared, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        rows = await self.rows(statement, params)
         return rows[0] if rows else None
 
     def _inline(self, statement: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:

@@ -125,7 +125,7 @@ def balance(conn: sa.Connection, account_id: str) -> int | None:
 
 
 async def balance_reading(reads: Reads, account_id: str) -> int | None:
-    row = await reads.first(_BALANCE, account_id=account_id)
+    row = await reads.first(_BALANCE, {"account_id": account_id})
     return None if row is None else int(row[0])
 
 

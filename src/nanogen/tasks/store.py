@@ -207,11 +207,11 @@ def polled(rows: Sequence[Sequence[Any]]) -> list[TaskRecord]:
 
 
 async def read_generation_tasks(reads: Reads, generation_id: str) -> list[TaskRecord]:
-    return [_task(r) for r in await reads.all(_GENERATION_TASKS, generation_id=generation_id)]
+    return [_task(r) for r in await reads.rows(_GENERATION_TASKS, {"generation_id": generation_id})]
 
 
 async def read_generation(reads: Reads, generation_id: str) -> GenerationRecord | None:
-    row = await reads.first(_GENERATION_BY_ID, generation_id=generation_id)
+    row = await reads.first(_GENERATION_BY_ID, {"generation_id": generation_id})
     return None if row is None else _generation(row)
 
 
