@@ -12,6 +12,7 @@ from typing import Annotated
 
 import sqlalchemy as sa
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -42,7 +43,15 @@ DEMO_CREDITS = 1000
 
 
 def _settings(**overrides: object) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    """The settings, or exit 2 naming each bad one (no traceback: it is the operator's to fix)."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for problem in exc.errors():
+            name = "NANOGEN_" + "_".join(str(part) for part in problem["loc"]).upper()
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]invalid setting {escape(name)}[/red]: {escape(message)}")
+        raise typer.Exit(2) from None
 
 
 @contextmanager

@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nanogen import __version__
 
+# An admin token grants credits: one shorter than this is refused at start rather than guessed later.
+ADMIN_TOKEN_MIN_LENGTH = 16
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NANOGEN_", extra="ignore")
@@ -29,7 +32,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base URL clients reach nanogen at; default http://<host>:<port>."
     )
-    admin_token: SecretStr | None = Field(default=None, description="Enables /admin/* when set.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description=f"Enables /admin/* when set (>= {ADMIN_TOKEN_MIN_LENGTH} characters; empty: unset).",
+    )
 
     # -- engines: which engine serves each product, and how many jobs a worker runs at once
     engine_images: str = "sandbox"
@@ -154,6 +160,23 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(
         default=5, ge=0, description="On SIGTERM, how long running generations get to finish."
     )
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _admin_token(cls, value: object) -> object:
+        """Empty or blank counts as unset (compose files write ``${VAR}`` for an unset variable);
+        a short one is an error, so that ``serve`` refuses to start instead of guarding with it."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str):
+            if not raw.strip():
+                return None
+            if len(raw.strip()) < ADMIN_TOKEN_MIN_LENGTH:
+                raise ValueError(
+                    f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters "
+                    "(e.g. `openssl rand -hex 32`), or unset to turn the admin API off"
+                )
+            return raw.strip()
+        return value
 
     @field_validator("fetch_allow_hosts", "worker_engines", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, Server, assert_envelope
+from nanogen.settings import Settings
+from tests.conftest import ADMIN_TOKEN, Server, assert_envelope, free_port, nanogen_cli
 
 
 def _name(prefix: str = "admin") -> str:
@@ -324,29 +326,54 @@ def test_revoke_makes_the_key_401(server: Server, admin: httpx.Client) -> None:
 
 
 # -- no admin token configured: the routes do not exist ---------------------------------------------
-class ServerWithoutAdmin(Server):
+class ServerWithEmptyAdminToken(Server):
+    """``NANOGEN_ADMIN_TOKEN=`` (what a compose file's ``${VAR}`` gives for an unset variable)."""
+
     @property
     def env(self) -> dict[str, str]:
-        env = super().env
-        del env["NANOGEN_ADMIN_TOKEN"]
-        return env
+        return super().env | {"NANOGEN_ADMIN_TOKEN": ""}
 
 
 @pytest.fixture(scope="module")
 def server_without_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home: Path = tmp_path_factory.mktemp("nanogen-no-admin")
-    srv = ServerWithoutAdmin(home).start()
+    srv = ServerWithEmptyAdminToken(home).start()
     yield srv
     srv.stop()
 
 
-def test_admin_routes_are_404_without_an_admin_token(server_without_admin: Server) -> None:
-    assert "NANOGEN_ADMIN_TOKEN" not in server_without_admin.env
-    for token in (ADMIN_TOKEN, None, "anything"):
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+def test_admin_routes_are_404_with_an_empty_admin_token(server_without_admin: Server) -> None:
+    assert server_without_admin.env["NANOGEN_ADMIN_TOKEN"] == ""
+    for headers in (
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer x"},
+    ):
         with httpx.Client(base_url=server_without_admin.base_url, headers=headers, timeout=30) as c:
             for method, path, body in ADMIN_ROUTES:
                 r = c.request(method, path, json=body)
                 assert_envelope(r, 404, "NOT_FOUND")
     with server_without_admin.db() as db:
         assert db.execute("SELECT count(*) FROM nanogen_accounts").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t\n"])
+def test_an_empty_or_blank_admin_token_counts_as_unset(value: str) -> None:
+    assert Settings(admin_token=value).admin_token is None
+
+
+def test_the_admin_token_is_stripped_and_kept_secret() -> None:
+    token = Settings(admin_token=f"  {ADMIN_TOKEN}  ").admin_token
+    assert token is not None and token.get_secret_value() == ADMIN_TOKEN
+    assert ADMIN_TOKEN not in repr(Settings(admin_token=ADMIN_TOKEN))
+
+
+def test_serve_refuses_a_short_admin_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOGEN_")}
+    env |= {"NANOGEN_HOME": str(tmp_path), "NANOGEN_ADMIN_TOKEN": "tooshort", "COLUMNS": "200"}
+    result = nanogen_cli("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "invalid setting NANOGEN_ADMIN_TOKEN" in result.stderr
+    assert "at least 16 characters" in result.stderr
+    assert "tooshort" not in result.stderr + result.stdout  # the rejected secret is not echoed
+    assert not (tmp_path / "nanogen.sqlite").exists()  # refused before touching anything
