@@ -53,8 +53,9 @@ class Resolution(StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> Resolution:
-        """Accept the documented spellings; "4K" is what the credits table prints."""
-        return cls(value.lower())
+        """The documented spellings, case-sensitive like every enum value, plus "4K": the pages'
+        credits table prints it so."""
+        return cls("4k" if value == "4K" else value)
 
 
 # -- contract: credits ------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ type or enum problem to ``INVALID_PARAMETER`` naming the field, so no client inp
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from nanogen import errors
 from nanogen.products import (
@@ -35,6 +35,28 @@ from nanogen.products import (
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def has_control_characters(text: str) -> bool:
+    """C0 controls and DEL: nothing an identifier or URL holds (PostgreSQL cannot even store NUL)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def _identifier(value: str) -> str:
+    if has_control_characters(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:  # tabs and newlines are fine in free text; NUL is nothing a database stores
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# Ids and names: no control characters. Free text (prompts, memos): no NUL.
+Identifier = Annotated[str, AfterValidator(_identifier)]
+Text = Annotated[str, AfterValidator(_text)]
+
+
 class _Request(BaseModel):
     # Unknown fields are ignored (the hosted service's clients may send more); known ones are typed.
     model_config = ConfigDict(extra="ignore", use_enum_values=False)
@@ -42,7 +64,7 @@ class _Request(BaseModel):
 
 # -- images --------------------------------------------------------------------------------------------
 class ImageGenerateRequest(_Request):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Image generation prompt")
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Image generation prompt")
     mode: ImageMode | None = Field(
         default=None,
         description="generate (text-to-image) or edit (image-to-image). nanogen: when omitted, "
@@ -50,7 +72,7 @@ class ImageGenerateRequest(_Request):
     )
     aspectRatio: ImageAspectRatio = DEFAULT_IMAGE_ASPECT_RATIO
     imageQuality: ImageQuality = DEFAULT_IMAGE_QUALITY
-    googleSearch: bool = False
+    googleSearch: StrictBool = False  # a JSON boolean: "yes" or 1 is refused, not read as true
     inputImageUrls: list[str] = Field(
         default_factory=list, description="Public image URLs for edit mode (max 14). Required in edit."
     )
@@ -74,7 +96,7 @@ class ImageGenerateResponse(BaseModel):
 
 
 class ImageStatusRequest(_Request):
-    generationId: str = Field(min_length=1, max_length=100)
+    generationId: Identifier = Field(min_length=1, max_length=100)
 
 
 class ImageStatusResponse(BaseModel):
@@ -88,8 +110,10 @@ class ImageStatusResponse(BaseModel):
 
 # -- video ---------------------------------------------------------------------------------------------
 class Shot(_Request):
-    id: str = Field(min_length=1, max_length=MAX_SHOT_ID_CHARS, description="Unique identifier for the shot")
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    id: Identifier = Field(
+        min_length=1, max_length=MAX_SHOT_ID_CHARS, description="Unique identifier for the shot"
+    )
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     generationType: GenerationType
     aspectRatio: VideoAspectRatio = Field(
         default=VideoAspectRatio.LANDSCAPE, description="16:9 or 9:16 (nanogen: 16:9 when omitted)"
@@ -120,8 +144,8 @@ class VideoGenerateResponse(BaseModel):
 
 
 class TaskRef(_Request):
-    shotId: str = Field(default="", max_length=MAX_SHOT_ID_CHARS)
-    taskId: str = Field(min_length=1, max_length=100)
+    shotId: Identifier = Field(default="", max_length=MAX_SHOT_ID_CHARS)
+    taskId: Identifier = Field(min_length=1, max_length=100)
 
 
 class VideoStatusRequest(_Request):
@@ -131,7 +155,7 @@ class VideoStatusRequest(_Request):
     resolution: str | None = Field(
         default=None, description="Accepted and validated for compatibility; answers are the same."
     )
-    generationId: str | None = Field(
+    generationId: Identifier | None = Field(
         default=None,
         min_length=1,
         max_length=100,
@@ -223,16 +247,26 @@ def _check_urls(urls: list[str]) -> None:
         if _is_inline_image(url):
             raise errors.ImageUrlsRequired()
         lowered = url.strip().lower()
-        if len(url) > MAX_URL_CHARS or not lowered.startswith(("http://", "https://")):
+        if (
+            len(url) > MAX_URL_CHARS
+            or not lowered.startswith(("http://", "https://"))
+            or has_control_characters(url.strip())
+        ):
             raise errors.InvalidImageUrl("Image URLs must be public http(s) URLs", url=url[:200])
 
 
-def _require_prompt(data: dict[str, Any], error: type[errors.BadRequest], where: str = "") -> None:
+def _require_prompt(data: dict[str, Any], error: type[errors.BadRequest], where: str = "") -> dict[str, Any]:
+    """``data`` with its prompt trimmed, once the prompt is proven present, short enough and storable.
+    The length counts what is kept: surrounding whitespace is not the prompt."""
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise error(f"{error.default_message}{where}")
+    prompt = prompt.strip()
     if len(prompt) > MAX_PROMPT_CHARS:
         raise error(f"Prompt longer than {MAX_PROMPT_CHARS} characters{where}")
+    if "\x00" in prompt:
+        raise error(f"Prompt must not contain NUL characters{where}")
+    return {**data, "prompt": prompt}
 
 
 def parse_image_request(data: dict[str, Any]) -> ImageGenerateRequest:
@@ -240,7 +274,7 @@ def parse_image_request(data: dict[str, Any]) -> ImageGenerateRequest:
         raise errors.ImageUrlsRequired(
             "API calls only accept inputImageUrls (base64 inputImages is not supported)"
         )
-    _require_prompt(data, errors.InvalidPrompt)
+    data = _require_prompt(data, errors.InvalidPrompt)
     urls = data.get("inputImageUrls")
     if isinstance(urls, list):
         if len(urls) > MAX_INPUT_IMAGES:
@@ -248,7 +282,6 @@ def parse_image_request(data: dict[str, Any]) -> ImageGenerateRequest:
         if any(_is_inline_image(u) for u in urls):
             raise errors.ImageUrlsRequired()
     request = validate(ImageGenerateRequest, data)
-    request.prompt = request.prompt.strip()
     mode = request.effective_mode
     if mode is ImageMode.EDIT and not request.inputImageUrls:
         raise errors.MissingInputImage()
@@ -269,14 +302,15 @@ def parse_video_request(data: dict[str, Any]) -> VideoGenerateRequest:
         raise errors.InvalidParameter("shots must be an array of shot objects", field="shots")
     if len(shots) > MAX_SHOTS:
         raise errors.TooManyShots(f"At most {MAX_SHOTS} shots per request (got {len(shots)})")
+    shots = list(shots)
     for index, shot in enumerate(shots):
         if not isinstance(shot, dict):
             raise errors.InvalidParameter(f"shots[{index}] must be an object", field=f"shots[{index}]")
-        _require_prompt(shot, errors.PromptRequired, f" (shots[{index}])")
+        shots[index] = shot = _require_prompt(shot, errors.PromptRequired, f" (shots[{index}])")
         urls = shot.get("imageUrls")
         if isinstance(urls, list) and any(_is_inline_image(u) for u in urls):
             raise errors.ImageUrlsRequired()
-    request = validate(VideoGenerateRequest, data)
+    request = validate(VideoGenerateRequest, {**data, "shots": shots})
     _check_shots(request)
     try:
         resolution = request.parsed_resolution
@@ -292,7 +326,6 @@ def parse_video_request(data: dict[str, Any]) -> VideoGenerateRequest:
 def _check_shots(request: VideoGenerateRequest) -> None:
     seen: set[str] = set()
     for index, shot in enumerate(request.shots):
-        shot.prompt = shot.prompt.strip()
         if shot.id in seen:
             raise errors.DuplicateShotId(f"Shot id {shot.id!r} is used twice", field=f"shots[{index}].id")
         seen.add(shot.id)
@@ -307,6 +340,8 @@ def _check_shots(request: VideoGenerateRequest) -> None:
 
 
 def parse_video_status_request(data: dict[str, Any]) -> VideoStatusRequest:
+    if data.get("taskIds", []) is None:  # null reads as absent, like every other optional field
+        data = {k: v for k, v in data.items() if k != "taskIds"}
     task_ids = data.get("taskIds")
     generation_id = data.get("generationId")
     if (task_ids is None or task_ids == []) and not (

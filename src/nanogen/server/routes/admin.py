@@ -19,7 +19,7 @@ from starlette.responses import Response
 from nanogen import errors, ledger
 from nanogen.db import read_connection, write_transaction
 from nanogen.products import MAX_GRANT, format_usd
-from nanogen.schemas import validate
+from nanogen.schemas import Identifier, Text, has_control_characters, validate
 from nanogen.server.deps import json_body, services
 from nanogen.server.responses import FastJSONResponse
 from nanogen.tasks import store
@@ -42,14 +42,14 @@ router = APIRouter(prefix="/admin", tags=["Admin"], dependencies=[Depends(requir
 
 
 class NewAccount(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Identifier = Field(min_length=1, max_length=200)
     credits: StrictInt = Field(default=0, ge=0, le=MAX_GRANT)
-    keyName: str = Field(default="", max_length=200)
+    keyName: Identifier = Field(default="", max_length=200)
 
 
 class Grant(BaseModel):
     credits: StrictInt = Field(gt=0, le=MAX_GRANT)
-    memo: str = Field(default="", max_length=500)
+    memo: Text = Field(default="", max_length=500)
 
 
 def _account_view(
@@ -134,8 +134,10 @@ async def grant(account: str, request: Request) -> Response:
 async def create_key(account: str, request: Request) -> Response:
     data = await json_body(request)
     name = data.get("name", "")
-    if not isinstance(name, str) or len(name) > 200:
-        raise errors.InvalidParameter("name must be a string of at most 200 characters", field="name")
+    if not isinstance(name, str) or len(name) > 200 or has_control_characters(name):
+        raise errors.InvalidParameter(
+            "name must be a string of at most 200 characters, without control characters", field="name"
+        )
 
     def create(db: sa.Engine) -> dict[str, Any]:
         with write_transaction(db) as conn:
