@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from nanogen.storage import (
     new_key,
 )
 from nanogen.storage.s3 import S3Storage
+from nanogen.tasks import retention
 from tests.conftest import free_port
 from tests.storage.conftest import ACCESS_KEY, SECRET_KEY, MotoS3
 
@@ -153,3 +155,38 @@ def test_an_unreachable_or_missing_bucket_is_unavailable_not_a_crash(s3: MotoS3)
         missing_bucket.ping()
     with pytest.raises(StorageUnavailable):
         missing_bucket.put_bytes(new_key("in", "input.png"), b"x")
+
+
+def test_the_upload_sweep_lists_uploads_and_deletes_only_the_expired(storage: Storage) -> None:
+    """What the upload sweeper does in every worker, on both backends: list the ``up`` kind, delete
+    the keys whose expiry has passed, touch nothing else."""
+    now = time.time()
+    expired = [new_key("up", f"{int(now) - 5}.png"), new_key("up", f"{int(now)}.jpg")]
+    live = new_key("up", f"{int(now) + 3600}.webp")
+    others = [new_key("out", f"{int(now) - 5}.png"), new_key("in", "input.png")]
+    for key in [*expired, live, *others]:
+        storage.put_bytes(key, b"bytes of " + key.encode())
+    assert sorted(storage.keys("up")) == sorted([*expired, live])
+    assert sorted(storage.keys("out")) == [others[0]]
+
+    assert retention.sweep_uploads(storage, now) == 2
+    assert list(storage.keys("up")) == [live]
+    for key in expired:
+        with pytest.raises(FileMissing):
+            storage.read_bytes(key)
+    for key in [live, *others]:
+        assert storage.read_bytes(key) == b"bytes of " + key.encode()
+    assert retention.sweep_uploads(storage, now) == 0, "idempotent"
+    assert retention.sweep_uploads(storage, now + 3600) == 1
+    assert list(storage.keys("up")) == []
+    assert list(storage.keys("nothing")) == []
+
+
+def test_a_crashed_local_upload_write_is_swept_too(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "outputs", "http://nanogen.test")
+    key = new_key("up", f"{int(time.time()) - 1}.png")
+    leftover = tmp_path / "outputs" / key
+    leftover.parent.mkdir(parents=True)
+    (leftover.parent / f".{leftover.name}.0badcafe.tmp").write_bytes(b"half an upload")
+    assert retention.sweep_uploads(storage, time.time()) == 1
+    assert not leftover.parent.exists(), "the file and its emptied folder are gone"

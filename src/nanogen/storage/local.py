@@ -6,7 +6,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,20 @@ class LocalStorage:
     def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:
             self.delete(key)
+
+    def keys(self, kind: str) -> Iterator[str]:
+        # Only <kind>/<token>/<name> files; temporary files of writes in progress are listed too
+        # (``.<name>.<hex>.tmp``), so that one left by a crash is found like any other.
+        if not kind.isalpha():
+            raise ValueError(f"invalid storage kind {kind!r}")
+        base = self.root / kind
+        with contextlib.suppress(FileNotFoundError):
+            for folder in base.iterdir():
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    for path in folder.iterdir():
+                        key = f"{kind}/{folder.name}/{path.name}"
+                        if is_valid_key(key) and path.is_file():
+                            yield key
 
     def open(self, key: str, byte_range: str | None) -> Download:
         path = self.local_path(key)

@@ -194,6 +194,14 @@ class S3Storage:
                 log.warning("S3 kept %d of %d objects to delete: %s", len(failed), len(batch), codes)
                 raise StorageUnavailable(f"Storage refused to delete {len(failed)} objects")
 
+    def keys(self, kind: str) -> Iterator[str]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{kind}/")
+        with _translated(f"{kind}/"):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if is_valid_key(item["Key"]):
+                        yield item["Key"]
+
     def open(self, key: str, byte_range: str | None) -> Download:
         if not is_valid_key(key):
             raise FileMissing(key)

@@ -23,7 +23,7 @@ from nanogen.storage import make_storage
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks import store
 from nanogen.tasks.periodic import Periodic
-from nanogen.tasks.retention import RetentionSweeper
+from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
 from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,12 @@ class Process:
     watchdog: Watchdog | None = None
     queues: list[str] = field(default_factory=list)
     retention: RetentionSweeper | None = None
+    uploads: UploadSweeper | None = None
 
     def stop(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.stop()
-        if self.retention is not None:
-            self.retention.stop()
+        for sweeper in (self.watchdog, self.retention, self.uploads):
+            if sweeper is not None:
+                sweeper.stop()
         # Stops the queue pollers, then gives running workflows the grace period; what is left
         # stays with this executor id (recovered on restart) or goes to the deadline watchdog.
         DBOS.destroy(workflow_completion_timeout_sec=self.runtime.settings.shutdown_grace_s)
@@ -149,6 +149,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
         if settings.retention_days is not None:  # off by default: keep every file
             process.retention = RetentionSweeper(rt, settings.retention_days)
             process.retention.start()
+        process.uploads = UploadSweeper(rt)  # on by default: uploads always expire
+        process.uploads.start()
     return process
 
 

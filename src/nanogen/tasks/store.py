@@ -21,6 +21,12 @@ from nanogen.db import Prepared, Query, Reads, generations, tasks
 from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
+# A multi-shot video's concatenation (``concat_status``): pending -> completed | failed. Failed with
+# ``concat_error`` when joining failed; failed without one when a shot failed (nothing to join).
+CONCAT_PENDING = "pending"
+CONCAT_COMPLETED = "completed"
+CONCAT_FAILED = "failed"
+
 
 class TaskRecord(NamedTuple):
     """A task row. A tuple, not a frozen dataclass: every poll builds these, and a frozen dataclass's
@@ -304,18 +310,62 @@ def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str
     return result.rowcount == 1
 
 
+def clip(text: str, column: sa.Column[Any]) -> str:
+    """Exception or provider text made storable in a VARCHAR ``column``: cut to its length (PostgreSQL
+    refuses a longer value, and the write that records a failure must never itself fail), NUL
+    characters (which PostgreSQL refuses in text) and lone surrogates (which no driver can encode)
+    replaced."""
+    length = getattr(column.type, "length", None)
+    cleaned = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return cleaned[:length] if length else cleaned
+
+
 def fail_and_refund(conn: sa.Connection, task_id: str, error: str) -> bool:
-    """Fail an open task and refund its credits, in the caller's transaction. False if it had ended."""
+    """Fail an open task and refund its credits, in the caller's transaction. False if it had ended.
+
+    A failed shot also settles its generation's pending concatenation as failed (there is nothing to
+    join: the shots can no longer all complete), in the same transaction, so that no multi-shot
+    video stays ``pending`` forever whichever path failed the shot (its workflow, the deadline
+    watchdog). The error stays NULL: the client's answer names no ``concatenationError``."""
+    error = clip(error, tasks.c.error)
     result = conn.execute(
         sa.update(tasks)
         .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
-        .values(status=TaskStatus.FAILED.value, progress=0, error=error[:2000], finished_at=time.time())
-        .returning(tasks.c.account_id, tasks.c.credits)
+        .values(status=TaskStatus.FAILED.value, progress=0, error=error, finished_at=time.time())
+        .returning(tasks.c.account_id, tasks.c.credits, tasks.c.generation_id, tasks.c.product)
     ).first()
     if result is None:
         return False
     ledger.refund(conn, result.account_id, task_id, int(result.credits), memo=error)
+    if result.product == Product.VIDEO.value:
+        conn.execute(
+            sa.update(generations)
+            .where(generations.c.id == result.generation_id, generations.c.concat_status == CONCAT_PENDING)
+            .values(concat_status=CONCAT_FAILED)
+        )
     return True
+
+
+def settle_concats_of_failed_shots(conn: sa.Connection, created_before: float) -> int:
+    """Settle as failed the concatenations still ``pending`` although a shot failed (left so by
+    versions before ``fail_and_refund`` settled them), of generations made before ``created_before``
+    whose files are not yet expired. Idempotent; the number settled."""
+    failed_shot = (
+        sa.select(tasks.c.id)
+        .where(tasks.c.generation_id == generations.c.id, tasks.c.status == TaskStatus.FAILED.value)
+        .exists()
+    )
+    result = conn.execute(
+        sa.update(generations)
+        .where(
+            generations.c.files_expired_at.is_(None),
+            generations.c.created_at < created_before,
+            generations.c.concat_status == CONCAT_PENDING,
+            failed_shot,
+        )
+        .values(concat_status=CONCAT_FAILED)
+    )
+    return int(result.rowcount)
 
 
 def set_concat(
@@ -326,9 +376,17 @@ def set_concat(
     url: str | None = None,
     key: str | None = None,
     error: str | None = None,
-) -> None:
-    conn.execute(
+) -> bool:
+    """Settle a pending concatenation (``completed`` with its url and key, or ``failed`` with why).
+    Conditional: once settled (joined, failed, or a shot failed) it never changes again; False then."""
+    result = conn.execute(
         sa.update(generations)
-        .where(generations.c.id == generation_id)
-        .values(concat_status=status, concat_url=url, concat_key=key, concat_error=error)
+        .where(generations.c.id == generation_id, generations.c.concat_status == CONCAT_PENDING)
+        .values(
+            concat_status=status,
+            concat_url=url,
+            concat_key=key,
+            concat_error=None if error is None else clip(error, generations.c.concat_error),
+        )
     )
+    return result.rowcount == 1

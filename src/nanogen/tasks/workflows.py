@@ -228,11 +228,14 @@ def fail_step(task_id: str, error: str) -> bool:
 
 @database_step("nanogen.request_concat")
 def request_concat_step(generation_id: str) -> bool:
-    """Start the concatenation once every shot completed. Every shot asks after completing; the
-    fixed workflow id makes the concatenation run once however many ask."""
+    """Start the concatenation once every shot completed and it is still pending. Every shot asks
+    after completing; the fixed workflow id makes the concatenation run once however many ask."""
     rt = current()
     with read_connection(rt.db) as conn:
+        generation = store.get_generation(conn, generation_id)
         shots = store.generation_tasks(conn, generation_id)
+    if generation is None or generation.concat_status != store.CONCAT_PENDING:
+        return False
     if not all(s.status is TaskStatus.COMPLETED for s in shots):
         return False
     rt.dbos_client.enqueue(
@@ -254,14 +257,18 @@ def concatenate(generation_id: str) -> str:
 
 @database_step("nanogen.concat")
 def concat_step(generation_id: str) -> str:
+    """Join the shots and settle the concatenation. Runs only while it is pending, and settling is
+    conditional (store.set_concat): a concatenation settled meanwhile (a shot failed, another run
+    finished) is never overwritten, and the file this run stored is then deleted."""
     rt = current()
     with read_connection(rt.db) as conn:
         generation = store.get_generation(conn, generation_id)
         shots = store.generation_tasks(conn, generation_id)
-    if generation is None or generation.concat_status == "completed":
+    if generation is None or generation.concat_status != store.CONCAT_PENDING:
         return "ended"
     scratch = rt.settings.scratch_dir / f"concat_{generation_id}"
     scratch.mkdir(parents=True, exist_ok=True)
+    key: str | None = None
     try:
         inputs = [_local_copy(rt, s.output_key, scratch / f"{i:02d}.mp4") for i, s in enumerate(shots)]
         dest = scratch / "concatenated.mp4"
@@ -270,16 +277,37 @@ def concat_step(generation_id: str) -> str:
         key = new_key("out", f"{generation_id}.mp4")
         rt.storage.put_file(key, dest)
         with write_transaction(rt.db) as conn:
-            store.set_concat(conn, generation_id, "completed", url=rt.storage.url_for(key), key=key)
+            settled = store.set_concat(
+                conn, generation_id, store.CONCAT_COMPLETED, url=rt.storage.url_for(key), key=key
+            )
+        if not settled:
+            _discard(rt, key)
+            return "ended"
         log.info("concatenated %s (%s) in %.2fs", generation_id, result, time.monotonic() - started)
         return "completed"
     except Exception as exc:
+        # The database, not the shots: the step runs again once it is back. A file stored by this
+        # run is kept: the commit that recorded it may have succeeded before the connection broke.
+        if transient(exc):
+            raise
+        if key is not None:  # not recorded (the write failed outright): nobody's
+            _discard(rt, key)
         log.exception("concatenation of %s failed", generation_id)
         with write_transaction(rt.db) as conn:
-            store.set_concat(conn, generation_id, "failed", error=f"Concatenation failed: {exc}")
-        return "failed"
+            settled = store.set_concat(
+                conn, generation_id, store.CONCAT_FAILED, error=f"Concatenation failed: {exc}"
+            )
+        return "failed" if settled else "ended"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _discard(rt: Runtime, key: str) -> None:
+    """Delete a stored output nothing will record (best effort: it is nobody's either way)."""
+    try:
+        rt.storage.delete(key)
+    except Exception:
+        log.warning("could not delete the unrecorded output %s", key, exc_info=True)
 
 
 def _local_copy(rt: Runtime, key: str | None, dest: Path) -> Path:
