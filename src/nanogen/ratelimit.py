@@ -1,8 +1,10 @@
 """Per-key request limits: moving windows in process memory by default, in Redis (the ``limits``
 library) to share them between processes.
 
-Two budgets per API key: generate requests (the pages' 100/hour) and check-status polling, which has
-its own generous budget so a client polling every few seconds never runs into the generate limit.
+Budgets per API key: generate requests (the pages' 100/hour), check-status polling, which has its own
+generous budget so a client polling every few seconds never runs into the generate limit, and
+uploads. Each budget counts only its own requests, even when two are set to the same rate: its name is
+part of every counter's key.
 
 The in-process windows answer in microseconds, so they are counted on the event loop itself (a thread
 hop per request cost more than the count); Redis is counted in a worker thread.
@@ -26,6 +28,7 @@ import math
 import threading
 import time
 from collections import deque
+from typing import NamedTuple
 
 from anyio import to_thread
 from limits import RateLimitItem, parse
@@ -42,6 +45,26 @@ SWEEP_EVERY_S = 60.0  # how often the in-process windows drop the keys that went
 _REDIS_OPTIONS: dict[str, float | str | bool] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 
 
+class Budget(NamedTuple):
+    """A named rate: the name keeps its counters apart from another budget of the same rate."""
+
+    name: str
+    item: RateLimitItem
+    label: str = ""  # what the 429 message calls the requests counted ("" for the pages' own)
+
+    @classmethod
+    def parse(cls, name: str, rate: str, label: str = "") -> Budget:
+        return cls(name, parse(rate), label)
+
+    def exceeded(self, retry_after: int) -> RateLimited:
+        """The 429 stating this budget, in the pages' words for the default ("100 req/hour")."""
+        item = self.item
+        unit = item.GRANULARITY.name
+        per = unit if item.multiples == 1 else f"{item.multiples} {unit}s"
+        what = f" of {self.label}" if self.label else ""
+        return RateLimited(retry_after, f"Rate limit exceeded ({item.amount} req/{per}{what})")
+
+
 class LocalWindows:
     """Moving windows in this process's memory: per key and budget, the times of the requests in it.
 
@@ -52,15 +75,16 @@ class LocalWindows:
     """
 
     def __init__(self) -> None:
-        self._windows: dict[tuple[int, int, str], deque[float]] = {}
+        self._windows: dict[tuple[str, int, str], deque[float]] = {}
         self._lock = threading.Lock()  # the event loop counts, and so do worker threads (fallback)
         self._swept_at = time.monotonic()
 
-    def hit(self, item: RateLimitItem, key_id: str) -> float | None:
+    def hit(self, budget: Budget, key_id: str) -> float | None:
         """Count one request: None when it fits, else the seconds until a slot frees."""
         now = time.monotonic()
+        item = budget.item
         period = item.get_expiry()
-        key = (item.amount, period, key_id)
+        key = (budget.name, period, key_id)
         with self._lock:
             if now - self._swept_at > SWEEP_EVERY_S:
                 self._sweep(now)
@@ -87,11 +111,13 @@ class RateLimiter:
         status: str,
         storage_uri: str = "memory://",
         *,
+        upload: str = "300/hour",
         key_prefix: str = "nanogen",
         fail_closed: bool = False,
     ) -> None:
-        self.generate = parse(generate)
-        self.status = parse(status)
+        self.generate = Budget.parse("generate", generate)
+        self.status = Budget.parse("status", status, "check-status requests")
+        self.upload = Budget.parse("upload", upload, "uploads")
         self.shared = not storage_uri.startswith("memory://")
         self._fail_closed = fail_closed
         self._local = LocalWindows()  # the budgets, or the fallback while shared storage is down
@@ -105,37 +131,38 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic; > now while shared storage is considered down
 
-    async def count(self, item: RateLimitItem, key_id: str) -> None:
+    async def count(self, budget: Budget, key_id: str) -> None:
         """``hit`` for request handlers: in-process windows are counted on the event loop itself."""
         if not self.shared:
-            self.hit(item, key_id)
+            self.hit(budget, key_id)
         else:
-            await to_thread.run_sync(self.hit, item, key_id)
+            await to_thread.run_sync(self.hit, budget, key_id)
 
-    def hit(self, item: RateLimitItem, key_id: str) -> None:
+    def hit(self, budget: Budget, key_id: str) -> None:
         """Count one request; raise RateLimited (with seconds until a slot frees) past the budget."""
-        wait = self._local.hit(item, key_id) if self._shared is None else self._shared_hit(item, key_id)
+        wait = self._local.hit(budget, key_id) if self._shared is None else self._shared_hit(budget, key_id)
         if wait is not None:
-            raise RateLimited(max(1, math.ceil(wait)))
+            raise budget.exceeded(max(1, math.ceil(wait)))
 
-    def _shared_hit(self, item: RateLimitItem, key_id: str) -> float | None:
+    def _shared_hit(self, budget: Budget, key_id: str) -> float | None:
         assert self._shared is not None
         if time.monotonic() < self._down_until:
-            return self._unavailable(item, key_id)
+            return self._unavailable(budget, key_id)
         try:
             wait = None
-            if not self._shared.hit(item, key_id):
-                wait = self._shared.get_window_stats(item, key_id).reset_time - time.time()
+            if not self._shared.hit(budget.item, budget.name, key_id):
+                stats = self._shared.get_window_stats(budget.item, budget.name, key_id)
+                wait = stats.reset_time - time.time()
         except StorageError as exc:
             self._went_down(exc)
-            return self._unavailable(item, key_id)
+            return self._unavailable(budget, key_id)
         self._came_back()
         return wait
 
-    def _unavailable(self, item: RateLimitItem, key_id: str) -> float | None:
+    def _unavailable(self, budget: Budget, key_id: str) -> float | None:
         if self._fail_closed:
             raise ServiceUnavailable("Rate limit storage unreachable, retry shortly")
-        return self._local.hit(item, key_id)
+        return self._local.hit(budget, key_id)
 
     def _went_down(self, exc: Exception) -> None:
         with self._lock:

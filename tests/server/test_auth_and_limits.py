@@ -78,18 +78,30 @@ def test_polling_a_21_shot_video_every_5_seconds_never_hits_the_limit(server: Se
     assert codes == {404}
 
 
-def test_polling_budget_is_enforced_too(tmp_path: object) -> None:
+def test_budgets_of_the_same_rate_count_apart_and_429_states_the_real_budget(tmp_path: object) -> None:
     from pathlib import Path
 
-    srv = Server(Path(str(tmp_path)), extra_env={"NANOGEN_RATE_LIMIT_STATUS": "5/minute"}).start()
+    same = {f"NANOGEN_RATE_LIMIT_{b}": "5/minute" for b in ("GENERATE", "STATUS", "UPLOAD")}
+    srv = Server(Path(str(tmp_path)), extra_env=same).start()
     try:
         account = srv.new_account(0)
         with account.client() as c:
-            codes = [
+            polls = [
                 c.post("/api/nano-banana-2/check-status", json={"generationId": "g"}).status_code
                 for _ in range(6)
             ]
-        assert codes == [404] * 5 + [429]
+            assert polls == [404] * 5 + [429]
+            limited = c.get("/api/account")  # GET /api/account counts against the polling budget
+            assert limited.status_code == 429
+            assert limited.json()["error"] == "Rate limit exceeded (5 req/minute of check-status requests)"
+            # The generate budget, set to the same rate, has counted none of them.
+            generates = [c.post("/api/nano-banana-2/generate", json={"prompt": "x"}) for _ in range(6)]
+            assert [r.status_code for r in generates] == [402] * 5 + [429]
+            assert generates[-1].json()["error"] == "Rate limit exceeded (5 req/minute)"
+            assert 1 <= int(generates[-1].headers["Retry-After"]) <= 60
+            # Nor has the upload budget.
+            r = c.post("/api/uploads", content=b"not an image", headers={"Content-Type": "image/png"})
+            assert r.status_code == 400, r.text
     finally:
         srv.stop()
 

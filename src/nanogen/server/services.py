@@ -46,6 +46,7 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
         settings.rate_limit_generate,
         settings.rate_limit_status,
         settings.rate_limit_storage,
+        upload=settings.rate_limit_upload,
         key_prefix=settings.rate_limit_prefix,
         fail_closed=settings.rate_limit_fail == "closed",
     )
