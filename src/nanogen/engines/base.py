@@ -3,7 +3,9 @@
 An engine is constructed once per process from the settings and then called from worker threads
 (DBOS steps), possibly several calls at once up to the queue's concurrency. Engines write their output
 to ``dest`` (a path in a scratch directory) and report progress from 0 to 100 through ``progress``.
-Errors the client should see are raised as :class:`nanogen.errors.EngineError`.
+Errors the client should see are raised as :class:`nanogen.errors.EngineError`. Every wait an
+engine makes goes through its job (``job.wait``), which ends at the task's deadline or when the
+task ends elsewhere, so that no job holds a worker slot for longer than its task lives.
 
 Capabilities are class attributes (like llm's ``can_stream``), checked before any credit moves.
 
@@ -16,13 +18,15 @@ re-run after a crash awaits the recorded operation again instead of paying for a
 from __future__ import annotations
 
 import math
+import threading
+import time
 from abc import ABC
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from nanogen.errors import NanogenError
+from nanogen.errors import EngineError, NanogenError
 from nanogen.products import (
     SHOT_FPS,
     SHOT_SECONDS,
@@ -52,8 +56,39 @@ class InputImage:
     source_url: str = ""
 
 
+# What a job stopped at its deadline tells the client (the watchdog fails late tasks with the same words).
+DEADLINE_MESSAGE = "Generation timed out (deadline exceeded); credits refunded"
+
+
+class JobStopped(EngineError):
+    """The job may not go on: its deadline passed, or its task ended elsewhere (failed, canceled)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """When a job must stop. Engines wait with :meth:`wait` (never ``time.sleep``) and call
+    :meth:`check` between stages, so that a stopped job frees its worker slot at once instead of
+    holding it until its wait is over."""
+
+    deadline: float = math.inf  # epoch seconds: the task fails at this time, so stop then
+    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def check(self) -> None:
+        """Raise :class:`JobStopped` when the job is stopped or past its deadline."""
+        if self.stop.is_set():
+            raise JobStopped("Generation stopped: its task ended")
+        if time.time() >= self.deadline:
+            raise JobStopped(DEADLINE_MESSAGE)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, cut short by a stop or the deadline (then :class:`JobStopped`)."""
+        self.check()
+        self.stop.wait(max(0.0, min(seconds, self.deadline - time.time())))
+        self.check()
+
+
 @dataclass(frozen=True)
-class ImageJob:
+class ImageJob(Job):
     task_id: str
     prompt: str
     mode: ImageMode
@@ -63,11 +98,10 @@ class ImageJob:
     height: int
     google_search: bool = False
     images: tuple[InputImage, ...] = ()
-    deadline: float = math.inf  # epoch seconds: the task fails at this time, so stop waiting then
 
 
 @dataclass(frozen=True)
-class ShotJob:
+class ShotJob(Job):
     task_id: str
     prompt: str
     generation_type: GenerationType
@@ -78,7 +112,6 @@ class ShotJob:
     images: tuple[InputImage, ...] = ()
     seconds: int = SHOT_SECONDS
     fps: int = SHOT_FPS
-    deadline: float = math.inf
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nanogen.engines.base import Engine, ImageJob, InputImage, Output, ProgressFn, ShotJob
+from nanogen.engines.base import Engine, ImageJob, InputImage, Job, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
 from nanogen.media import images as im
 from nanogen.media import video as vid
@@ -171,8 +171,23 @@ def _draw_prompt(card: Image.Image, text: str, box: Box, unit: int) -> None:
     im.draw_text_block(card, text or "(empty prompt)", box, size, (255, 255, 255))
 
 
-def _load_inputs(images: Sequence[InputImage]) -> list[Image.Image]:
-    return [im.open_rgb(image.data) for image in images]
+def _load_inputs(images: Sequence[InputImage], cover: tuple[int, int]) -> list[Image.Image]:
+    """The inputs as RGB pictures about as large as they are drawn (``cover``), not as the files are:
+    each decoded once however many times it is named (the same object repeats), one at a time."""
+    decoded: dict[int, Image.Image] = {}
+    for image in images:
+        if id(image) not in decoded:
+            decoded[id(image)] = im.open_rgb(image.data, cover=cover)
+    return [decoded[id(image)] for image in images]
+
+
+def _input_cell(size: tuple[int, int], count: int) -> tuple[int, int]:
+    """At least the size of the grid cell each of ``count`` inputs gets on a card of ``size``
+    (:func:`render_card`'s layout, before the badges take their rows)."""
+    unit = _unit(size)
+    box, _ = _split((unit, unit, size[0] - unit, size[1] - unit), unit)
+    left, top, right, bottom = im.grid_cells(max(1, count), _inset(box, unit // 2), unit // 2)[0]
+    return right - left, bottom - top
 
 
 # -- the engine -------------------------------------------------------------------------------------
@@ -191,15 +206,16 @@ class SandboxEngine(Engine):
         started = time.monotonic()
         directives = parse_prompt(job.prompt)
         if directives.fail or directives.error:  # nothing to deliver: wait, then fail as asked
-            self._simulate(directives, started, progress)
+            self._simulate(job, directives, started, progress)
         badges = ["NANOGEN SANDBOX", f"{job.quality.value} · {job.aspect_ratio.value}", job.mode.value]
         if job.google_search:
             badges.append("search")
-        inputs = _load_inputs(job.images) if job.mode is ImageMode.EDIT else []
+        cell = _input_cell((job.width, job.height), len(job.images))
+        inputs = _load_inputs(job.images, cell) if job.mode is ImageMode.EDIT else []
         palette = Palette.from_text(directives.text)
         card = render_card((job.width, job.height), directives.text, badges, palette, inputs)
         im.save_png(card, dest)
-        self._simulate(directives, started, progress)
+        self._simulate(job, directives, started, progress)
         progress(100)
         return Output(dest, "image/png", {"engine": self.name, "width": job.width, "height": job.height})
 
@@ -207,9 +223,9 @@ class SandboxEngine(Engine):
         started = time.monotonic()
         directives = parse_prompt(job.prompt)
         if directives.fail or directives.error:  # nothing to deliver: wait, then fail as asked
-            self._simulate(directives, started, progress)
+            self._simulate(job, directives, started, progress)
         frames = render_shot(job, directives.text, dest)
-        self._simulate(directives, started, progress)
+        self._simulate(job, directives, started, progress)
         progress(100)
         metadata: dict[str, object] = {
             "engine": self.name,
@@ -220,12 +236,14 @@ class SandboxEngine(Engine):
         }
         return Output(dest, "video/mp4", metadata)
 
-    def _simulate(self, directives: Directives, started: float, progress: ProgressFn) -> None:
-        """Wait out what is left of the simulated latency in steps, then fail if the prompt asks to."""
+    def _simulate(self, job: Job, directives: Directives, started: float, progress: ProgressFn) -> None:
+        """Wait out what is left of the simulated latency in steps, then fail if the prompt asks to.
+        The wait is the job's: it ends at the task's deadline or when the task ends, freeing the slot
+        (a free ``[sandbox:slow=...]`` prompt must not hold a worker thread past its task)."""
         latency = self.settings.sandbox_latency_s if directives.slow_s is None else directives.slow_s
         steps = self.settings.sandbox_progress_steps
         for step in range(1, steps + 1):
-            time.sleep(max(0.0, started + latency * step / steps - time.monotonic()))
+            job.wait(started + latency * step / steps - time.monotonic())
             if step < steps:  # 100 is reported only once the job is delivered
                 progress(step * 100 // steps)
         if directives.fail:
@@ -266,14 +284,18 @@ def _scene(job: ShotJob, text: str, palette: Palette, reserve: int) -> tuple[Ima
     kind = job.generation_type
     badges = ["NANOGEN SANDBOX", f"{job.resolution.value} · {job.aspect_ratio.value}", kind.value]
     if kind is GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO and job.images:
-        inputs = _load_inputs(job.images)
+        inputs = _load_inputs(job.images, size)
         first = _captioned(im.fit_cover(inputs[0], size), text, badges, palette)
         if len(inputs) > 1:
             last = _captioned(im.fit_cover(inputs[1], size), text, badges, palette)
         else:
             last = render_card(size, text, badges, palette, bottom_reserve=reserve)
         return first, last
-    references = _load_inputs(job.images) if kind is GenerationType.REFERENCE_2_VIDEO else []
+    references = (
+        _load_inputs(job.images, _input_cell(size, len(job.images)))
+        if kind is GenerationType.REFERENCE_2_VIDEO
+        else []
+    )
     return render_card(size, text, badges, palette, references, bottom_reserve=reserve), None
 
 

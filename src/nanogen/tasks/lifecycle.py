@@ -1,7 +1,7 @@
 """Starting and stopping a process's runtime: database, storage, engines, DBOS, the deadline watchdog.
 
 The four DBOS settings that decide whether paid work is lost or done twice
-(shared/design/execution.md) are set here: a pinned ``application_version``, one stable
+are set here: a pinned ``application_version``, one stable
 ``executor_id`` per process (``<role>-<hostname>`` unless set), steps that re-run after a crash
 (the workflows are written for it), and cancellation that the watchdog follows with its own refund.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from dbos import DBOS, DBOSClient
 
 from nanogen.db import make_engine, read_connection, write_transaction
-from nanogen.engines.base import Engine
+from nanogen.engines.base import DEADLINE_MESSAGE, Engine
 from nanogen.engines.registry import default_registry
 from nanogen.products import Product
 from nanogen.settings import Settings
@@ -28,7 +28,7 @@ from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
 
 log = logging.getLogger(__name__)
 
-DEADLINE_ERROR = "Generation timed out (deadline exceeded); credits refunded"
+DEADLINE_ERROR = DEADLINE_MESSAGE
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -155,7 +155,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
 
 
 class Watchdog(Periodic):
-    """Fails and refunds every task past its deadline, then cancels its workflow.
+    """Fails and refunds every task past its deadline, then cancels its workflow; and stops the jobs
+    running here whose task has ended, whichever process ended it, so their slots are freed.
 
     Idempotent (a conditional transition), so any number of processes may run one.
     """
@@ -174,8 +175,21 @@ class Watchdog(Periodic):
                     continue
             failed += 1
             log.warning("task %s passed its deadline: failed and refunded", task_id)
+            self._rt.running.stop(task_id)
             try:
                 DBOS.cancel_workflow(task_id)
             except Exception:
                 log.exception("could not cancel workflow %s", task_id)
+        self._stop_ended_jobs()
         return failed
+
+    def _stop_ended_jobs(self) -> None:
+        """Engines check their own deadline; this catches tasks ended by another process."""
+        running = self._rt.running.task_ids()
+        if not running:
+            return
+        with read_connection(self._rt.db) as conn:
+            ended = store.ended_task_ids(conn, running)
+        for task_id in ended:
+            if self._rt.running.stop(task_id):
+                log.info("task %s ended while its job ran here: job stopped", task_id)

@@ -7,6 +7,9 @@ point (``nanogen serve`` / ``nanogen worker``), never at import.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,39 @@ if TYPE_CHECKING:
     from nanogen.storage import Storage
 
 
+class RunningJobs:
+    """The jobs this process's engines are running, each with the signal that stops it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, threading.Event] = {}
+
+    @contextmanager
+    def track(self, task_id: str) -> Iterator[threading.Event]:
+        stop = threading.Event()
+        with self._lock:
+            self._jobs[task_id] = stop
+        try:
+            yield stop
+        finally:
+            with self._lock:
+                if self._jobs.get(task_id) is stop:
+                    del self._jobs[task_id]
+
+    def task_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._jobs)
+
+    def stop(self, task_id: str) -> bool:
+        """Stop the job of ``task_id`` if it runs here; True when it did."""
+        with self._lock:
+            stop = self._jobs.get(task_id)
+        if stop is None:
+            return False
+        stop.set()
+        return True
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -30,6 +66,7 @@ class Runtime:
     engines: dict[Product, Engine]
     dbos_client: DBOSClient
     engine_names: dict[Product, str] = field(default_factory=dict)
+    running: RunningJobs = field(default_factory=RunningJobs)
 
     def queue_for(self, product: Product) -> str:
         return queue_name(product, self.engine_names[product])

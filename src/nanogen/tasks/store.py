@@ -241,6 +241,12 @@ def overdue_task_ids(conn: sa.Connection, now: float, limit: int = 100) -> list[
     return [r.id for r in rows]
 
 
+def ended_task_ids(conn: sa.Connection, task_ids: list[str]) -> list[str]:
+    """Those of ``task_ids`` whose task is terminal (the watchdog stops their jobs)."""
+    rows = conn.execute(sa.select(tasks.c.id).where(tasks.c.id.in_(task_ids), tasks.c.status.not_in(OPEN)))
+    return [r.id for r in rows]
+
+
 # -- transitions -------------------------------------------------------------------------------------
 def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     """pending -> generating; the task as it now is, or None once terminal."""

@@ -2,7 +2,7 @@
 
 Each workflow is a few steps whose effects are idempotent: ``start`` and the terminal transitions
 are conditional on the task's current status (store.py), and a failure refunds in the transaction
-that fails the task. A step interrupted by a crash runs again on recovery (shared/design/execution.md):
+that fails the task. A step interrupted by a crash runs again on recovery (DBOS steps are at-least-once):
 for the sandbox that means rendering again. Engines whose jobs are a provider's long-running
 operation (video on Google) get a ``submit`` step between start and render: it starts the paid work
 and records the operation on the task row, and DBOS records the step's result, so a recovered
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,28 +150,32 @@ def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _shot_job(rt: Runtime, record: store.TaskRecord) -> ShotJob:
+def _shot_job(rt: Runtime, record: store.TaskRecord, stop: threading.Event | None = None) -> ShotJob:
     images = jobs.load_inputs(rt.storage, record.params)
-    return dataclasses.replace(jobs.shot_job(record.id, record.params, images), deadline=record.deadline_at)
+    job = jobs.shot_job(record.id, record.params, images)
+    return dataclasses.replace(job, deadline=record.deadline_at, stop=stop or threading.Event())
 
 
 def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path, operation: str | None) -> Output:
     engine = rt.engines[record.product]
     progress = _progress_reporter(rt, record.id)
-    if record.product is Product.IMAGE:
-        images = jobs.load_inputs(rt.storage, record.params)
-        job = dataclasses.replace(
-            jobs.image_job(record.id, record.params, images), deadline=record.deadline_at
-        )
-        output = engine.generate_image(job, scratch / "image.png", progress)
-        _record_cost(rt, engine, job, record)
+    # The job's stop signal is this process's handle on it: the watchdog sets it when the task ends
+    # (its deadline, or failed or canceled by any process), and the engine's waits end at once.
+    with rt.running.track(record.id) as stop:
+        if record.product is Product.IMAGE:
+            images = jobs.load_inputs(rt.storage, record.params)
+            job = dataclasses.replace(
+                jobs.image_job(record.id, record.params, images), deadline=record.deadline_at, stop=stop
+            )
+            output = engine.generate_image(job, scratch / "image.png", progress)
+            _record_cost(rt, engine, job, record)
+            return output
+        shot = _shot_job(rt, record, stop)
+        if operation is not None:
+            return engine.await_shot(shot, operation, scratch / "shot.mp4", progress)
+        output = engine.generate_shot(shot, scratch / "shot.mp4", progress)
+        _record_cost(rt, engine, shot, record)
         return output
-    shot = _shot_job(rt, record)
-    if operation is not None:
-        return engine.await_shot(shot, operation, scratch / "shot.mp4", progress)
-    output = engine.generate_shot(shot, scratch / "shot.mp4", progress)
-    _record_cost(rt, engine, shot, record)
-    return output
 
 
 def _record_cost(rt: Runtime, engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> None:

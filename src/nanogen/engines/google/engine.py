@@ -18,7 +18,7 @@ from typing import ClassVar, TypeVar
 import httpx
 from google.genai import types
 
-from nanogen.engines.base import Check, Engine, ImageJob, Output, ProgressFn, ShotJob
+from nanogen.engines.base import Check, Engine, ImageJob, Job, Output, ProgressFn, ShotJob
 from nanogen.engines.google import images
 from nanogen.engines.google.backends import BACKENDS
 from nanogen.engines.google.calls import Backoff, ProviderError, remaining, retrying, sdk
@@ -110,7 +110,7 @@ class GoogleEngine(Engine):
                 )
             )
 
-        response = self._retry(call, "image generation", job.deadline, idempotent=False)
+        response = self._retry(call, "image generation", job, idempotent=False)
         dest.write_bytes(images.png_from(response))
         progress(90)
         return Output(dest, "image/png", {"model": self.models[Product.IMAGE]})
@@ -121,7 +121,7 @@ class GoogleEngine(Engine):
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "submitting to Google")
             return self._backend.veo.submit(job, timeout)
 
-        operation = self._retry(call, "video submission", job.deadline, idempotent=False)
+        operation = self._retry(call, "video submission", job, idempotent=False)
         log.info("task %s: Veo operation %s", job.task_id, operation)
         return operation
 
@@ -132,7 +132,7 @@ class GoogleEngine(Engine):
             finished = self._retry(
                 lambda: self._backend.veo.poll(operation, self._timeout(job)),
                 "polling the video operation",
-                job.deadline,
+                job,
                 idempotent=True,
             )
             if finished is not None:
@@ -142,11 +142,11 @@ class GoogleEngine(Engine):
                 raise EngineError(
                     "Generation timed out (deadline exceeded): Google's video operation had not finished"
                 )
-            time.sleep(interval)
+            job.wait(interval)  # ends early when the task ends: the operation is abandoned, not awaited
         self._retry(
             lambda: self._backend.veo.fetch(finished, dest, self._timeout(job)),
             "downloading the video",
-            job.deadline,
+            job,
             idempotent=True,
         )
         try:
@@ -161,8 +161,15 @@ class GoogleEngine(Engine):
     def _timeout(self, job: ShotJob) -> float:
         return remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
 
-    def _retry(self, call: Callable[[], T], what: str, deadline: float, *, idempotent: bool) -> T:
-        return retrying(call, what=what, deadline=deadline, backoff=self._backoff, idempotent=idempotent)
+    def _retry(self, call: Callable[[], T], what: str, job: Job, *, idempotent: bool) -> T:
+        return retrying(
+            call,
+            what=what,
+            deadline=job.deadline,
+            backoff=self._backoff,
+            idempotent=idempotent,
+            sleep=job.wait,
+        )
 
     # -- nanogen doctor ---------------------------------------------------------------------------------
     def diagnose(self, products: frozenset[Product]) -> list[Check]:
