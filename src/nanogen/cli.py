@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
+import psycopg
 import sqlalchemy as sa
 import typer
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from nanogen.errors import NanogenError
 from nanogen.products import MAX_GRANT, Product, format_usd
 from nanogen.settings import Settings
 from nanogen.tasks import store
+from nanogen.tasks.ownership import Claim
 
 app = typer.Typer(
     help="nanogen: self-hosted NanoPhoto-compatible image and video generation.", no_args_is_help=True
@@ -67,6 +69,22 @@ def _database(settings: Settings) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
+def _claim(settings: Settings, role: str) -> tuple[Settings, Claim]:
+    """Own this process's SQLite database, or its executor id on PostgreSQL, before touching anything
+    (tasks/ownership.py); exit 3 when a live process already does. The settings carry the id owned."""
+    from nanogen.tasks.ownership import AlreadyRunning, claim
+
+    try:
+        owned = claim(settings, role)
+    except AlreadyRunning as exc:
+        err.print(f"[red]not starting[/red]: {escape(str(exc))}")
+        raise typer.Exit(3) from None
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]database unreachable[/red]: {escape(str(exc).strip())}")
+        raise typer.Exit(3) from None
+    return settings.model_copy(update={"executor_id": owned.executor_id}), owned
+
+
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database (nanogen's tables and DBOS's)."""
@@ -89,6 +107,7 @@ def serve(
 
     settings = _settings(host=host, port=port)
     _require_engines(settings)
+    settings, _owned = _claim(settings, "serve" if worker else "api")
     with _database(settings):
         pass
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
@@ -128,10 +147,11 @@ def run_worker(
     configured = {settings.engine_images, settings.engine_videos}
     if unknown := set(settings.worker_engines) - configured:
         err.print(
-            f"[red]--engines {', '.join(sorted(unknown))}: not configured here[/red] "
-            f"(images: {settings.engine_images}, videos: {settings.engine_videos})"
+            f"[red]--engines {escape(', '.join(sorted(unknown)))}: not configured here[/red] "
+            f"(images: {escape(settings.engine_images)}, videos: {escape(settings.engine_videos)})"
         )
         raise typer.Exit(2)
+    settings, owned = _claim(settings, "worker")
     with _database(settings):
         pass
     process = launch(settings, "worker", work=True)
@@ -144,6 +164,7 @@ def run_worker(
     stop.wait()
     err.print("stopping worker")
     process.stop()
+    owned.release()
 
 
 @app.command()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Account, Server, wait_for
+from tests.databases import postgres_database
 
 
 def task_rows(server: Server, account: Account) -> list[tuple[str, str, int, str | None]]:
@@ -108,7 +109,13 @@ def test_a_task_whose_deadline_passed_while_the_server_was_down_is_refunded_on_s
 
 
 def test_api_only_server_with_a_separate_worker_process(tmp_path: Path) -> None:
-    server = Server(tmp_path, args=("--no-worker",)).start()
+    # Several processes on one database is PostgreSQL's job (one SQLite data directory takes one process).
+    with postgres_database("split") as url:
+        _api_and_worker(tmp_path, url)
+
+
+def _api_and_worker(tmp_path: Path, url: str) -> None:
+    server = Server(tmp_path, database_url=url, args=("--no-worker",)).start()
     worker: subprocess.Popen[bytes] | None = None
     try:
         account = server.new_account(100)

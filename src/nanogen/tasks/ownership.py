@@ -1,0 +1,104 @@
+"""Which process owns what: one process per SQLite database, one live process per executor id.
+
+DBOS recovers, at launch, the unfinished workflows of its own executor id. Two live processes with
+one id would each re-run the other's work: a second ``nanogen serve`` on the same data directory did
+exactly that, taking over the first one's running jobs before it failed to bind the port. So:
+
+* On SQLite (one process by design), ``serve`` and ``worker`` hold an exclusive lock on a file beside
+  the database for as long as they run, taken before anything else is touched: a second process
+  refuses to start and names the first one's pid.
+* On PostgreSQL each process holds a session advisory lock on its executor id. The default id,
+  ``<role>-<hostname>``, gets a numbered suffix (``-2``, ``-3``...) while a live process holds it, so
+  a restart takes back the id of a dead process (and DBOS recovers that process's work) while two live
+  processes never share one. An id set with ``NANOGEN_EXECUTOR_ID`` that a live process holds is
+  refused. Either way the lock goes with the process: a ``kill -9`` releases it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+import sqlalchemy as sa
+
+from nanogen.errors import NanogenError
+from nanogen.settings import Settings
+
+MAX_SUFFIX = 64  # live processes of one role on one host, on one database
+
+
+class AlreadyRunning(NanogenError):
+    """Another live process owns this SQLite database or this executor id."""
+
+
+@dataclass
+class Claim:
+    """What this process owns while the claim is open; :meth:`release` (or exit) ends it."""
+
+    executor_id: str
+    handle: IO[str] | psycopg.Connection[Any]
+
+    def release(self) -> None:
+        self.handle.close()
+
+
+def claim(settings: Settings, role: str) -> Claim:
+    url = sa.make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite":
+        return Claim(settings.executor_id_for(role), _lock_sqlite(Path(url.database or "")))
+    return _claim_executor_id(url, settings, role)
+
+
+def _lock_sqlite(database: Path) -> IO[str]:
+    database.parent.mkdir(parents=True, exist_ok=True)
+    path = database.with_name(database.name + ".lock")
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the process's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(
+            f"another nanogen process (pid {holder}) is running on {database.parent}: stop it first, "
+            "or give this one its own NANOGEN_HOME. Several processes on one database need PostgreSQL "
+            "(NANOGEN_DATABASE_URL; see docs/deploy.md)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _claim_executor_id(url: sa.URL, settings: Settings, role: str) -> Claim:
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    try:
+        if settings.executor_id:  # set (empty counts as unset, as executor_id_for reads it)
+            if _try_lock(conn, settings.executor_id):
+                return Claim(settings.executor_id, conn)
+            raise AlreadyRunning(
+                f"NANOGEN_EXECUTOR_ID={settings.executor_id} is in use by another live process on this "
+                "database: give each process its own id (docs/deploy.md)"
+            )
+        base = settings.executor_id_for(role)
+        for n in range(1, MAX_SUFFIX + 1):
+            candidate = base if n == 1 else f"{base}-{n}"
+            if _try_lock(conn, candidate):
+                return Claim(candidate, conn)
+        raise AlreadyRunning(f"{MAX_SUFFIX} live processes already use executor ids {base}[-N]")
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _try_lock(conn: psycopg.Connection[Any], executor_id: str) -> bool:
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"nanogen.executor:{executor_id}",)
+    ).fetchone()
+    return bool(row and row[0])
