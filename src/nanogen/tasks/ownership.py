@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +30,12 @@ from nanogen.errors import NanogenError
 from nanogen.settings import Settings
 
 MAX_SUFFIX = 64  # live processes of one role on one host, on one database
+# A process killed a moment ago may still hold its lock until PostgreSQL sees its connection close
+# (milliseconds when the kernel closes it; the keepalives below bound it, to ~11 s, when a host died): a restart
+# waits this long for its own id before the default takes a suffix or an explicit id is refused.
+EXPLICIT_WAIT_S = 5.0
+DEFAULT_WAIT_S = 2.0
+KEEPALIVES = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
 
 
 class AlreadyRunning(NanogenError):
@@ -77,10 +84,10 @@ def _lock_sqlite(database: Path) -> IO[str]:
 
 def _claim_executor_id(url: sa.URL, settings: Settings, role: str) -> Claim:
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, options=KEEPALIVES)
     try:
         if settings.executor_id:  # set (empty counts as unset, as executor_id_for reads it)
-            if _try_lock(conn, settings.executor_id):
+            if _try_lock(conn, settings.executor_id, EXPLICIT_WAIT_S):
                 return Claim(settings.executor_id, conn)
             raise AlreadyRunning(
                 f"NANOGEN_EXECUTOR_ID={settings.executor_id} is in use by another live process on this "
@@ -89,7 +96,7 @@ def _claim_executor_id(url: sa.URL, settings: Settings, role: str) -> Claim:
         base = settings.executor_id_for(role)
         for n in range(1, MAX_SUFFIX + 1):
             candidate = base if n == 1 else f"{base}-{n}"
-            if _try_lock(conn, candidate):
+            if _try_lock(conn, candidate, DEFAULT_WAIT_S if n == 1 else 0.0):
                 return Claim(candidate, conn)
         raise AlreadyRunning(f"{MAX_SUFFIX} live processes already use executor ids {base}[-N]")
     except BaseException:
@@ -97,8 +104,14 @@ def _claim_executor_id(url: sa.URL, settings: Settings, role: str) -> Claim:
         raise
 
 
-def _try_lock(conn: psycopg.Connection[Any], executor_id: str) -> bool:
-    row = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"nanogen.executor:{executor_id}",)
-    ).fetchone()
-    return bool(row and row[0])
+def _try_lock(conn: psycopg.Connection[Any], executor_id: str, wait_s: float) -> bool:
+    give_up = time.monotonic() + wait_s
+    while True:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"nanogen.executor:{executor_id}",)
+        ).fetchone()
+        if row and row[0]:
+            return True
+        if time.monotonic() >= give_up:
+            return False
+        time.sleep(0.2)
