@@ -30,9 +30,10 @@ from nanogen.errors import NanogenError
 from nanogen.settings import Settings
 
 MAX_SUFFIX = 64  # live processes of one role on one host, on one database
-# A process killed a moment ago may still hold its lock until PostgreSQL sees its connection close
-# (milliseconds when the kernel closes it; the keepalives below bound it, to ~11 s, when a host died): a restart
-# waits this long for its own id before the default takes a suffix or an explicit id is refused.
+# A process killed a moment ago may hold its lock until PostgreSQL sees its connection close
+# (milliseconds when the kernel closes it; the keepalives below bound it to ~11 s when a host died):
+# a restart waits this long for its own id before the default takes a suffix or an explicit id is
+# refused.
 EXPLICIT_WAIT_S = 5.0
 DEFAULT_WAIT_S = 2.0
 KEEPALIVES = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
