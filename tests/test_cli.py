@@ -7,6 +7,7 @@ fixture's: its SQLite file, or its PostgreSQL database), written by both process
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 import uuid
@@ -167,6 +168,55 @@ def test_demo_prints_a_working_key(server: Server) -> None:
     # Running demo again adds a key, not another 1000 credits.
     assert numbers["granted"] == 1000
     assert numbers["balance"] == numbers["granted"] - numbers["debited"] + numbers["refunded"]
+
+
+def test_a_new_key_is_announced_only_where_it_is_shown(server: Server) -> None:
+    """Piped (``key=$(nanogen demo | tail -n 1)``, as scripts/serve does), stderr does not announce a key
+    that never appears after it; on a terminal the announcement comes and the key follows it."""
+    piped = ok(server, "demo")
+    assert last_line(piped).startswith("ng_")
+    assert "API key" not in piped.stderr and not piped.stderr.rstrip().endswith(":"), piped.stderr
+
+    leader, follower = pty.openpty()
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "nanogen", "demo"],
+            env=_env(server),
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+        os.close(follower)
+        terminal = b""
+        while chunk := _read_or_eof(leader):
+            terminal += chunk
+    finally:
+        os.close(leader)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.rstrip().endswith("API key (shown once, stored only as a hash):"), shown.stderr
+    key = terminal.decode().split()[-1]
+    assert key.startswith("ng_")
+    assert_key_works(server, key)
+
+
+def _read_or_eof(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the other end is closed and everything was read
+        return b""
+
+
+def test_names_with_brackets_are_printed_as_they_are(server: Server) -> None:
+    name = f"[bold]ann[/bold]-{uuid.uuid4().hex[:8]}"
+    created = ok(server, "keys", "create", "--credits", "5", "--name", name)
+    assert f"account {name} (acct_" in created.stderr, created.stderr
+    rows = table_rows(ok(server, "keys", "list", "--account", name).stdout)
+    assert [row[1] for row in rows] == [name]
+    granted = ok(server, "credits", "grant", name, "1", "--memo", "[x]")
+    assert f"{name}: +1 credit, balance 6" in granted.stderr
+    missing = cli(server, "credits", "grant", f"[red]{name}", "1")
+    assert missing.returncode == 2 and f"no account '[red]{name}'" in missing.stderr
 
 
 def test_unknown_account_exits_2_with_a_message(server: Server) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from nanogen.client import IMAGE_POLL_INTERVAL_S
 from nanogen.media.video import probe_video
 from tests.conftest import Account, Server, free_port, image_bytes, wait_for
 
@@ -81,6 +83,7 @@ def test_image_edit_of_a_local_file_saved_where_asked(
     )
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "out.png")
     assert "saved" in result.stderr and "submitted (4 credits)" in result.stderr
+    assert "uploading and submitting (1 image)…" in result.stderr
     with Image.open(tmp_path / "out.png") as png:
         assert png.size == (768, 1376)
     assert account.balance() == 196
@@ -179,9 +182,14 @@ def test_status_and_download_by_id(server: Server, account: Account, tmp_path: P
 
 
 def test_failed_generation_exits_5(server: Server, account: Account) -> None:
-    result = run(server, account.key, "image", "[sandbox:fail] nothing", *FAST)
+    result = run(server, account.key, "image", "boom [sandbox:fail]", *FAST)
     assert result.returncode == 5, result.stderr
-    assert "GENERATION_FAILED" in result.stderr
+    # The task's own error, word for word (brackets are text, not markup), and no HTTP status: none failed.
+    assert (
+        "error: GENERATION_FAILED: The sandbox engine failed as asked by [sandbox:fail] in the prompt"
+        in result.stderr
+    ), result.stderr
+    assert "(500)" not in result.stderr and "HTTP" not in result.stderr
     data = as_json(
         run(
             server, account.key, "video", "--shot", "fine", "--shot", "[sandbox:fail] broken", "--json", *FAST
@@ -222,6 +230,13 @@ def test_auth_credits_and_input_errors_have_their_exit_codes(server: Server, tmp
 def test_timeout_exits_7_and_unreachable_server_exits_1(server: Server, account: Account) -> None:
     slow = run(server, account.key, "image", "[sandbox:slow=30] patience", "--timeout", "1", *FAST)
     assert slow.returncode == 7, slow.stderr
+    # Like Ctrl-C, it says how to pick the generation up again.
+    generation_id = next(word for word in slow.stderr.split() if word.startswith("gen_"))
+    assert "still not finished after 1 s" in slow.stderr, slow.stderr
+    assert f"nanogen status {generation_id}" in slow.stderr
+    assert f"nanogen download {generation_id}" in slow.stderr
+    data = as_json(run(server, account.key, "image", "[sandbox:slow=30] p", "--timeout", "0.5", "--json"))
+    assert data["success"] is False and data["generationId"].startswith("gen_")
     env = env_for(server, account.key) | {"NANOGEN_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     down = subprocess.run(
         [sys.executable, "-m", "nanogen", "image", "p"], env=env, capture_output=True, text=True, timeout=120
@@ -244,6 +259,47 @@ def _lines(stream: Any) -> Iterator[str]:
     yield from iter(stream.readline, "")
 
 
+def _interruptible() -> None:
+    """In the child, before exec: SIGINT's default disposition. A shell starts background jobs
+    (`nohup pytest ... &`) with SIGINT ignored, the child would inherit that, and Python then installs
+    no KeyboardInterrupt handler: the test would not test Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_bracketed_text_from_users_and_the_server_is_printed_as_is(
+    server: Server, account: Account, tmp_path: Path
+) -> None:
+    shots = tmp_path / "shots.json"
+    shots.write_text(json.dumps([{"id": "[bold]one[/bold]", "prompt": "a [red] kite [/red]"}]))
+    out = tmp_path / "out [1].mp4"
+    result = ok(server, account.key, "video", "--shots-file", str(shots), "-o", str(out), *FAST)
+    assert out.is_file()
+    assert "shot [bold]one[/bold]" in result.stderr, result.stderr
+    assert f"saved {out}" in result.stderr, result.stderr
+
+
+def test_the_first_status_checks_come_sooner_than_the_interval(
+    server: Server, account: Account, tmp_path: Path
+) -> None:
+    """Without --poll-interval, an image done in a fraction of a second is saved well before the
+    pages' 3 s interval (checks at once, then after 0.5 s, 1 s, 2 s, then every 3 s)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nanogen", "image", "[sandbox:slow=0.2] quick"],
+        env=env_for(server, account.key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    seen: list[tuple[float, str]] = []
+    for line in _lines(process.stderr):
+        seen.append((time.monotonic(), line))
+    assert process.wait(timeout=60) == 0, "".join(line for _, line in seen)
+    submitted = next(at for at, line in seen if "submitted" in line)
+    saved = next(at for at, line in seen if line.startswith("saved"))
+    assert saved - submitted < IMAGE_POLL_INTERVAL_S, "".join(line for _, line in seen)
+
+
 def test_ctrl_c_says_how_to_resume_and_download_resumes(
     server: Server, account: Account, tmp_path: Path
 ) -> None:
@@ -253,6 +309,8 @@ def test_ctrl_c_says_how_to_resume_and_download_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,  # where the image would land if the signal were missed
+        preexec_fn=_interruptible,
     )
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(_lines(process.stderr)), daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ app.add_typer(credits_app, name="credits")
 err = Console(stderr=True)
 out = Console()
 
+KEY_INTRO = "API key (shown once, stored only as a hash)"
 DEMO_ACCOUNT = "demo"
 DEMO_CREDITS = 1000
 
@@ -91,7 +93,7 @@ def migrate() -> None:
     settings = _settings()
     with _database(settings):
         pass
-    err.print(f"[green]database ready[/green]: {_safe_url(settings.resolved_database_url)}")
+    err.print(f"[green]database ready[/green]: {escape(_safe_url(settings.resolved_database_url))}")
 
 
 @app.command()
@@ -113,12 +115,13 @@ def serve(
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
         err.print(
             "[yellow]listening on all interfaces: set NANOGEN_PUBLIC_URL to the address clients use, "
-            f"or output URLs will point at {settings.resolved_public_url}[/yellow]"
+            f"or output URLs will point at {escape(settings.resolved_public_url)}[/yellow]"
         )
     err.print(
-        f"nanogen {'API + worker' if worker else 'API only'} on [bold]http://{settings.host}:{settings.port}[/bold]"
-        f" (data: {settings.home.resolve()}, engines: images={settings.engine_images}, "
-        f"videos={settings.engine_videos})"
+        f"nanogen {'API + worker' if worker else 'API only'} on "
+        f"[bold]{escape(f'http://{settings.host}:{settings.port}')}[/bold]"
+        f" (data: {escape(str(settings.home.resolve()))}, engines: images={escape(settings.engine_images)}, "
+        f"videos={escape(settings.engine_videos)})"
     )
     uvicorn.run(
         create_app(settings, work=worker),
@@ -158,9 +161,8 @@ def run_worker(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    err.print(
-        f"nanogen worker {settings.executor_id_for('worker')} running (queues: {', '.join(process.queues)})"
-    )
+    queues = ", ".join(process.queues)
+    err.print(escape(f"nanogen worker {settings.executor_id_for('worker')} running (queues: {queues})"))
     stop.wait()
     err.print("stopping worker")
     process.stop()
@@ -177,9 +179,8 @@ def demo() -> None:
         )
         _key_id, key = ledger.create_key(conn, account.id, "demo")
         balance = ledger.balance(conn, account.id)
-    err.print(f"demo account [bold]{account.name}[/bold] ({account.id}), balance {balance} credits")
-    err.print("API key (shown once, stored only as a hash):")
-    print(key)
+    err.print(f"demo account [bold]{escape(account.name)}[/bold] ({account.id}), balance {balance} credits")
+    _print_key(KEY_INTRO, key)
 
 
 @keys_app.command("create")
@@ -194,22 +195,23 @@ def keys_create(
         if account is None:
             if name and ledger.find_account(conn, name):
                 err.print(
-                    f"[red]an account named {name!r} exists[/red]: add a key to it with --account {name}"
+                    f"[red]an account named {escape(repr(name))} exists[/red]: "
+                    f"add a key to it with --account {escape(name)}"
                 )
                 raise typer.Exit(2)
             owner = ledger.create_account(conn, name or ledger.new_id("account"), credits)
         else:
             found = ledger.find_account(conn, account)
             if found is None:
-                err.print(f"[red]no account {account!r}[/red]")
+                err.print(f"[red]no account {escape(repr(account))}[/red]")
                 raise typer.Exit(2)
             owner = found
             if credits:
                 ledger.grant(conn, owner.id, credits, memo="granted with a new key")
         key_id, key = ledger.create_key(conn, owner.id, name if account else "")
         balance = ledger.balance(conn, owner.id)
-    err.print(f"account {owner.name} ({owner.id}), balance {balance}; key {key_id} (shown once):")
-    print(key)
+    err.print(escape(f"account {owner.name} ({owner.id}), balance {balance}; key {key_id}"))
+    _print_key(KEY_INTRO, key)
 
 
 @keys_app.command("list")
@@ -222,7 +224,8 @@ def keys_list(account: Annotated[str | None, typer.Option(help="Only this accoun
     table = Table("key id", "account", "name", "prefix", "state")
     table.columns[0].overflow = "fold"  # ids are copied into other commands: never cut them
     for k in rows:
-        table.add_row(k.id, k.account_name, k.name, k.prefix + "…", "revoked" if k.revoked_at else "live")
+        cells = (k.id, k.account_name, k.name, k.prefix + "…", "revoked" if k.revoked_at else "live")
+        table.add_row(*map(escape, cells))
     out.print(table)
 
 
@@ -233,9 +236,9 @@ def keys_revoke(key_id: str) -> None:
     with _database(settings) as db, write_transaction(db) as conn:
         revoked = ledger.revoke_key(conn, key_id)
     if not revoked:
-        err.print(f"[red]no live key {key_id!r}[/red]")
+        err.print(f"[red]no live key {escape(repr(key_id))}[/red]")
         raise typer.Exit(2)
-    err.print(f"revoked {key_id}")
+    err.print(f"revoked {escape(key_id)}")
 
 
 @credits_app.command("grant")
@@ -249,14 +252,14 @@ def credits_grant(
     with _database(settings) as db, write_transaction(db) as conn:
         found = ledger.find_account(conn, account)
         if found is None:
-            err.print(f"[red]no account {account!r}[/red]")
+            err.print(f"[red]no account {escape(repr(account))}[/red]")
             raise typer.Exit(2)
         try:
             balance = ledger.grant(conn, found.id, amount, memo)
         except ValueError as exc:
-            err.print(f"[red]{exc}[/red]")
+            err.print(f"[red]{escape(str(exc))}[/red]")
             raise typer.Exit(2) from None
-    err.print(f"{found.name}: +{amount} credits, balance {balance}")
+    err.print(escape(f"{found.name}: +{cli_generate.plural(amount, 'credit')}, balance {balance}"))
 
 
 @credits_app.command("show")
@@ -268,7 +271,7 @@ def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> Non
         if account:
             accounts = [a for a in accounts if account in (a.id, a.name)]
             if not accounts:
-                err.print(f"[red]no account {account!r}[/red]")
+                err.print(f"[red]no account {escape(repr(account))}[/red]")
                 raise typer.Exit(2)
         rows = [(a, ledger.totals(conn, a.id)) for a in accounts]
         costs = store.provider_costs(conn)
@@ -276,8 +279,8 @@ def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> Non
     table.columns[1].overflow = "fold"
     for a, t in rows:
         table.add_row(
-            a.name,
-            a.id,
+            escape(a.name),
+            escape(a.id),
             str(a.balance),
             str(t.granted),
             str(t.debited),
@@ -303,7 +306,7 @@ def _require_engines(settings: Settings) -> None:
             registry.create(name, settings)
         except NanogenError as exc:
             served = " and ".join(p.value + "s" for p in products)
-            err.print(f"[red]cannot start the {name} engine for {served}[/red]: {escape(str(exc))}")
+            err.print(f"[red]cannot start the {escape(name)} engine for {served}[/red]: {escape(str(exc))}")
             err.print("`nanogen doctor` checks the engine settings")
             raise typer.Exit(2) from None
 
@@ -315,7 +318,9 @@ def doctor() -> None:
     registry = default_registry()
     healthy = True
     for name, products in _engine_names(settings).items():
-        out.print(f"[bold]{name}[/bold] engine, serving {' and '.join(p.value + 's' for p in products)}")
+        out.print(
+            f"[bold]{escape(name)}[/bold] engine, serving {' and '.join(p.value + 's' for p in products)}"
+        )
         try:
             checks = registry.create(name, settings).diagnose(frozenset(products))
         except NanogenError as exc:
@@ -323,11 +328,21 @@ def doctor() -> None:
         for check in checks:
             healthy = healthy and check.ok
             mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
-            out.print(f"  {mark}  {check.name}: {escape(check.detail)}", soft_wrap=True, highlight=False)
+            out.print(
+                f"  {mark}  {escape(check.name)}: {escape(check.detail)}", soft_wrap=True, highlight=False
+            )
     if not healthy:
         err.print("[red]some checks failed[/red]: see the details above and docs/engines.md")
         raise typer.Exit(1)
     err.print("[green]all engine checks passed[/green]")
+
+
+def _print_key(intro: str, key: str) -> None:
+    """A new key on stdout (its last line, for scripts), announced on stderr only when stdout is a
+    terminal: piped (``key=$(nanogen demo | tail -n 1)``), the announcement would end in nothing."""
+    if sys.stdout.isatty():
+        err.print(f"{intro}:")
+    print(key)
 
 
 def _safe_url(url: str) -> str:

@@ -20,20 +20,30 @@ Ctrl-C stops waiting, not the generation, and prints how to resume. Exit codes (
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from nanogen import errors, schemas
 from nanogen.cli_shots import Failure, build_shots
-from nanogen.client import Client, ImageGeneration, VideoGeneration
+from nanogen.client import (
+    IMAGE_POLL_INTERVAL_S,
+    VIDEO_POLL_INTERVAL_S,
+    Client,
+    ImageGeneration,
+    VideoGeneration,
+)
 from nanogen.products import ImageAspectRatio, ImageQuality, Resolution, VideoAspectRatio
 
+# Every server- or user-provided string printed through rich goes through escape(): "[sandbox:fail]" in
+# a message is text, not markup.
 err = Console(stderr=True)
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_AUTH, EXIT_CREDITS, EXIT_FAILED, EXIT_RATE, EXIT_TIMEOUT = range(8)
@@ -89,6 +99,10 @@ PollInterval = Annotated[
 ]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Submit, print the id and return.")]
 
+# The first status checks come sooner than the regular interval (0.5 s, 1 s, 2 s... until it is reached):
+# a sandbox image done in a second is seen done then, not after the pages' 3 s.
+FIRST_CHECK_S = 0.5
+
 
 # -- shared plumbing -------------------------------------------------------------------------------------
 def _emit(data: dict[str, Any]) -> None:
@@ -99,25 +113,46 @@ def _exit_code(exc: BaseException) -> int:
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
 
 
-def _report_error(exc: BaseException, as_json: bool) -> int:
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _report_error(exc: BaseException, as_json: bool, resume_id: str | None = None) -> int:
     code = _exit_code(exc)
-    if isinstance(exc, errors.APIError):
-        body: dict[str, Any] = exc.body() | {"status": exc.status}
-        result = exc.result if isinstance(exc, errors.GenerationFailed) else None
-        if isinstance(result, schemas.ImageStatusResponse | schemas.VideoStatusResponse):
-            body["result"] = result.model_dump(mode="json", exclude_none=True)
-        text = f"{exc.code} ({exc.status}): {exc.message}"
+    if isinstance(exc, errors.GenerationFailed):
+        # Raised by the SDK from a failed status, not an HTTP answer: no HTTP status to show.
+        body: dict[str, Any] = exc.body()
+        if isinstance(exc.result, schemas.ImageStatusResponse | schemas.VideoStatusResponse):
+            body["result"] = exc.result.model_dump(mode="json", exclude_none=True)
+        text = f"{exc.code}: {exc.message}"
+    elif isinstance(exc, errors.APIError):
+        body = exc.body() | {"status": exc.status}
+        text = f"{exc.code} (HTTP {exc.status}): {exc.message}"
     else:
         body = {"error": str(exc), "errorCode": type(exc).__name__}
         text = str(exc)
     if as_json:
-        _emit({"success": False, **body})
+        resumable = {"generationId": resume_id} if isinstance(exc, errors.WaitTimeout) else {}
+        _emit({"success": False, **body, **resumable})
     else:
-        err.print(f"[red]error[/red]: {text}", highlight=False)
+        err.print(f"[red]error[/red]: {escape(text)}", highlight=False, soft_wrap=True)
         hint = _hint(exc)
         if hint:
-            err.print(hint, highlight=False)
+            err.print(escape(hint), highlight=False)
+        if isinstance(exc, errors.WaitTimeout) and resume_id:
+            _print_resume("Stopped waiting (--timeout)", resume_id)
     return code
+
+
+def _print_resume(reason: str, ident: str) -> None:
+    """How to pick a generation up again: after Ctrl-C, and after --timeout."""
+    err.print(
+        f"{reason}; [bold]{escape(ident)}[/bold] goes on on the server.\n"
+        f"  nanogen status {escape(ident)}      show where it is\n"
+        f"  nanogen download {escape(ident)}    wait for it and save the result",
+        highlight=False,
+        soft_wrap=True,  # lines to copy: never broken
+    )
 
 
 def _hint(exc: BaseException) -> str:
@@ -142,17 +177,12 @@ def _handled(as_json: bool, resume_id: Callable[[], str | None] = lambda: None) 
         if as_json:
             _emit({"success": False, "errorCode": "INTERRUPTED", "generationId": ident})
         elif ident:
-            err.print(
-                f"\nStopped waiting; [bold]{ident}[/bold] goes on on the server.\n"
-                f"  nanogen status {ident}      show where it is\n"
-                f"  nanogen download {ident}    wait for it and save the result",
-                highlight=False,
-            )
+            _print_resume("\nStopped waiting", ident)
         else:
             err.print("\nInterrupted.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (errors.NanogenError, OSError, Failure) as exc:
-        raise typer.Exit(_report_error(exc, as_json)) from None
+        raise typer.Exit(_report_error(exc, as_json, resume_id())) from None
 
 
 def _client(api_key: str | None, base_url: str | None) -> Client:
@@ -176,7 +206,7 @@ def _saved(path: Path, as_json: bool, data: dict[str, Any]) -> None:
     if as_json:
         _emit({"success": True, **data, "path": str(path.resolve())})
     else:
-        err.print(f"[green]saved[/green] {path}", highlight=False)
+        err.print(f"[green]saved[/green] {escape(str(path))}", highlight=False)
         print(path)
 
 
@@ -184,22 +214,54 @@ def _saved(path: Path, as_json: bool, data: dict[str, Any]) -> None:
 def _image_progress(
     progress: Progress, image: ImageGeneration
 ) -> Callable[[schemas.ImageStatusResponse], None]:
-    task = progress.add_task(f"image {image.id}", total=100, state="submitted")
+    task = progress.add_task(escape(f"image {image.id}"), total=100, state="submitted")
 
     def update(status: schemas.ImageStatusResponse) -> None:
-        progress.update(task, completed=status.progress, state=status.status)
+        progress.update(task, completed=status.progress, state=escape(status.status))
 
     return update
+
+
+S = TypeVar("S", schemas.ImageStatusResponse, schemas.VideoStatusResponse)
+
+
+def _first_checks(
+    check: Callable[[], S], on_progress: Callable[[S], None], interval: float, timeout: float | None
+) -> dict[str, Any]:
+    """Status checks at FIRST_CHECK_S, doubling while shorter than ``interval``, before the SDK's wait
+    takes over at ``interval``. Answers the wait's arguments: the interval and what is left of ``timeout``."""
+    started = time.monotonic()
+    delay = FIRST_CHECK_S
+    while delay < interval and (timeout is None or time.monotonic() - started + delay < timeout):
+        try:
+            status = check()
+        except (errors.ConnectionFailed, errors.RateLimited, errors.ServiceUnavailable):
+            break  # the SDK's wait rides these out (retries, Retry-After)
+        on_progress(status)
+        if status.status in ("completed", "failed"):
+            break
+        time.sleep(delay)
+        delay *= 2
+    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+    return {"poll_interval": interval} | ({"timeout": left} if left is not None else {})
+
+
+@contextmanager
+def _waiting() -> Iterator[None]:
+    """A WaitTimeout says how long the command waited in all (the SDK's counts only its own part)."""
+    started = time.monotonic()
+    try:
+        yield
+    except errors.WaitTimeout:
+        raise errors.WaitTimeout(f"still not finished after {time.monotonic() - started:.0f} s") from None
 
 
 def _finish_image(
     image: ImageGeneration, output: Path | None, as_json: bool, timeout: float | None, interval: float | None
 ) -> None:
-    with _progress(as_json) as progress:
+    with _progress(as_json) as progress, _waiting():
         on_progress = _image_progress(progress, image)
-        kwargs: dict[str, Any] = {"poll_interval": interval} | (
-            {"timeout": timeout} if timeout is not None else {}
-        )
+        kwargs = _first_checks(image.status, on_progress, interval or IMAGE_POLL_INTERVAL_S, timeout)
         path = image.download(output, on_progress=on_progress, **kwargs)
     status = image.last_status
     assert status is not None
@@ -240,7 +302,9 @@ def image(
     handle: list[ImageGeneration] = []
     with _handled(as_json, lambda: handle[0].id if handle else None), _client(api_key, base_url) as client:
         if not as_json:
-            err.print("submitting…" if not edit else f"uploading and submitting ({len(edit)} images)…")
+            err.print(
+                "submitting…" if not edit else f"uploading and submitting ({plural(len(edit), 'image')})…"
+            )
         submitted = client.images.generate(
             prompt,
             aspect_ratio=aspect.value,
@@ -251,7 +315,8 @@ def image(
         handle.append(submitted)
         if not as_json:
             err.print(
-                f"generation [bold]{submitted.id}[/bold] submitted ({submitted.credits_used} credits)",
+                f"generation [bold]{escape(submitted.id)}[/bold] submitted "
+                f"({plural(submitted.credits_used or 0, 'credit')})",
                 highlight=False,
             )
         if no_wait:
@@ -284,7 +349,7 @@ def _video_progress(
     progress: Progress, video: VideoGeneration
 ) -> Callable[[schemas.VideoStatusResponse], None]:
     tasks: dict[str, TaskID] = {
-        ref.taskId: progress.add_task(f"shot {ref.shotId}", total=100, state="submitted")
+        ref.taskId: progress.add_task(escape(f"shot {ref.shotId}"), total=100, state="submitted")
         for ref in video.shots
     }
     whole: list[TaskID] = []
@@ -292,9 +357,9 @@ def _video_progress(
     def update(status: schemas.VideoStatusResponse) -> None:
         for shot in status.shots:
             if shot.taskId not in tasks:
-                tasks[shot.taskId] = progress.add_task(f"shot {shot.shotId}", total=100, state="")
+                tasks[shot.taskId] = progress.add_task(escape(f"shot {shot.shotId}"), total=100, state="")
             done = 100 if shot.status == "completed" else shot.progress
-            progress.update(tasks[shot.taskId], completed=done or 0, state=shot.status)
+            progress.update(tasks[shot.taskId], completed=done or 0, state=escape(shot.status))
         if len(status.shots) > 1 and all(s.status == "completed" for s in status.shots):
             if not whole:
                 whole.append(progress.add_task("whole video", total=1, state="joining shots"))
@@ -309,11 +374,9 @@ def _video_progress(
 def _finish_video(
     video: VideoGeneration, output: Path | None, as_json: bool, timeout: float | None, interval: float | None
 ) -> None:
-    with _progress(as_json) as progress:
+    with _progress(as_json) as progress, _waiting():
         on_progress = _video_progress(progress, video)
-        kwargs: dict[str, Any] = {"poll_interval": interval} | (
-            {"timeout": timeout} if timeout is not None else {}
-        )
+        kwargs = _first_checks(video.status, on_progress, interval or VIDEO_POLL_INTERVAL_S, timeout)
         path = video.download(output, on_progress=on_progress, **kwargs)
     status = video.last_status
     assert status is not None
@@ -386,12 +449,13 @@ def video(
         shots, file_resolution = build_shots(shot or [], shots_file, type_ or [], image_ or [], aspect)
         chosen = resolution.value if resolution else file_resolution
         if not as_json:
-            err.print(f"submitting {len(shots)} shot{'s' if len(shots) > 1 else ''}…")
+            err.print(f"submitting {plural(len(shots), 'shot')}…")
         submitted = client.videos.generate(shots, resolution=chosen)
         handle.append(submitted)
         if not as_json:
             err.print(
-                f"video [bold]{_resume_id(submitted)}[/bold] submitted ({submitted.credits_used} credits)",
+                f"video [bold]{escape(_resume_id(submitted))}[/bold] submitted "
+                f"({plural(submitted.credits_used or 0, 'credit')})",
                 highlight=False,
             )
         if no_wait:

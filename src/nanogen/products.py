@@ -1,6 +1,6 @@
 """The catalogue: every product, option, pixel size, credit price and limit, in one place.
 
-Values marked *contract* come from the public pages in ``shared/spec`` and must not change.
+Values marked *contract* come from NanoPhoto's public API pages and must not change.
 Everything else is nanogen's documented choice (see ``docs/api.md``).
 """
 
@@ -95,7 +95,7 @@ MAX_PROMPT_CHARS: Final = 10_000
 MAX_SHOT_ID_CHARS: Final = 128
 MAX_URL_CHARS: Final = 4_096
 
-# Pixel sizes of the Gemini 3 image models (shared/design/google.md): what a Nano Banana 2 client expects.
+# Pixel sizes of the Gemini 3 image models (Google's documented sizes): what a Nano Banana 2 client expects.
 IMAGE_SIZES: Final[dict[tuple[ImageAspectRatio, ImageQuality], tuple[int, int]]] = {
     (ImageAspectRatio.LANDSCAPE, ImageQuality.Q1K): (1376, 768),
     (ImageAspectRatio.LANDSCAPE, ImageQuality.Q2K): (2752, 1536),

@@ -265,3 +265,48 @@ def test_a_failed_generation_shows_its_refund(page: Page, server: Server) -> Non
     expect(page.get_by_role("status")).to_contain_text("Image failed: ")
     expect(page.locator("#account")).to_contain_text("20 credits")
     assert account.balance() == 20
+
+
+def test_an_error_shown_before_the_key_is_cleared_when_a_key_is_accepted(page: Page, server: Server) -> None:
+    account = server.new_account(10)
+    open_playground(page, server)
+    image, video = image_form(page), video_form(page)
+    image.get_by_label("Prompt").fill("A kite")
+    image.get_by_role("button", name="Generate image").click()
+    video.get_by_role("button", name="Generate video").click()
+    for form in (image, video):
+        expect(form.get_by_role("alert")).to_contain_text("Enter your API key at the top of the page first.")
+
+    use_key(page, account.key)
+    expect(page.locator("#account")).to_contain_text("10 credits")
+    for form in (image, video):
+        expect(form.get_by_role("alert")).to_be_hidden()
+        expect(form.locator(".alert")).to_have_text("")
+    expect(page.locator("#key-error")).to_be_hidden()
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def test_the_page_fits_a_phone_screen(page: Page, server: Server) -> None:
+    """Nothing wider than a 390 px screen: no sideways scrolling, every control inside the page."""
+    account = server.new_account(100)
+    page.set_viewport_size(PHONE)
+    open_playground(page, server)
+    use_key(page, account.key)
+    expect(page.locator("#account")).to_contain_text("100 credits")
+    image_form(page).get_by_label("Mode").select_option("edit")  # shows the picker
+    video = video_form(page)
+    video.get_by_role("button", name="Add shot").click()
+    video.get_by_role("group", name="Shot 2").get_by_label("Type").select_option("REFERENCE_2_VIDEO")
+
+    assert page.evaluate("window.innerWidth") == PHONE["width"]
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen"
+    too_wide = page.evaluate(
+        """limit => [...document.querySelectorAll('input, select, textarea, button')]
+             .filter(e => e.offsetParent !== null && e.getBoundingClientRect().right > limit)
+             .map(e => `${e.tagName}#${e.id} ${Math.round(e.getBoundingClientRect().right)}`)""",
+        PHONE["width"],
+    )
+    assert too_wide == [], f"controls past the right edge: {too_wide}"

@@ -78,3 +78,21 @@ def test_the_catalogue_is_the_servers(server: Server) -> None:
         t.value: bounds for t, bounds in SHOT_IMAGE_COUNT.items()
     }
     assert video["maxShots"] == MAX_SHOTS
+
+
+def test_the_api_docs_page_loads_its_assets_from_this_server(server: Server) -> None:
+    page = httpx.get(server.base_url + "/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "https://" not in page.text and "http://" not in page.text  # no CDN, no outside favicon
+    for asset, content_type in (
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("favicon.png", "image/png"),
+    ):
+        assert f'"/docs/assets/{asset}"' in page.text
+        r = httpx.get(f"{server.base_url}/docs/assets/{asset}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(content_type), asset
+        assert len(r.content) > 500, asset
+    assert httpx.get(server.base_url + "/docs/oauth2-redirect").status_code == 200
+    assert_envelope(httpx.get(server.base_url + "/docs/assets/missing.js"), 404, "NOT_FOUND")
+    assert "/docs" not in httpx.get(server.base_url + "/openapi.json").json()["paths"]

@@ -81,6 +81,7 @@ async function useKey(event) {
   const account = await refreshAccount();
   if (account) {
     localStorage.setItem(KEY_STORE, key); // only a key the server accepted is remembered
+    clearFormAlerts(); // "enter a key first", a refused key, another account's credits: all stale now
     announce(`Key accepted: account ${account.name}, ${plural(account.credits, "credit")}.`);
     resumeAll();
   } else {
@@ -98,6 +99,11 @@ function forgetKey() {
   showAccount(null);
   announce("The key was removed from this browser.");
   $("api-key").focus();
+}
+
+function clearFormAlerts() {
+  if (!state.catalogue) return; // the forms' alert then says the options could not be loaded
+  for (const form of [$("image-form"), $("video-form")]) alertIn(form, "");
 }
 
 function needKey(form) {
@@ -337,6 +343,7 @@ async function main() {
     }
     return;
   }
+  state.catalogue = catalogue;
   setUpImages(catalogue.image, gallery);
   setUpVideos(catalogue.video, gallery);
   resumeAll = () => {

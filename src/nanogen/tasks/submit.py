@@ -2,7 +2,7 @@
 
 Many concurrent requests each opening a write transaction on one SQLite file queue up behind its
 lock (measured: ~200 req/s, 1.4 s p99). Instead one writer thread commits whatever submissions have
-arrived while it was busy in one transaction (group commit, see shared/design/execution.md); if a
+arrived while it was busy in one transaction (group commit); if a
 statement fails, the batch is retried one submission per transaction, so one request's failure
 cannot touch another's.
 """

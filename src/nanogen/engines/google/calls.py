@@ -1,7 +1,7 @@
 """Google's errors in one shape, and retrying what is worth retrying inside a task's deadline.
 
-Google answers an error as ``{"error": {"code", "message", "status", "details"}}`` (shared/design/
-google.md), through the SDK (``google.genai.errors.APIError``) or as a plain HTTP response on the REST
+Google answers an error as ``{"error": {"code", "message", "status", "details"}}``, through the
+SDK (``google.genai.errors.APIError``) or as a plain HTTP response on the REST
 path. Both become a :class:`ProviderError` here: the one place that decides what is retried and what
 a failed task's ``error`` says.
 

@@ -1,6 +1,6 @@
 """Veo: start a long-running video operation, poll it, fetch the video.
 
-Two ways to reach Veo (shared/design/google.md):
+Two ways to reach Veo:
 
 * Gemini API (API key): the SDK refuses ``generate_videos`` outside Vertex AI, so nanogen speaks REST:
   ``POST /v1beta/models/{model}:predictLongRunning``, ``GET /v1beta/{operation}``, and downloads the
