@@ -14,7 +14,8 @@ URL is a request the client makes *from inside our network* (server-side request
 
 Redirects are followed by hand, up to ``max_redirects``, each hop checked again. The whole fetch
 runs under one ``timeout_s``; the body is streamed and cut off past ``max_bytes``; finally
-:func:`nanogen.media.images.probe_image` proves the bytes are an image within ``max_pixels``.
+:func:`nanogen.media.images.probe_image` proves the bytes are an image within ``max_pixels``, in
+bounded memory.
 Every failure is a :class:`nanogen.errors.FetchError` with a short reason. Nothing is logged.
 """
 
@@ -35,7 +36,7 @@ import httpx
 from nanogen import __version__
 from nanogen.engines.base import InputImage
 from nanogen.errors import FetchError
-from nanogen.media.images import probe_image
+from nanogen.media.images import probe_image_async
 
 if TYPE_CHECKING:
     from nanogen.settings import Settings
@@ -226,8 +227,8 @@ class ImageFetcher:
             raise FetchError(_shown(url), "timed out") from None
         except _Refused as exc:
             raise FetchError(_shown(url), exc.reason) from None
-        try:  # decodes a frame: off the event loop
-            info = await asyncio.to_thread(probe_image, data, self.policy.max_pixels)
+        try:  # decodes a frame: off the event loop, within the process's decode budget
+            info = await probe_image_async(data, self.policy.max_pixels)
         except ValueError as exc:
             raise FetchError(_shown(url), f"not an image: {exc}") from None
         return InputImage(data, info.mime_type, info.width, info.height, source_url=url)

@@ -9,6 +9,7 @@ fetcher refuses loopback addresses. An upload's key carries its expiry
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nanogen import errors
 from nanogen.engines.base import InputImage
-from nanogen.media.images import probe_image
+from nanogen.media.images import probe_image_async
 from nanogen.server.services import Services
 from nanogen.storage import FileMissing, is_valid_key, new_key
 from nanogen.tasks.jobs import stored_input
@@ -65,7 +66,7 @@ async def fetch_inputs(svc: Services, urls: Sequence[str]) -> dict[str, dict[str
     remote = [url for url in unique if url not in own]
     images: dict[str, InputImage] = {}
     if own:
-        images.update(await run_in_threadpool(_read_own, svc, own))
+        images.update(await _prove_own(svc, await run_in_threadpool(_read_own, svc, own)))
     if remote:
         try:
             fetched = await svc.fetcher.fetch_all(remote)
@@ -77,24 +78,36 @@ async def fetch_inputs(svc: Services, urls: Sequence[str]) -> dict[str, dict[str
     return await run_in_threadpool(_store, svc, {url: images[url] for url in unique})
 
 
-def _read_own(svc: Services, own: dict[str, str]) -> dict[str, InputImage]:
+def _read_own(svc: Services, own: dict[str, str]) -> dict[str, bytes]:
     storage = svc.runtime.storage
-    images = {}
+    found = {}
     for url, key in own.items():
         if upload_expired(key):
             with contextlib.suppress(OSError, ValueError):
                 storage.delete(key)
             raise errors.InvalidImageUrl("Could not use image URL: the upload has expired", url=url[:500])
         try:
-            data = storage.read_bytes(key)
+            found[url] = storage.read_bytes(key)
         except (FileMissing, OSError, ValueError, LookupError):
             raise errors.InvalidImageUrl("Could not use image URL: no such file", url=url[:500]) from None
-        try:
-            info = probe_image(data, svc.settings.fetch_max_pixels)
-        except ValueError as exc:
+    return found
+
+
+async def _prove_own(svc: Services, found: dict[str, bytes]) -> dict[str, InputImage]:
+    """Each file proven an image (on the decode threads, within the decode budget); the first
+    failure in the request's order is the one reported."""
+    max_pixels = svc.settings.fetch_max_pixels
+    infos = await asyncio.gather(
+        *(probe_image_async(data, max_pixels) for data in found.values()), return_exceptions=True
+    )
+    images = {}
+    for (url, data), info in zip(found.items(), infos, strict=True):
+        if isinstance(info, ValueError):
             raise errors.InvalidImageUrl(
-                f"Could not use image URL: not an image: {exc}", url=url[:500]
+                f"Could not use image URL: not an image: {info}", url=url[:500]
             ) from None
+        if isinstance(info, BaseException):
+            raise info
         images[url] = InputImage(data, info.mime_type, info.width, info.height, source_url=url)
     return images
 

@@ -31,16 +31,22 @@ def stored_input(key: str, image: InputImage) -> dict[str, Any]:
 
 
 def load_inputs(storage: Storage, params: dict[str, Any]) -> tuple[InputImage, ...]:
-    return tuple(
-        InputImage(
-            data=storage.read_bytes(item["key"]),
-            mime_type=item["mimeType"],
-            width=item["width"],
-            height=item["height"],
-            source_url=item.get("url", ""),
-        )
-        for item in params.get("inputs", [])
-    )
+    """The task's input images in order. A file named more than once (the same URL in several
+    positions) is read once and the same :class:`InputImage` repeated, so engines can decode it once."""
+    loaded: dict[str, InputImage] = {}
+    images = []
+    for item in params.get("inputs", []):
+        image = loaded.get(item["key"])
+        if image is None:
+            image = loaded[item["key"]] = InputImage(
+                data=storage.read_bytes(item["key"]),
+                mime_type=item["mimeType"],
+                width=item["width"],
+                height=item["height"],
+                source_url=item.get("url", ""),
+            )
+        images.append(image)
+    return tuple(images)
 
 
 def image_job(task_id: str, params: dict[str, Any], images: tuple[InputImage, ...]) -> ImageJob:

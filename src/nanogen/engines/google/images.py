@@ -15,19 +15,22 @@ from PIL import Image, UnidentifiedImageError
 
 from nanogen.engines.base import ImageJob, InputImage
 from nanogen.errors import EngineError
+from nanogen.media.images import png_bytes
 
 # What Google's image and video models take as input; anything else is sent as PNG.
 INPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 
 
 def input_image(image: InputImage) -> tuple[bytes, str]:
-    """The bytes to send for an input image and their type (a GIF's first frame becomes a PNG)."""
+    """The bytes to send for an input image and their type. PNG, JPEG (an MPO too: its first picture
+    is the JPEG) and WebP are forwarded as they are, never decoded; a GIF's first frame becomes a PNG,
+    decoded within the process's decode budget."""
     if image.mime_type in INPUT_TYPES:
         return image.data, image.mime_type
-    with Image.open(io.BytesIO(image.data)) as source:
-        buffer = io.BytesIO()
-        source.convert("RGBA").save(buffer, "PNG")
-    return buffer.getvalue(), "image/png"
+    try:
+        return png_bytes(image.data), "image/png"
+    except ValueError as exc:
+        raise EngineError(f"An input image could not be converted for Google: {exc}") from exc
 
 
 def request(job: ImageJob) -> tuple[list[types.Content], types.GenerateContentConfig]:

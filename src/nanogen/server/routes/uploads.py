@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from nanogen import errors
-from nanogen.media.images import ImageInfo, probe_image
+from nanogen.media.images import ImageInfo, probe_image_async
 from nanogen.schemas import UploadResponse
 from nanogen.server.deps import services, upload_caller
 from nanogen.server.direct import DirectRoute
@@ -49,9 +49,9 @@ async def _read_body(request: Request, cap: int) -> bytes:
     return bytes(body)
 
 
-def _probe(data: bytes, max_pixels: int) -> ImageInfo:
+async def _probe(data: bytes, max_pixels: int) -> ImageInfo:
     try:
-        return probe_image(data, max_pixels)
+        return await probe_image_async(data, max_pixels)
     except ValueError as exc:
         raise errors.InvalidImage(f"Not a usable image: {exc}") from None
 
@@ -84,7 +84,7 @@ async def upload(request: Request) -> Response:
             f"Content-Type {declared or '(none)'!r} is not one of {', '.join(EXTENSIONS)}"
         )
     data = await _read_body(request, svc.settings.upload_max_bytes)
-    info = await run_in_threadpool(_probe, data, svc.settings.fetch_max_pixels)
+    info = await _probe(data, svc.settings.fetch_max_pixels)
     key, expires_at = await run_in_threadpool(_store, svc, data, info)
     body = UploadResponse(
         url=files_url(svc, key),
