@@ -106,6 +106,7 @@ def serve(
     import uvicorn
 
     from nanogen.server.app import create_app
+    from nanogen.server.protocol import TimedHttpProtocol
 
     settings = _settings(host=host, port=port)
     _require_engines(settings)
@@ -129,6 +130,8 @@ def serve(
         port=settings.port,
         log_level=os.environ.get("NANOGEN_LOG_LEVEL", "info").lower(),
         access_log=False,
+        # uvicorn's protocol with header and body read deadlines (slow or stalled clients)
+        http=TimedHttpProtocol.configured(settings.header_timeout_s, settings.body_timeout_s),
     )
 
 

@@ -30,11 +30,14 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   ├── InsufficientCredits (402)      INSUFFICIENT_CREDITS, requiredCredits
     │   ├── Forbidden (403)                FORBIDDEN
     │   ├── AdminForbidden (403)           ADMIN_TOKEN_INVALID
+    │   ├── MetricsForbidden (403)         METRICS_TOKEN_INVALID (nanogen: GET /metrics)
     │   ├── NotFound (404)                 NOT_FOUND
     │   │   └── TaskNotFound               TASK_NOT_FOUND
     │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
+    │   ├── RequestTimeout (408)           REQUEST_TIMEOUT (nanogen: a request header or body too slow)
     │   ├── Gone (410)                     GONE (nanogen: a file deleted by the retention setting)
     │   ├── UnsupportedMediaType (415)     UNSUPPORTED_MEDIA_TYPE  (nanogen: upload Content-Type)
+    │   ├── RangeNotSatisfiable (416)      RANGE_NOT_SATISFIABLE (nanogen: /files Range outside the file)
     │   ├── RateLimited (429)              API_KEY_RATE_LIMIT_EXCEEDED (+ Retry-After)
     │   ├── InternalError (500)            INTERNAL_ERROR
     │   │   ├── CreditReservationFailed    CREDIT_RESERVATION_FAILED
@@ -212,6 +215,12 @@ class AdminForbidden(APIError):
     default_message = "A valid admin token is required"
 
 
+class MetricsForbidden(APIError):
+    http_status = 403
+    error_code = "METRICS_TOKEN_INVALID"
+    default_message = "A valid metrics token is required"
+
+
 class NotFound(APIError):
     http_status = 404
     error_code = "NOT_FOUND"
@@ -229,6 +238,12 @@ class MethodNotAllowed(APIError):
     default_message = "Method not allowed"
 
 
+class RequestTimeout(APIError):
+    http_status = 408
+    error_code = "REQUEST_TIMEOUT"
+    default_message = "The request was not received in time"
+
+
 class Gone(APIError):
     http_status = 410
     error_code = "GONE"
@@ -239,6 +254,19 @@ class UnsupportedMediaType(APIError):
     http_status = 415
     error_code = "UNSUPPORTED_MEDIA_TYPE"
     default_message = "Upload an image/png, image/jpeg, image/webp or image/gif body"
+
+
+class RangeNotSatisfiable(APIError):
+    http_status = 416
+    error_code = "RANGE_NOT_SATISFIABLE"
+    default_message = "The requested range is outside the file"
+
+    def __init__(self, size: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
 
 
 class RateLimited(APIError):

@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         description="Shared storage unreachable: 'open' counts in process memory, 'closed' answers 503.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # -- slow clients (server/protocol.py) and the metrics endpoint
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request header must arrive within this (else 408, closed)."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="An incomplete request body must progress at least this often."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token of GET /metrics; unset or blank: /metrics answers 404."
+    )
 
     # -- output storage (docs/storage.md)
     storage: Literal["local", "s3"] = Field(default="local", description="Where outputs and inputs live.")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from limits import RateLimitItem, parse
 from starlette.requests import ClientDisconnect
 
 from nanogen import errors, ledger
 from nanogen.db import Query
+from nanogen.ratelimit import Budget
 from nanogen.server.services import Services
 
 T = TypeVar("T")
@@ -30,19 +30,18 @@ Poll = Callable[[str], Query]  # a poll's read given the caller's key hash: ledg
 
 
 async def _authenticate(
-    svc: Services, key: str, budget: RateLimitItem, scope: str = "", poll: Poll | None = None
+    svc: Services, key: str, budget: Budget, poll: Poll | None = None
 ) -> tuple[ledger.Caller, Rows]:
     """Look the key up and count the request against its budget (both without a thread hop on the
     embedded default: see db.Reads and ratelimit). ``poll``, when given, is the key lookup joined to
-    what the request reads, one statement; its rows come back. ``scope`` keeps a budget's counter
-    apart from another budget configured with the same rate."""
+    what the request reads, one statement; its rows come back."""
     key_hash = ledger.hash_key(key)
     statement, params = poll(key_hash) if poll is not None else ledger.authentication(key_hash)
     rows = await svc.reads.rows(statement, params)
     caller = ledger.caller(rows)
     if caller is None:
         raise errors.LoginRequired()
-    await svc.limiter.count(budget, scope + caller.key_id)
+    await svc.limiter.count(budget, caller.key_id)
     return caller, rows
 
 
@@ -72,17 +71,67 @@ async def status_caller(request: Request, poll: Poll | None = None) -> tuple[led
     return await _authenticate(svc, _bearer_key(request), svc.limiter.status, poll=poll)
 
 
-@lru_cache(maxsize=8)
-def _budget(rate: str) -> RateLimitItem:
-    return parse(rate)
+# Check-status authenticates before it reads the body (an unauthenticated client must not make the
+# server wait for, or buffer, a body), yet reads its tasks with the key lookup joined in, one
+# statement. So the key is looked up first, and a live key is remembered for KEY_CACHE_TTL_S: a
+# client polling every few seconds costs one lookup per poll at most, one that polls faster costs
+# none. The joined read re-checks the key, so a revoked key's polls fail at once; only a poll with an
+# invalid body may get its 400 instead of 401 for up to KEY_CACHE_TTL_S after the revocation.
+KEY_CACHE_TTL_S = 2.0
+_KEY_CACHE_MAX = 10_000
+_live_keys: dict[str, tuple[ledger.Caller, float]] = {}  # key hash -> (caller, until: monotonic)
+
+
+async def _live_key(svc: Services, key_hash: str) -> ledger.Caller:
+    now = time.monotonic()
+    known = _live_keys.get(key_hash)
+    if known is not None and known[1] > now:
+        return known[0]
+    statement, params = ledger.authentication(key_hash)
+    caller = ledger.caller(await svc.reads.rows(statement, params))
+    if caller is None:
+        _live_keys.pop(key_hash, None)
+        raise errors.LoginRequired()
+    if len(_live_keys) >= _KEY_CACHE_MAX:
+        _live_keys.clear()
+    _live_keys[key_hash] = (caller, now + KEY_CACHE_TTL_S)
+    return caller
+
+
+async def status_body(request: Request, parse: Callable[[dict[str, Any]], T]) -> tuple[str, T]:
+    """Check-status, first half: the key (401) and the polling budget (429), then the body read and
+    parsed by ``parse`` (400). Returns the key's hash for ``status_rows``."""
+    svc = services(request)
+    key_hash = ledger.hash_key(_bearer_key(request))
+    caller = await _live_key(svc, key_hash)
+    await svc.limiter.count(svc.limiter.status, caller.key_id)
+    return key_hash, parse(await json_body(request))
+
+
+async def status_rows(request: Request, key_hash: str, poll: Poll | None) -> tuple[ledger.Caller, Rows]:
+    """Check-status, second half: ``poll`` (the key lookup joined to the poll's read; the key lookup
+    alone when None), so the key is checked again in the statement that reads the tasks."""
+    statement, params = poll(key_hash) if poll is not None else ledger.authentication(key_hash)
+    rows = await services(request).reads.rows(statement, params)
+    caller = ledger.caller(rows)
+    if caller is None:  # revoked since it was remembered
+        _live_keys.pop(key_hash, None)
+        raise errors.LoginRequired()
+    return caller, rows
 
 
 async def upload_caller(request: Request) -> ledger.Caller:
     """Authenticates and counts against the key's upload budget (``NANOGEN_RATE_LIMIT_UPLOAD``)."""
     svc = services(request)
-    budget = _budget(svc.settings.rate_limit_upload)
-    who, _ = await _authenticate(svc, _bearer_key(request), budget, "upload:")
+    who, _ = await _authenticate(svc, _bearer_key(request), svc.limiter.upload)
     return who
+
+
+async def _message(request: Request) -> tuple[bytes, bool]:
+    message = await request.receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    return message.get("body", b""), message.get("more_body", False)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -91,16 +140,21 @@ async def json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise errors.RequestTooLarge(f"Request body larger than {cap} bytes")
-    body = b""
-    more = True
-    while more:  # ASGI messages read directly: Request.stream()'s async generator cost a tenth of a poll
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if len(body) > cap:
+    # ASGI messages read directly (Request.stream()'s async generator cost a tenth of a poll). A body
+    # in one message, the usual case, is used as it is; pieces are joined once at the end (appending
+    # each to the bytes so far copied them all again: quadratic in the number of pieces).
+    body, more = await _message(request)
+    if more:
+        pieces, size = [body], len(body)
+        while more and size <= cap:
+            body, more = await _message(request)
+            pieces.append(body)
+            size += len(body)
+        if size > cap:
             raise errors.RequestTooLarge(f"Request body larger than {cap} bytes")
+        body = b"".join(pieces)
+    elif len(body) > cap:
+        raise errors.RequestTooLarge(f"Request body larger than {cap} bytes")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -108,12 +162,3 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.InvalidJSON()
     return data
-
-
-async def body_or_error(request: Request, parse: Callable[[dict[str, Any]], T]) -> T | errors.APIError:
-    """The body parsed by ``parse``, or the error it would get: a poll authenticates first (401 comes
-    before 400) and reads its task with the key lookup, so the caller raises it after authenticating."""
-    try:
-        return parse(await json_body(request))
-    except errors.APIError as exc:
-        return exc

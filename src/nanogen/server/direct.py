@@ -61,7 +61,7 @@ class App(FastAPI):
         try:
             response = await endpoint(Request(scope, receive, send))
         except Exception as exc:  # every error leaves in the contract's envelope
-            response = response_for(exc)
+            response = response_for(exc, scope)
         await response(scope, receive, send)
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 from nanogen import errors
 from nanogen.server.responses import FastJSONResponse
@@ -21,13 +25,16 @@ _HTTP_ERRORS: dict[int, type[errors.APIError]] = {
 }
 
 
-def render(exc: errors.APIError) -> Response:
-    return FastJSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
+def render(exc: errors.APIError, headers: Mapping[str, str] | None = None) -> Response:
+    return FastJSONResponse(
+        exc.body(), status_code=exc.http_status, headers={**exc.headers(), **(headers or {})}
+    )
 
 
-def response_for(exc: Exception) -> Response:
+def response_for(exc: Exception, scope: Scope | None = None) -> Response:
     """The response an exception leaves as: the contract's error code where there is one, 503 while
-    the database is unreachable, 500 (logged) for anything unexpected."""
+    the database is unreachable, 500 (logged) for anything unexpected. ``scope``: the request's, for
+    the log line of a client that went away."""
     if isinstance(exc, errors.APIError):
         return render(exc)
     if isinstance(exc, HTTPException):
@@ -35,10 +42,18 @@ def response_for(exc: Exception) -> Response:
         if cls is errors.NotFound:
             return render(errors.NotFound("Not found"))
         if cls is not None:
-            return render(cls())
+            return render(cls(), exc.headers)  # 405's Allow
         return FastJSONResponse(
-            {"error": str(exc.detail), "errorCode": "HTTP_ERROR"}, status_code=exc.status_code
+            {"error": str(exc.detail), "errorCode": "HTTP_ERROR"},
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
+    if isinstance(exc, ClientDisconnect):
+        # The client closed the connection (or the server did, for a body too slow: server/protocol.py)
+        # before its request was read: nothing went wrong here, and nobody is left to answer.
+        where = f" ({scope.get('method')} {scope.get('path')})" if scope else ""
+        log.warning("client disconnected before its request was complete%s", where)
+        return render(errors.BadRequest("The client disconnected before its request was complete"))
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
@@ -50,10 +65,35 @@ def response_for(exc: Exception) -> Response:
     return render(errors.InternalError())
 
 
-async def _handle(_request: Request, exc: Exception) -> Response:
-    return response_for(exc)
+async def _handle(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
+        return render(errors.MethodNotAllowed(), {"Allow": allowed} if allowed else None)
+    return response_for(exc, request.scope)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path: Starlette's 405 names only the first route's
+    (``/files/…`` has a GET route and a HEAD route). Mounts (static files) answer for themselves."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
 
 
 def install(app: FastAPI) -> None:
-    for kind in (errors.APIError, HTTPException, RequestValidationError, OperationalError, Exception):
+    for kind in (
+        errors.APIError,
+        HTTPException,
+        RequestValidationError,
+        ClientDisconnect,
+        OperationalError,
+        Exception,
+    ):
         app.add_exception_handler(kind, _handle)

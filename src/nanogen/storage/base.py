@@ -5,7 +5,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,11 +49,13 @@ class Redirect:
 
 @dataclass
 class Stream:
-    """Bytes relayed from the backend, with the status (200/206) and headers it answered."""
+    """Bytes relayed from the backend, with the status (200/206) and headers it answered; ``close``
+    lets the backend's response go unread (HEAD)."""
 
     chunks: Iterator[bytes]
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
 
 
 Download = LocalFile | Redirect | Stream
@@ -85,6 +87,64 @@ class Storage(Protocol):
     def ping(self) -> None:
         """Raise StorageUnavailable when the backend cannot be used (readiness)."""
         ...
+
+
+# One range-spec of RFC 9110 14.1.1: first-last, first-, or -suffix length (digits bounded: no file
+# is 10^30 bytes, and int() of a huge string is slow).
+_RANGE_SPEC = re.compile(r"(\d{1,30})-(\d{0,30})|-(\d{1,30})")
+
+ByteRange = tuple[int | None, int | None]
+
+
+def parse_range(header: str | None) -> list[ByteRange] | None:
+    """A ``Range`` header's byte ranges, as written: ``(first, last)``, ``(first, None)`` for
+    ``first-``, ``(None, length)`` for a suffix ``-length``. None when the header must be ignored and
+    the whole file answered (200), as RFC 9110 14.2 says: absent, a unit other than bytes, or not a
+    valid range set (``bytes=5-3``, ``bytes=x``, ``bytes=``)."""
+    if header is None:
+        return None
+    unit, equals, specs = header.partition("=")
+    if not equals or unit.strip().lower() != "bytes":
+        return None
+    ranges: list[ByteRange] = []
+    for spec in specs.split(","):
+        spec = spec.strip(" \t")
+        if not spec:  # empty list elements are allowed (RFC 9110 5.6.1)
+            continue
+        found = _RANGE_SPEC.fullmatch(spec)
+        if found is None:
+            return None
+        first, last, suffix = found.groups()
+        if suffix is not None:
+            ranges.append((None, int(suffix)))
+        elif last:
+            if int(last) < int(first):
+                return None
+            ranges.append((int(first), int(last)))
+        else:
+            ranges.append((int(first), None))
+    return ranges or None
+
+
+def range_header(ranges: Sequence[ByteRange]) -> str:
+    """The ``Range`` header of these ranges (``parse_range``'s or ``satisfiable``'s)."""
+    specs = (
+        f"-{last}" if first is None else f"{first}-{'' if last is None else last}" for first, last in ranges
+    )
+    return "bytes=" + ",".join(specs)
+
+
+def satisfiable(ranges: Sequence[ByteRange], size: int) -> list[ByteRange]:
+    """The ranges that select bytes of a file of ``size`` bytes, as ``(first, last)`` offsets (last
+    included); none: the request is answered 416."""
+    selected: list[ByteRange] = []
+    for first, last in ranges:
+        if first is None:  # the last ``last`` bytes
+            if last and size:
+                selected.append((max(size - last, 0), size - 1))
+        elif first < size:
+            selected.append((first, size - 1 if last is None else min(last, size - 1)))
+    return selected
 
 
 def new_key(kind: str, filename: str) -> str:

@@ -11,7 +11,6 @@ Credentials are SecretStr settings handed only to boto3; nothing here logs or re
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
@@ -33,6 +32,8 @@ from nanogen.storage.base import (
     Stream,
     content_type_for,
     is_valid_key,
+    parse_range,
+    range_header,
 )
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# One range only: S3 answers a multi-range request with the whole object, so don't pretend.
-_SINGLE_RANGE = re.compile(r"^bytes=(\d+-\d*|-\d+)$")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _CHUNK = 1024 * 1024
 _DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -216,8 +215,11 @@ class S3Storage:
 
     def _stream(self, key: str, byte_range: str | None) -> Stream:
         params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
-        if byte_range and _SINGLE_RANGE.match(byte_range.strip()):
-            params["Range"] = byte_range.strip()
+        ranges = parse_range(byte_range)
+        # One range only: S3 answers several with the whole object, so don't pretend. An invalid
+        # header or another unit is ignored (the whole object, 200), as RFC 9110 says.
+        if ranges is not None and len(ranges) == 1:
+            params["Range"] = range_header(ranges)
         try:
             with _translated(key):
                 response = self._client.get_object(**params)
@@ -239,7 +241,7 @@ class S3Storage:
             modified = response["LastModified"].astimezone(UTC)  # botocore's tzutc is not datetime's UTC
             headers["Last-Modified"] = format_datetime(modified, usegmt=True)
         status = int(response["ResponseMetadata"]["HTTPStatusCode"])
-        return Stream(_chunks(response["Body"]), status, headers)
+        return Stream(_chunks(response["Body"]), status, headers, close=response["Body"].close)
 
     def ping(self) -> None:
         try:

@@ -3,11 +3,14 @@
 ``/readyz`` checks, at once and each within a few seconds, what a request may need: the database,
 the shared rate-limit storage (Redis, when configured) and output storage. Any one down: 503 with the
 JSON envelope and a ``checks`` map naming it, so a load balancer stops sending traffic here.
+``/healthz`` and ``/readyz`` answer HEAD too. ``/metrics`` needs ``Authorization: Bearer
+<NANOGEN_METRICS_TOKEN>`` and answers 404 while that setting is unset or blank.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -20,6 +23,7 @@ from nanogen import errors
 from nanogen.server.deps import services
 from nanogen.server.responses import FastJSONResponse
 from nanogen.server.services import Services
+from nanogen.settings import Settings
 
 router = APIRouter(tags=["Operations"])
 
@@ -29,6 +33,9 @@ CHECK_TIMEOUT_S = 5.0
 @router.get("/healthz", summary="The process is up")
 async def healthz() -> Response:
     return FastJSONResponse({"status": "ok"})
+
+
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
 
 
 def _database(svc: Services) -> str:
@@ -77,6 +84,21 @@ async def readyz(request: Request) -> Response:
     return FastJSONResponse({"status": "ready", "checks": checks})
 
 
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
+
+def metrics_token(settings: Settings) -> str | None:
+    """The token /metrics takes; None (the endpoint is off) when unset, empty or blank."""
+    token = settings.metrics_token.get_secret_value().strip() if settings.metrics_token else ""
+    return token or None
+
+
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    token = metrics_token(services(request).settings)
+    if token is None:
+        raise errors.NotFound("Not found")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise errors.MetricsForbidden()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from nanogen import errors, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, image_price, image_size
-from nanogen.server.deps import body_or_error, generate_caller, json_body, services, status_caller
+from nanogen.server.deps import generate_caller, json_body, services, status_body, status_rows
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
@@ -80,15 +80,10 @@ async def generate(request: Request) -> Response:
     openapi_extra=body_schema(schemas.ImageStatusRequest),
 )
 async def check_status(request: Request) -> Response:
-    body = await body_or_error(request, schemas.parse_image_status_request)
-    poll = (
-        None
-        if isinstance(body, errors.APIError)
-        else partial(store.poll_generation, generation_id=body.generationId)
-    )
-    who, rows = await status_caller(request, poll)  # the key lookup and the tasks: one statement
-    if isinstance(body, errors.APIError):
-        raise body
+    # The key before the body (deps.status_body); the tasks read with the key checked again, one statement.
+    key_hash, body = await status_body(request, schemas.parse_image_status_request)
+    poll = partial(store.poll_generation, generation_id=body.generationId)
+    who, rows = await status_rows(request, key_hash, poll)
     task = next((t for t in store.polled(rows) if t.product is Product.IMAGE), None)
     if task is None:
         raise errors.NotFound()

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from nanogen import errors, ledger, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
-from nanogen.server.deps import body_or_error, generate_caller, json_body, services, status_caller
+from nanogen.server.deps import generate_caller, json_body, services, status_body, status_rows
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
@@ -111,13 +111,12 @@ async def _generation_of(svc: Services, found: dict[str, store.TaskRecord]) -> s
 )
 async def check_status(request: Request) -> Response:
     svc = services(request)
-    body = await body_or_error(request, schemas.parse_video_status_request)
-    ids = [] if isinstance(body, errors.APIError) else [ref.taskId for ref in body.taskIds]
+    # The key before the body (deps.status_body); the tasks read with the key checked again, one statement.
+    key_hash, body = await status_body(request, schemas.parse_video_status_request)
+    ids = [ref.taskId for ref in body.taskIds]
     unique = list(dict.fromkeys(ids))
     poll = partial(store.poll_tasks, task_ids=unique) if unique else None
-    who, rows = await status_caller(request, poll)  # the key lookup and the tasks: one statement
-    if isinstance(body, errors.APIError):
-        raise body
+    who, rows = await status_rows(request, key_hash, poll)
     if not body.taskIds and body.generationId:
         return FastJSONResponse(without_none(await _status_of_generation(svc, who, body.generationId)))
     found = {t.id: t for t in store.polled(rows)}
