@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -88,6 +89,53 @@ def test_each_accepted_format(strict: Server, fmt: str, mime: str) -> None:
     r = upload(strict.new_account(0), image_bytes((200, 30, 30), fmt), f"{mime}; charset=binary")
     assert r.status_code == 201, r.text
     assert r.json()["contentType"] == mime
+
+
+def mpo_bytes(first: tuple[int, int, int], second: tuple[int, int, int]) -> bytes:
+    """A JPEG with a multi-picture segment, as phones write (Pillow opens it as "MPO")."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 80), first).save(
+        buffer, "MPO", save_all=True, append_images=[Image.new("RGB", (60, 40), second)]
+    )
+    return buffer.getvalue()
+
+
+def test_an_mpo_upload_is_a_jpeg_and_edits(strict: Server) -> None:
+    account = strict.new_account(100)
+    data = mpo_bytes((230, 20, 20), (20, 20, 230))
+    r = upload(account, data, "image/jpeg")
+    assert r.status_code == 201, r.text  # was 500 INTERNAL_ERROR
+    body = r.json()
+    assert (body["contentType"], body["width"], body["height"], body["bytes"]) == (
+        "image/jpeg",
+        120,
+        80,
+        len(data),
+    )
+    assert body["url"].endswith(".jpg")
+    with account.client() as c:
+        g = c.post(
+            "/api/nano-banana-2/generate",
+            json={"prompt": "phone photo", "mode": "edit", "inputImageUrls": [body["url"]]},
+        )
+    assert g.status_code == 200, g.text
+    result = wait_image(account, g.json()["generationId"])
+    assert result["status"] == "completed", result
+    pixels = np.asarray(Image.open(io.BytesIO(httpx.get(str(result["imageUrl"])).content)).convert("RGB"))
+    red = (np.abs(pixels.astype(int) - (230, 20, 20)).max(axis=-1) <= 16).mean()
+    assert red > 0.05  # the first picture is drawn
+
+
+def test_an_edit_fetching_an_mpo_completes(server: Server, image_host: ImageHost) -> None:
+    image_host.files["/phone.mpo.jpg"] = (mpo_bytes((20, 200, 20), (0, 0, 0)), "image/jpeg")
+    account = server.new_account(100)
+    with account.client() as c:
+        g = c.post(
+            "/api/nano-banana-2/generate",
+            json={"prompt": "p", "mode": "edit", "inputImageUrls": [image_host.url("phone.mpo.jpg")]},
+        )
+    assert g.status_code == 200, g.text  # was 500 INTERNAL_ERROR
+    assert wait_image(account, g.json()["generationId"])["status"] == "completed"
 
 
 def test_edit_with_an_upload_reads_storage_not_the_network(strict: Server, image_host: ImageHost) -> None:

@@ -81,6 +81,10 @@ class DecodeBudget:
     def used(self) -> int:
         return self._used
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
     @contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
         """Reserve ``nbytes`` (clamped to the limit: an oversized decode runs alone) for the block."""
