@@ -185,6 +185,17 @@ def test_webp_decodes_at_the_size_asked(options: dict[str, object]) -> None:
     assert small.getpixel((35, 15)) == pytest.approx(BLUE, abs=16)
 
 
+def test_without_libwebp_pillow_decodes_webp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no libwebp can be loaded, Pillow's decoder is used, reserved at its full cost."""
+    monkeypatch.setattr(webp, "_loaded", [None])
+    data = encode(pattern((400, 300)), "WEBP", lossless=True)
+    assert images.probe_image(data, 10**6) == images.ImageInfo("image/webp", 400, 300, "webp")
+    small = images.open_rgb(data, cover=(40, 30))
+    assert small.width >= 40 and small.getpixel((2, 15)) == pytest.approx(RED, abs=16)
+    with pytest.raises(ValueError, match="over the limit"):
+        images.probe_image(data, 10**4)
+
+
 def test_damaged_webp_is_refused_with_a_reason() -> None:
     data = encode(pattern((400, 300)), "WEBP", quality=90)
     for broken in (data[: len(data) // 2], data[:40], data[:12] + b"VP8 " + b"\xff" * 40):
