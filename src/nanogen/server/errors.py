@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -58,6 +58,11 @@ def response_for(exc: Exception, scope: Scope | None = None) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return render(errors.InvalidParameter(f"{field}: {first.get('msg', 'invalid')}", field=field))
+    if isinstance(exc, DataError):  # a value the database cannot store or compare (NUL, out of range)
+        log.info("refused a value the database cannot take: %s", str(exc.orig).splitlines()[0])
+        return render(
+            errors.InvalidParameter("A value in the request cannot be stored; check its characters")
+        )
     if isinstance(exc, OperationalError):
         log.warning("database unavailable: %s", exc)
         return render(errors.ServiceUnavailable())
@@ -93,6 +98,7 @@ def install(app: FastAPI) -> None:
         HTTPException,
         RequestValidationError,
         ClientDisconnect,
+        DataError,
         OperationalError,
         Exception,
     ):
