@@ -15,6 +15,7 @@ from starlette.routing import Match, Mount
 from starlette.types import Scope
 
 from nanogen import errors
+from nanogen.server.protocol import TIMED_OUT
 from nanogen.server.responses import FastJSONResponse
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,11 @@ def response_for(exc: Exception, scope: Scope | None = None) -> Response:
             headers=exc.headers,
         )
     if isinstance(exc, ClientDisconnect):
-        # The client closed the connection (or the server did, for a body too slow: server/protocol.py)
-        # before its request was read: nothing went wrong here, and nobody is left to answer.
-        where = f" ({scope.get('method')} {scope.get('path')})" if scope else ""
-        log.warning("client disconnected before its request was complete%s", where)
+        # The client closed the connection before its request was read (or the server did, for a body
+        # too slow: server/protocol.py logged that): nothing went wrong here, and nobody is left to answer.
+        if not (scope and scope.get(TIMED_OUT)):
+            where = f" ({scope.get('method')} {scope.get('path')})" if scope else ""
+            log.warning("client disconnected before its request was complete%s", where)
         return render(errors.BadRequest("The client disconnected before its request was complete"))
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}

@@ -35,6 +35,10 @@ from nanogen import errors
 
 log = logging.getLogger(__name__)
 
+# Set in a request's scope when its body timed out: the application then sees http.disconnect, and
+# its error handler leaves the logging to the line written here (server/errors.py).
+TIMED_OUT = "nanogen.body_timed_out"
+
 
 class _FlowControl(FlowControl):
     """uvicorn's flow control, remembering when reading last resumed (time paused is not the client's)."""
@@ -175,6 +179,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             if not cycle.response_started:
                 self._reply_408()
+            cycle.scope[TIMED_OUT] = True  # type: ignore[literal-required]
             cycle.disconnected = True  # the application's receive() answers http.disconnect
             cycle.message_event.set()
         self.transport.close()
