@@ -185,6 +185,17 @@ def test_webp_decodes_at_the_size_asked(options: dict[str, object]) -> None:
     assert small.getpixel((35, 15)) == pytest.approx(BLUE, abs=16)
 
 
+def test_a_webp_frame_must_fit_its_canvas() -> None:
+    """The pixel limit is checked on the canvas: a frame or picture claiming more is refused unread."""
+    frames = [Image.new("RGB", (40, 30), colour) for colour in (RED, BLUE)]
+    data = bytearray(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True))
+    canvas = data.index(b"VP8X") + 8
+    assert webp.parse(bytes(data)).frame == (40, 30)
+    data[canvas + 4 : canvas + 10] = (9).to_bytes(3, "little") + (9).to_bytes(3, "little")  # a 10x10 canvas
+    with pytest.raises(ValueError, match="larger than its canvas"):
+        images.probe_image(bytes(data), 10**6)
+
+
 def test_without_libwebp_pillow_decodes_webp(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where no libwebp can be loaded, Pillow's decoder is used, reserved at its full cost."""
     monkeypatch.setattr(webp, "_loaded", [None])

@@ -109,7 +109,9 @@ def parse(data: bytes) -> Bitstream:
     width, height = _u24(data, at + 4) + 1, _u24(data, at + 7) + 1
     exif = next((memoryview(data)[at : at + size] for fourcc, at, size in chunks if fourcc == b"EXIF"), None)
     if not flags & 0x02:  # a still image: libwebp decodes the whole file (ALPH + VP8, or VP8L)
-        _, _, lossless, alpha = _picture(data, chunks[1:])
+        inner_width, inner_height, lossless, alpha = _picture(data, chunks[1:])
+        if (inner_width, inner_height) != (width, height):
+            raise ValueError("the WebP picture's size differs from its canvas")
         alpha = alpha or bool(flags & 0x10)
         return Bitstream(width, height, lossless, alpha, False, data, (width, height), exif)
     frames = [(at, size) for fourcc, at, size in chunks if fourcc == b"ANMF"]
@@ -120,7 +122,11 @@ def parse(data: bytes) -> Bitstream:
         raise ValueError("the WebP ANMF chunk is truncated")
     view = memoryview(data)[at + 16 : at + size]
     frame = (_u24(data, at + 6) + 1, _u24(data, at + 9) + 1)
-    _, _, lossless, alpha = _picture(view, _chunks(view, 0, len(view)))
+    if frame[0] > width or frame[1] > height:  # what is decoded must be within what was counted
+        raise ValueError("the WebP frame is larger than its canvas")
+    inner_width, inner_height, lossless, alpha = _picture(view, _chunks(view, 0, len(view)))
+    if (inner_width, inner_height) != frame:
+        raise ValueError("the WebP frame's picture differs from its size")
     return Bitstream(width, height, lossless, alpha, True, view, frame, exif)
 
 
