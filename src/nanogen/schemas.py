@@ -340,7 +340,7 @@ def _check_shots(request: VideoGenerateRequest) -> None:
 
 
 def parse_video_status_request(data: dict[str, Any]) -> VideoStatusRequest:
-    if data.get("taskIds", []) is None:  # null reads as absent, like every other optional field
+    if data.get("taskIds", []) is None:  # beside a generationId, a client's "no task ids" may be null
         data = {k: v for k, v in data.items() if k != "taskIds"}
     task_ids = data.get("taskIds")
     generation_id = data.get("generationId")
