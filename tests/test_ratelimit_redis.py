@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import Account, Server, assert_envelope, free_port, wait_for
+from tests.databases import postgres_database
 from tests.storage.flows import new_home
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -44,10 +45,17 @@ def counted(url: str, prefix: str) -> int:
     return sum(int(client.llen(key)) for key in client.keys(f"{prefix}:*"))
 
 
-def api_pair(tmp_path: Path, prefix: str, **extra: str) -> tuple[Server, Server]:
+@pytest.fixture
+def shared_database() -> Iterator[str]:
+    """Two processes share a database on PostgreSQL (a SQLite data directory takes one process)."""
+    with postgres_database("ratelimit") as url:
+        yield url
+
+
+def api_pair(database_url: str, tmp_path: Path, prefix: str, **extra: str) -> tuple[Server, Server]:
     """Two API processes on one database (so one key works on both) and one Redis."""
     shared = {
-        "NANOGEN_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite'}",
+        "NANOGEN_DATABASE_URL": database_url,
         "NANOGEN_RATE_LIMIT_STORAGE": REDIS_URL,
         "NANOGEN_RATE_LIMIT_PREFIX": prefix,
         **extra,
@@ -64,8 +72,10 @@ def generate(server: Server, account: Account, i: int) -> httpx.Response:
         return c.post(IMAGE, json={"prompt": "x"}) if i % 2 else c.post(VIDEO, json={"shots": []})
 
 
-def test_two_api_processes_share_the_100_per_hour_budget(prefix: str, tmp_path: Path) -> None:
-    first, second = api_pair(tmp_path, prefix)
+def test_two_api_processes_share_the_100_per_hour_budget(
+    prefix: str, tmp_path: Path, shared_database: str
+) -> None:
+    first, second = api_pair(shared_database, tmp_path, prefix)
     try:
         account = first.new_account(0)
         for i in range(100):
@@ -86,8 +96,8 @@ def test_two_api_processes_share_the_100_per_hour_budget(prefix: str, tmp_path: 
         first.stop()
 
 
-def test_retry_after_is_when_a_slot_frees(prefix: str, tmp_path: Path) -> None:
-    first, second = api_pair(tmp_path, prefix, NANOGEN_RATE_LIMIT_GENERATE="3/4 seconds")
+def test_retry_after_is_when_a_slot_frees(prefix: str, tmp_path: Path, shared_database: str) -> None:
+    first, second = api_pair(shared_database, tmp_path, prefix, NANOGEN_RATE_LIMIT_GENERATE="3/4 seconds")
     try:
         account = first.new_account(0)
         assert [generate((first, second)[i % 2], account, i).status_code for i in range(3)] == [400, 402, 400]

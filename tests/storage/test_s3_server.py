@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ImageHost, Server, assert_envelope, wait_for
+from tests.databases import postgres_database
 from tests.storage import flows
 from tests.storage.conftest import SECRET_KEY, MotoS3
 
@@ -84,8 +85,14 @@ def test_image_and_two_shot_video_live_in_the_bucket(
 
 
 def test_a_worker_elsewhere_writes_what_every_api_process_serves(s3: MotoS3, tmp_path: Path) -> None:
+    # Several processes on one database: PostgreSQL (a SQLite data directory takes one process).
+    with postgres_database("s3split") as url:
+        _worker_elsewhere(s3, tmp_path, url)
+
+
+def _worker_elsewhere(s3: MotoS3, tmp_path: Path, database_url: str) -> None:
     bucket = s3.new_bucket()
-    shared = {"NANOGEN_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite'}"}
+    shared = {"NANOGEN_DATABASE_URL": database_url}
     api_a = Server(flows.new_home(tmp_path, "api-a"), args=("--no-worker",))
     api_b = Server(flows.new_home(tmp_path, "api-b"), args=("--no-worker",))
     for api, name in ((api_a, "api-a"), (api_b, "api-b")):
