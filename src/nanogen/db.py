@@ -126,9 +126,15 @@ tasks = sa.Table(
 )
 
 
-PG_POOL_SIZE = 20  # connections a process keeps (made as needed)
-# PostgreSQL connections a process's request handlers read on at once (asyncio, see Reads).
-READ_CONNECTIONS = 8
+# A process's PostgreSQL connection budget (docs/deploy.md, "PostgreSQL connections"); settable with
+# NANOGEN_DB_POOL_SIZE, NANOGEN_DB_READ_CONNECTIONS and NANOGEN_DB_SYSTEM_POOL_SIZE. Every pool is a hard
+# cap (no overflow): a thread that finds its pool exhausted waits for a connection (POOL_TIMEOUT_S), and
+# no code path holds a connection of a pool while asking that pool for a second one.
+PG_POOL_SIZE = 5  # nanogen's tables: the submit writer, workflow steps (short transactions), sweepers
+READ_CONNECTIONS = 3  # request handlers' reads on the event loop (asyncio, see Reads)
+SYSTEM_POOL_SIZE = 4  # DBOS's system tables: queue polling (half of it at most), workflow and step records
+CLIENT_POOL_SIZE = 1  # the DBOSClient's own, used only to enqueue a concatenation (lazy)
+POOL_TIMEOUT_S = 30.0
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
@@ -140,8 +146,11 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         # a connection found dead raises a disconnect error, and SQLAlchemy then discards every
         # connection of the pool made before it, so after a database restart the first statement
         # fails (503) and the next ones reconnect.
+        # A hard cap (no overflow), named in pg_stat_activity.
         kwargs.setdefault("pool_size", PG_POOL_SIZE)
-        kwargs.setdefault("max_overflow", 10)
+        kwargs.setdefault("max_overflow", 0)
+        kwargs.setdefault("pool_timeout", POOL_TIMEOUT_S)
+        kwargs.setdefault("connect_args", {"application_name": "nanogen"})
         return sa.create_engine(url, **kwargs)
     # A pool as large as the request thread pool: opening a SQLite connection (pragmas, schema
     # parse) costs more than the query, and churn under load was a quarter of the request CPU.
@@ -193,10 +202,11 @@ def conflict(exc: BaseException) -> bool:
 
 def unavailable(exc: BaseException) -> bool:
     """A lost or refused connection (the database down, restarting, or locked past the busy
-    timeout), not a bad statement nor a conflict: worth retrying later, or answering 503."""
+    timeout; or no connection of the pool freed within its timeout), not a bad statement nor a
+    conflict: worth retrying later, or answering 503."""
     if conflict(exc):
         return False
-    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError) or (
         isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
     )
 
@@ -323,7 +333,7 @@ class Reads:
     hand-offs; measured: 0.84 ms of server CPU per check-status).
     """
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, connections: int = READ_CONNECTIONS) -> None:
         self._dialect = engine.dialect
         self._sqlite: sqlite3.Connection | None = None
         self._pool: AsyncReadPool | None = None
@@ -332,7 +342,7 @@ class Reads:
             self._sqlite = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             self._sqlite.execute("PRAGMA query_only=ON")
         else:
-            self._pool = AsyncReadPool(engine.url, READ_CONNECTIONS)
+            self._pool = AsyncReadPool(engine.url, connections)
 
     async def rows(self, statement: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         if self._pool is not None:
@@ -395,7 +405,9 @@ class AsyncReadPool:
                     await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, connect_timeout=5)
+        return await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=5, application_name="nanogen-reads"
+        )
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []

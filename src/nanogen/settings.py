@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nanogen import __version__
+from nanogen.db import PG_POOL_SIZE, READ_CONNECTIONS, SYSTEM_POOL_SIZE
 
 # An admin token grants credits: one shorter than this is refused at start rather than guessed later.
 ADMIN_TOKEN_MIN_LENGTH = 16
@@ -169,6 +170,17 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = Field(default=5.0, gt=0)
     shutdown_grace_s: int = Field(
         default=5, ge=0, description="On SIGTERM, how long running generations get to finish."
+    )
+
+    # -- PostgreSQL connections a process holds at most (docs/deploy.md); SQLite: not used
+    db_pool_size: int = Field(
+        default=PG_POOL_SIZE, ge=1, description="nanogen's tables: submit writer, workflow steps, sweepers."
+    )
+    db_read_connections: int = Field(
+        default=READ_CONNECTIONS, ge=1, description="The API's reads on the event loop (serve, api)."
+    )
+    db_system_pool_size: int = Field(
+        default=SYSTEM_POOL_SIZE, ge=2, description="DBOS's system tables: queue polling, workflow records."
     )
 
     @field_validator("admin_token", mode="before")

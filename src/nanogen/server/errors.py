@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -65,7 +66,7 @@ def response_for(exc: Exception, scope: Scope | None = None) -> Response:
         return render(
             errors.InvalidParameter("A value in the request cannot be stored; check its characters")
         )
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError | PoolTimeout):  # PoolTimeout: no pooled connection freed in time
         log.warning("database unavailable: %s", exc)
         return render(errors.ServiceUnavailable())
     log.exception("unhandled error", exc_info=exc)

@@ -50,7 +50,7 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
         key_prefix=settings.rate_limit_prefix,
         fail_closed=settings.rate_limit_fail == "closed",
     )
-    reads = Reads(process.runtime.db)
+    reads = Reads(process.runtime.db, settings.db_read_connections)
     try:
         yield Services(settings, process, writer, fetcher, limiter, reads)
     finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from dbos import DBOS, DBOSClient
 
-from nanogen.db import make_engine, read_connection, write_transaction
+from nanogen.db import CLIENT_POOL_SIZE, make_engine, read_connection, write_transaction
 from nanogen.engines.base import DEADLINE_MESSAGE, Engine
 from nanogen.engines.registry import default_registry
 from nanogen.products import Product
@@ -41,13 +41,18 @@ def build_runtime(settings: Settings) -> Runtime:
             instances[name] = registry.create(name, settings)
         engines[product] = instances[name]
     url = settings.resolved_database_url
+    postgres = not url.startswith("sqlite")  # the connection budget (docs/deploy.md); SQLite keeps its own
     settings.scratch_dir.mkdir(parents=True, exist_ok=True)
     return Runtime(
         settings=settings,
-        db=make_engine(url),
+        db=make_engine(url, pool_size=settings.db_pool_size) if postgres else make_engine(url),
         storage=make_storage(settings),
         engines=engines,
-        dbos_client=DBOSClient(system_database_url=url, lazy=True),
+        dbos_client=DBOSClient(
+            system_database_url=url,
+            lazy=True,
+            system_database_pool_size=CLIENT_POOL_SIZE if postgres else None,
+        ),
         engine_names=names,
     )
 
@@ -124,6 +129,11 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             "application_version": settings.application_version,
             "executor_id": settings.executor_id_for(role),
             "max_executor_threads": settings.max_executor_threads,
+            **(
+                {"sys_db_pool_size": settings.db_system_pool_size}
+                if not settings.resolved_database_url.startswith("sqlite")
+                else {}
+            ),
             # nanogen sends no DBOS notifications; polling for them often only costs CPU.
             "notification_listener_polling_interval_sec": 1.0,
             "console_log_level": "WARNING",
