@@ -14,7 +14,7 @@ from nanogen import __version__
 from nanogen.server import errors
 from nanogen.server.deps import BEARER_SCHEME
 from nanogen.server.direct import App
-from nanogen.server.routes import account, admin, files, health, images, playground, uploads, videos
+from nanogen.server.routes import account, admin, files, health, images, openai, playground, uploads, videos
 from nanogen.server.services import lifespan
 from nanogen.settings import Settings
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    for module in (images, videos, uploads, account, files, admin, health):
+    for module in (images, videos, uploads, account, files, admin, health, openai):
         app.include_router(module.router)
     playground.install(app)
     _install_docs(app)
