@@ -226,3 +226,20 @@ def test_the_docs_sdk_examples_run_as_printed(
     assert Image.open(tmp_path / "lighthouse.png").size == (1376, 768)
     assert (tmp_path / "waves.mp4").read_bytes()[4:8] == b"ftyp"
     assert account.balance() < 100
+
+
+def test_the_generate_budget_is_shared_with_the_native_api(tmp_path: Any) -> None:
+    server = Server(tmp_path, extra_env={"NANOGEN_RATE_LIMIT_GENERATE": "2/hour"}).start()
+    try:
+        account = server.new_account(100)
+        with account.client() as native:
+            assert native.post("/api/nano-banana-2/generate", json={"prompt": "native"}).status_code == 200
+        client = _client(server, account.key, max_retries=0)
+        client.images.generate(prompt="the second of two")
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.videos.create(prompt="a third")
+        assert limited.value.code == "rate_limit_exceeded" and limited.value.type == "requests"
+        assert int(limited.value.response.headers["retry-after"]) > 0
+        assert account.balance() == 92
+    finally:
+        server.stop()
