@@ -180,6 +180,27 @@ def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
         time.sleep(interval)
 
 
+def _uses_postgres(item: pytest.Item, sources: dict[Path, bool]) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "postgres" in callspec.id.split("-"):
+        return True
+    path = Path(str(item.fspath))
+    if path not in sources:
+        sources[path] = "postgres" in path.read_text()
+    return sources[path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (scripts/test), every test that starts servers on the
+    shared PostgreSQL runs on one worker, one at a time as before: each server holds a few dozen
+    connections and the server's default max_connections (100) is shared with whatever else runs on the
+    machine. The SQLite tests spread over the other workers."""
+    sources: dict[Path, bool] = {}
+    for item in items:
+        if _uses_postgres(item, sources):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """The database a test's servers use: the embedded default (None: SQLite under the server's
