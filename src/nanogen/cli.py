@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import os
+import logging.config
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nanogen import cli_generate, ledger
 from nanogen.db import make_engine, read_connection, write_transaction
@@ -113,23 +114,28 @@ def serve(
     settings, _owned = _claim(settings, "serve" if worker else "api")
     with _database(settings):
         pass
+    logging.config.dictConfig(_log_config(settings))  # uvicorn applies the same again
     if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
-        err.print(
+        _say(
+            settings,
             "[yellow]listening on all interfaces: set NANOGEN_PUBLIC_URL to the address clients use, "
-            f"or output URLs will point at {escape(settings.resolved_public_url)}[/yellow]"
+            f"or output URLs will point at {escape(settings.resolved_public_url)}[/yellow]",
+            logging.WARNING,
         )
-    err.print(
+    _say(
+        settings,
         f"nanogen {'API + worker' if worker else 'API only'} on "
         f"[bold]{escape(f'http://{settings.host}:{settings.port}')}[/bold]"
         f" (data: {escape(str(settings.home.resolve()))}, engines: images={escape(settings.engine_images)}, "
-        f"videos={escape(settings.engine_videos)})"
+        f"videos={escape(settings.engine_videos)})",
     )
     uvicorn.run(
         create_app(settings, work=worker),
         host=settings.host,
         port=settings.port,
-        log_level=os.environ.get("NANOGEN_LOG_LEVEL", "info").lower(),
-        access_log=False,
+        log_level=settings.log_level,
+        log_config=_log_config(settings),
+        access_log=False,  # nanogen logs each request itself (server/direct.py), with its route and id
         # uvicorn's protocol with header and body read deadlines (slow or stalled clients)
         http=TimedHttpProtocol.configured(settings.header_timeout_s, settings.body_timeout_s),
     )
@@ -160,14 +166,15 @@ def run_worker(
     settings, owned = _claim(settings, "worker")
     with _database(settings):
         pass
+    logging.config.dictConfig(_log_config(settings))
     process = launch(settings, "worker", work=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     queues = ", ".join(process.queues)
-    err.print(escape(f"nanogen worker {settings.executor_id_for('worker')} running (queues: {queues})"))
+    _say(settings, escape(f"nanogen worker {settings.executor_id_for('worker')} running (queues: {queues})"))
     stop.wait()
-    err.print("stopping worker")
+    _say(settings, "stopping worker")
     process.stop()
     owned.release()
 
@@ -346,6 +353,34 @@ def _print_key(intro: str, key: str) -> None:
     if sys.stdout.isatty():
         err.print(f"{intro}:")
     print(key)
+
+
+def _say(settings: Settings, markup: str, level: int = logging.INFO) -> None:
+    """A server's or worker's own announcement: on the console, or a log line with JSON logs."""
+    if settings.log_format == "json":
+        logging.getLogger("nanogen.cli").log(level, Text.from_markup(markup).plain)
+    else:
+        err.print(markup)
+
+
+def _log_config(settings: Settings) -> dict[str, Any]:
+    """Logging of a server or worker process (nanogen/logs.py), scrubbing the configured secrets."""
+    from nanogen.logs import config
+
+    secrets = [
+        value.get_secret_value()
+        for value in (
+            settings.google_api_key,
+            settings.admin_token,
+            settings.metrics_token,
+            settings.s3_secret_access_key,
+        )
+        if value is not None
+    ]
+    password = sa.make_url(settings.resolved_database_url).password
+    if password:
+        secrets.append(str(password))
+    return config(settings.log_format, settings.log_level, secrets)
 
 
 def _safe_url(url: str) -> str:

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="Bearer token of GET /metrics; unset or blank: /metrics answers 404."
     )
+    # -- logs (nanogen/logs.py)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: human-readable lines; json: one JSON object per line."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="info logs a line per request and per task transition."
+    )
 
     # -- output storage (docs/storage.md)
     storage: Literal["local", "s3"] = Field(default="local", description="Where outputs and inputs live.")
@@ -199,6 +206,11 @@ class Settings(BaseSettings):
                 )
             return raw.strip()
         return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("fetch_allow_hosts", "worker_engines", mode="before")
     @classmethod

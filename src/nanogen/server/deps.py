@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from nanogen import errors, ledger
 from nanogen.db import Query
 from nanogen.ratelimit import Budget
+from nanogen.server.direct import ACCOUNT_KEY
 from nanogen.server.services import Services
 
 T = TypeVar("T")
@@ -61,6 +62,7 @@ async def generate_caller(request: Request) -> ledger.Caller:
     """Authenticates and counts against the key's generate budget (the pages' 100 requests/hour)."""
     svc = services(request)
     who, _ = await _authenticate(svc, _bearer_key(request), svc.limiter.generate)
+    request.scope[ACCOUNT_KEY] = who.account_id  # for the request's access log line
     return who
 
 
@@ -68,7 +70,9 @@ async def status_caller(request: Request, poll: Poll | None = None) -> tuple[led
     """Authenticates and counts against the key's separate, generous polling budget; ``poll``'s rows
     (the key lookup joined to the poll's read) come back."""
     svc = services(request)
-    return await _authenticate(svc, _bearer_key(request), svc.limiter.status, poll=poll)
+    who, rows = await _authenticate(svc, _bearer_key(request), svc.limiter.status, poll=poll)
+    request.scope[ACCOUNT_KEY] = who.account_id
+    return who, rows
 
 
 # Check-status authenticates before it reads the body (an unauthenticated client must not make the
@@ -104,6 +108,7 @@ async def status_body(request: Request, parse: Callable[[dict[str, Any]], T]) ->
     svc = services(request)
     key_hash = ledger.hash_key(_bearer_key(request))
     caller = await _live_key(svc, key_hash)
+    request.scope[ACCOUNT_KEY] = caller.account_id
     await svc.limiter.count(svc.limiter.status, caller.key_id)
     return key_hash, parse(await json_body(request))
 
@@ -124,6 +129,7 @@ async def upload_caller(request: Request) -> ledger.Caller:
     """Authenticates and counts against the key's upload budget (``NANOGEN_RATE_LIMIT_UPLOAD``)."""
     svc = services(request)
     who, _ = await _authenticate(svc, _bearer_key(request), svc.limiter.upload)
+    request.scope[ACCOUNT_KEY] = who.account_id
     return who
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dbos import DBOS, DBOSClient
 
+from nanogen import metrics
 from nanogen.db import CLIENT_POOL_SIZE, make_engine, read_connection, write_transaction
 from nanogen.engines.base import DEADLINE_MESSAGE, Engine
 from nanogen.engines.registry import default_registry
@@ -181,8 +182,11 @@ class Watchdog(Periodic):
         failed = 0
         for task_id in overdue:
             with write_transaction(self._rt.db) as conn:
+                before = store.get_task(conn, task_id)
                 if not store.fail_and_refund(conn, task_id, DEADLINE_ERROR):
                     continue
+            if before is not None:
+                metrics.task_failed(before, "deadline")
             failed += 1
             log.warning("task %s passed its deadline: failed and refunded", task_id)
             self._rt.running.stop(task_id)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from dbos import DBOSClient
 
-from nanogen import ledger
+from nanogen import ledger, metrics
 from nanogen.db import conflict, pipelined, unavailable, write_transaction
 from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits, ServiceUnavailable
 from nanogen.products import Product
@@ -227,6 +227,7 @@ class SubmitWriter:
                 charged = write_submissions(conn, [i.submission for i in ordered], self._enqueue)
             for item, ok in zip(ordered, charged, strict=True):
                 item.error = None if ok else InsufficientCredits(item.submission.credits)
+            _count_submitted([i.submission for i, ok in zip(ordered, charged, strict=True) if ok])
         except Exception as exc:
             if conflict(exc) and attempts > 1:
                 log.info("submit batch of %d rolled back by a conflict; again", len(batch))
@@ -251,6 +252,23 @@ class SubmitWriter:
             loops.setdefault(item.loop, []).append(item)
         for loop, settled in loops.items():
             loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _count_submitted(committed: Sequence[Submission]) -> None:
+    """Metrics (one update per product and engine) and, at INFO, a log line per task, for the
+    submissions just committed."""
+    totals: dict[tuple[Product, str], list[int]] = {}
+    for s in committed:
+        total = totals.setdefault((s.product, s.engine), [0, 0])
+        total[0] += len(s.tasks)
+        total[1] += s.credits
+    for (product, engine), (count, credits) in totals.items():
+        metrics.tasks_submitted(product, engine, count, credits)
+    if metrics.log.isEnabledFor(logging.INFO):
+        for s in committed:
+            name = s.product.value
+            for t in s.tasks:
+                metrics.transition(t.id, s.generation_id, name, s.engine, None, "pending", t.credits)
 
 
 def _settle_all(settled: list[_Pending]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from dbos import DBOS
 
+from nanogen import metrics
 from nanogen.db import read_connection, transient, write_transaction
 from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
@@ -85,6 +86,7 @@ def start_step(task_id: str) -> dict[str, Any] | None:
         if record is None:
             return None
         generation = store.get_generation(conn, record.generation_id)
+    metrics.task_started(record)
     return {
         "generation_id": record.generation_id,
         "concatenate": generation is not None and generation.concat_status is not None,
@@ -161,7 +163,8 @@ def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path, operation: s
     progress = _progress_reporter(rt, record.id)
     # The job's stop signal is this process's handle on it: the watchdog sets it when the task ends
     # (its deadline, or failed or canceled by any process), and the engine's waits end at once.
-    with rt.running.track(record.id) as stop:
+    running = metrics.JOBS_RUNNING.labels(record.product.value, record.engine)
+    with rt.running.track(record.id) as stop, running.track_inprogress():
         if record.product is Product.IMAGE:
             images = jobs.load_inputs(rt.storage, record.params)
             job = dataclasses.replace(
@@ -218,7 +221,10 @@ def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
 def complete_step(task_id: str, url: str, key: str) -> bool:
     rt = current()
     with write_transaction(rt.db) as conn:
+        before = store.get_task(conn, task_id)
         done = store.complete(conn, task_id, url, key)
+    if done and before is not None:
+        metrics.task_completed(before)
     if not done:  # failed meanwhile (deadline): the late output is nobody's
         rt.storage.delete(key)
     return done
@@ -228,7 +234,11 @@ def complete_step(task_id: str, url: str, key: str) -> bool:
 def fail_step(task_id: str, error: str) -> bool:
     rt = current()
     with write_transaction(rt.db) as conn:
-        return store.fail_and_refund(conn, task_id, error)
+        before = store.get_task(conn, task_id)
+        failed = store.fail_and_refund(conn, task_id, error)
+    if failed and before is not None:
+        metrics.task_failed(before, "engine")
+    return failed
 
 
 @database_step("nanogen.request_concat")

@@ -6,8 +6,10 @@ path. Both become a :class:`ProviderError` here: the one place that decides what
 a failed task's ``error`` says.
 
 Retried: 408, 429 (after Google's RetryInfo delay when it gives one) and 5xx, and connections that
-never reached Google. A call that may have been billed (it reached Google, then the connection broke
-or timed out) is repeated only when it is free to repeat (``idempotent``: polling, downloading).
+never reached Google; not a 429 whose ErrorInfo reason is ``INSUFFICIENT_CREDITS`` (another nanogen's
+``/v1beta`` saying the account is short: waiting does not add credits). A call that may have been
+billed (it reached Google, then the connection broke or timed out) is repeated only when it is free to
+repeat (``idempotent``: polling, downloading).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pydantic
 from google.auth import exceptions as auth_exceptions
 from google.genai import errors as genai_errors
 
+from nanogen import metrics
 from nanogen.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 CREDENTIAL_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
+# Final whatever the status: a nanogen upstream (its Gemini-compatible /v1beta) out of credits.
+FINAL_REASONS = frozenset({"INSUFFICIENT_CREDITS"})
 # Never reached Google: always safe to try again.
 UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
@@ -91,7 +96,7 @@ class ProviderError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.http_status in RETRYABLE_STATUS
+        return self.http_status in RETRYABLE_STATUS and self.reason not in FINAL_REASONS
 
     @property
     def credentials_rejected(self) -> bool:
@@ -107,6 +112,11 @@ class ProviderError(Exception):
             return EngineError(
                 f"Google rejected nanogen's credentials ({self.describe()}). The operator must fix "
                 "NANOGEN_GOOGLE_API_KEY or the Vertex AI credentials; `nanogen doctor` checks them."
+            )
+        if self.reason == "INSUFFICIENT_CREDITS":
+            return EngineError(
+                f"The upstream's account has too few credits ({self.describe()}). The operator must add "
+                "credits to the account of NANOGEN_GOOGLE_API_KEY there."
             )
         if self.http_status == 404:
             return EngineError(f"Google does not offer the configured model ({self.describe()})")
@@ -164,20 +174,30 @@ def retrying(
     """``call()`` until it succeeds, retrying transient failures until ``deadline`` (epoch seconds).
     Raises :class:`EngineError` with the reason when it gives up or the failure is final."""
     attempt = 0
+    label = CALL_LABELS.get(what, "other")
+    duration = metrics.PROVIDER_DURATION.labels(ENGINE, label)
     while True:
+        started = time.perf_counter()
         try:
             return call()
         except ProviderError as exc:
+            count_error(label, error_kind(exc.http_status))
             if not exc.retryable:
                 raise exc.engine_error() from exc
             failure, hinted = exc.describe(), exc.retry_after_s
+        except EngineError as exc:  # a final answer: a safety block, a malformed response
+            count_refusal(label, exc)
+            raise
         except httpx.TransportError as exc:
+            count_error(label, "connection")
             if not (idempotent or isinstance(exc, UNSENT)):
                 raise EngineError(
                     f"The connection to Google broke during {what} ({type(exc).__name__}); not repeated, "
                     "as Google may have billed it"
                 ) from exc
             failure, hinted = f"{type(exc).__name__}: {exc}", None
+        finally:
+            duration.observe(time.perf_counter() - started)
         delay = backoff.delay(attempt, hinted)
         attempt += 1
         if time.time() + delay >= deadline:
@@ -187,6 +207,42 @@ def retrying(
             )
         log.warning("%s: %s; retry %d in %.1fs", what, failure, attempt, delay)
         sleep(delay)
+
+
+# Metrics (nanogen/metrics.py): the engine, and the call each ``what`` of ``retrying`` is.
+ENGINE = "google"
+CALL_LABELS = {
+    "image generation": "generate_image",
+    "video submission": "submit_video",
+    "polling the video operation": "poll_video",
+    "downloading the video": "download_video",
+}
+
+
+def error_kind(http_status: int) -> str:
+    if http_status == 429:
+        return "429"
+    if http_status >= 500:
+        return "5xx"
+    return "4xx" if http_status >= 400 else "other"
+
+
+def blocked(exc: EngineError) -> bool:
+    """A safety filter's refusal (images.py and veo.py word every one of them so)."""
+    return exc.message.startswith("Google blocked")
+
+
+def count_error(call: str, kind: str) -> None:
+    metrics.PROVIDER_ERRORS.labels(ENGINE, call, kind).inc()
+
+
+def count_refusal(call: str, exc: EngineError) -> None:
+    """Count an answer that ends a task although the call succeeded: a safety block, or anything
+    else Google said (a malformed answer, a failed operation). nanogen's own deadline is not one."""
+    if blocked(exc):
+        count_error(call, "safety")
+    elif exc.message.startswith("Google"):
+        count_error(call, "other")
 
 
 def remaining(deadline: float, cap: float, what: str) -> float:

@@ -21,7 +21,15 @@ from google.genai import types
 from nanogen.engines.base import Check, Engine, ImageJob, Job, Output, ProgressFn, ShotJob
 from nanogen.engines.google import images
 from nanogen.engines.google.backends import BACKENDS
-from nanogen.engines.google.calls import Backoff, ProviderError, remaining, retrying, sdk
+from nanogen.engines.google.calls import (
+    CALL_LABELS,
+    Backoff,
+    ProviderError,
+    count_refusal,
+    remaining,
+    retrying,
+    sdk,
+)
 from nanogen.engines.google.models import DEFAULT_VIDEO_MODEL, model_info
 from nanogen.errors import EngineError
 from nanogen.media.video import probe_video
@@ -111,7 +119,12 @@ class GoogleEngine(Engine):
             )
 
         response = self._retry(call, "image generation", job, idempotent=False)
-        dest.write_bytes(images.png_from(response))
+        try:
+            png = images.png_from(response)
+        except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
+            count_refusal(CALL_LABELS["image generation"], exc)
+            raise
+        dest.write_bytes(png)
         progress(90)
         return Output(dest, "image/png", {"model": self.models[Product.IMAGE]})
 

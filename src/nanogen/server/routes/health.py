@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
+from dbos._schemas import SCHEMA_PLACEHOLDER
+from dbos._schemas.system_database import SystemSchema
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from nanogen import errors
+from nanogen.metrics import set_queue_depths
 from nanogen.server.deps import services
 from nanogen.server.responses import FastJSONResponse
 from nanogen.server.services import Services
 from nanogen.settings import Settings
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["Operations"])
 
 CHECK_TIMEOUT_S = 5.0
@@ -101,4 +106,30 @@ async def metrics(request: Request) -> Response:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise errors.MetricsForbidden()
+    svc = services(request)
+    try:
+        depths = await asyncio.wait_for(run_in_threadpool(queue_depths, svc), CHECK_TIMEOUT_S)
+    except (TimeoutError, sa.exc.SQLAlchemyError) as exc:  # the rest is still worth scraping
+        log.warning("queue depths not read: %s", type(exc).__name__)
+    else:
+        set_queue_depths(depths)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+_ENQUEUED = (
+    sa.select(SystemSchema.workflow_status.c.queue_name, sa.func.count())
+    .where(
+        SystemSchema.workflow_status.c.status == "ENQUEUED",
+        SystemSchema.workflow_status.c.queue_name.is_not(None),
+    )
+    .group_by(SystemSchema.workflow_status.c.queue_name)
+)
+
+
+def queue_depths(svc: Services) -> dict[str, int]:
+    """Workflows waiting in each queue (DBOS's ENQUEUED rows: indexed by status), at scrape time."""
+    rt = svc.runtime
+    translate = {SCHEMA_PLACEHOLDER: rt.dbos_client._sys_db.schema}
+    with rt.db.connect() as conn:
+        rows = conn.execution_options(schema_translate_map=translate).execute(_ENQUEUED)
+        return {str(name): int(count) for name, count in rows}
