@@ -27,7 +27,7 @@ from tests.databases import postgres_database
 
 # Examples per operation and generation mode: 17 operations x 2 modes x this, bounded to stay well
 # under two minutes per database on this machine.
-EXAMPLES = 80
+EXAMPLES = 50
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
