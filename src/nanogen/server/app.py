@@ -14,7 +14,18 @@ from nanogen import __version__
 from nanogen.server import errors
 from nanogen.server.deps import BEARER_SCHEME
 from nanogen.server.direct import App
-from nanogen.server.routes import account, admin, files, health, images, openai, playground, uploads, videos
+from nanogen.server.routes import (
+    account,
+    admin,
+    files,
+    gemini,
+    health,
+    images,
+    openai,
+    playground,
+    uploads,
+    videos,
+)
 from nanogen.server.services import lifespan
 from nanogen.settings import Settings
 
@@ -41,6 +52,7 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
     errors.install(app)
     for module in (images, videos, uploads, account, files, admin, health, openai):
         app.include_router(module.router)
+    app.include_router(gemini.router)  # Gemini-compatible /v1beta (docs/api.md)
     playground.install(app)
     _install_docs(app)
     app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]
