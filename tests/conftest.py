@@ -192,9 +192,9 @@ def _uses_postgres(item: pytest.Item, sources: dict[Path, bool]) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup`` (scripts/test), every test that starts servers on the
-    shared PostgreSQL runs on one worker, one at a time as before: each server holds a few dozen
-    connections and the server's default max_connections (100) is shared with whatever else runs on the
-    machine. The SQLite tests spread over the other workers."""
+    shared PostgreSQL runs on one worker, one at a time as before: each server holds up to 17
+    connections, a fault test's cluster several times that, and the server's default max_connections
+    (100) is shared with whatever else runs on the machine. The SQLite tests spread over the other workers."""
     sources: dict[Path, bool] = {}
     for item in items:
         if _uses_postgres(item, sources):
