@@ -3,6 +3,7 @@ any log line. Real servers over HTTP; /metrics parsed with prometheus_client's o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_TOKEN, Account, Server, wait_for
+from tests.databases import postgres_database
 from tests.engines.google_support import google_server
 from tests.fakes.google_server import API_KEY, FakeGoogle
 
@@ -55,10 +57,15 @@ def observed_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -> Iterator[Server]:
+    """A server whose counters are its own: on PostgreSQL a database of its own too (on the session
+    server's database the other process would take some of its work, and a second process may not
+    share the executor id)."""
     home = tmp_path_factory.mktemp("observed")
-    server = Server(home, extra_env=observed_env(), database_url=database_url).start()
-    yield server
-    server.stop()
+    with contextlib.ExitStack() as stack:
+        url = None if database_url is None else stack.enter_context(postgres_database("observed"))
+        server = Server(home, extra_env=observed_env(), database_url=url).start()
+        yield server
+        server.stop()
 
 
 def finished(account: Account, path: str, body: dict[str, Any]) -> dict[str, Any]:
