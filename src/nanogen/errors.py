@@ -35,6 +35,7 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   │   └── TaskNotFound               TASK_NOT_FOUND
     │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
     │   ├── RequestTimeout (408)           REQUEST_TIMEOUT (nanogen: a request header or body too slow)
+    │   ├── GenerationRunning (409)        GENERATION_RUNNING (nanogen: DELETE of a generation still running)
     │   ├── Gone (410)                     GONE (nanogen: a file deleted by the retention setting)
     │   ├── UnsupportedMediaType (415)     UNSUPPORTED_MEDIA_TYPE  (nanogen: upload Content-Type)
     │   ├── RangeNotSatisfiable (416)      RANGE_NOT_SATISFIABLE (nanogen: /files Range outside the file)
@@ -242,6 +243,14 @@ class RequestTimeout(APIError):
     http_status = 408
     error_code = "REQUEST_TIMEOUT"
     default_message = "The request was not received in time"
+
+
+class GenerationRunning(APIError):
+    """nanogen: ``DELETE /api/generations/{id}`` of a generation that has not ended."""
+
+    http_status = 409
+    error_code = "GENERATION_RUNNING"
+    default_message = "The generation is still running; delete its files once it has ended"
 
 
 class Gone(APIError):

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from nanogen.db import Prepared, Query, Reads, accounts, api_keys, ledger
+from nanogen.db import Prepared, Query, Reads, accounts, api_keys, ledger, tasks
 from nanogen.products import MAX_BALANCE, MAX_GRANT
 
 KEY_PREFIX = "ng_"
@@ -343,3 +343,61 @@ def refund(conn: sa.Connection, account_id: str, task_id: str, amount: int, memo
     conn.execute(
         sa.update(accounts).where(accounts.c.id == account_id).values(balance=accounts.c.balance + amount)
     )
+
+
+# -- the account's ledger, read back (GET /api/account/ledger) ---------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """A ledger row as the account sees it: ``amount`` signed (debits negative), ``balance_after``
+    the balance once it and every older entry counted."""
+
+    id: int
+    kind: str
+    amount: int
+    balance_after: int
+    generation_id: str | None
+    created_at: float
+
+
+def _signed() -> sa.ColumnElement[Any]:
+    return sa.case((ledger.c.kind == "debit", -ledger.c.amount), else_=ledger.c.amount)
+
+
+def entries(
+    conn: sa.Connection, account_id: str, *, limit: int, before: int | None = None
+) -> tuple[list[Entry], int | None]:
+    """A page of the account's ledger, newest first (by id: the order the entries were written), and
+    the key of the next page (None: the last). The rows do not store the balance, so it is computed:
+    the balance now, less the entries newer than the page, less the page's entries above each row;
+    the balance and the newer sum are read in the page's statement (one snapshot), so entries
+    committed meanwhile count in both or in neither. By the ledger's invariant
+    (``balance == grants - debits + refunds``) each ``balance_after`` is the sum of that entry and
+    every older one."""
+    mine = ledger.c.account_id == account_id
+    # The entries newer than the page: none on the first page, those from the cursor's id up after it.
+    newer = sa.select(sa.func.coalesce(sa.func.sum(_signed()), 0)).where(
+        mine, sa.false() if before is None else ledger.c.id >= before
+    )
+    # A refund records its task; its generation is the task's.
+    generation = sa.func.coalesce(
+        ledger.c.generation_id,
+        sa.select(tasks.c.generation_id).where(tasks.c.id == ledger.c.task_id).scalar_subquery(),
+    )
+    query = sa.select(
+        ledger.c.id,
+        ledger.c.kind,
+        _signed().label("signed"),
+        generation.label("generation_id"),
+        ledger.c.created_at,
+        sa.select(accounts.c.balance).where(accounts.c.id == account_id).scalar_subquery().label("balance"),
+        newer.scalar_subquery().label("newer"),
+    ).where(mine)
+    if before is not None:
+        query = query.where(ledger.c.id < before)
+    rows = conn.execute(query.order_by(ledger.c.id.desc()).limit(limit + 1)).all()
+    page: list[Entry] = []
+    after = int(rows[0].balance) - int(rows[0].newer) if rows else 0
+    for row in rows[:limit]:
+        page.append(Entry(int(row.id), row.kind, int(row.signed), after, row.generation_id, row.created_at))
+        after -= int(row.signed)
+    return page, (page[-1].id if len(rows) > limit else None)

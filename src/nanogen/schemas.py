@@ -366,3 +366,59 @@ def parse_image_status_request(data: dict[str, Any]) -> ImageStatusRequest:
     if not isinstance(value, str) or not value.strip():
         raise errors.GenerationIdRequired()
     return validate(ImageStatusRequest, data)
+
+
+# -- history and the ledger (nanogen additions; docs/api.md, "History and ledger") --------------------
+HistoryStatus = Literal["pending", "generating", "completed", "failed", "canceled"]
+
+
+class HistoryTask(BaseModel):
+    taskId: str
+    shotId: str | None = Field(default=None, description="A video shot's id, as submitted")
+    position: int
+    status: HistoryStatus
+    progress: int
+    credits: int
+    outputUrl: str | None = Field(default=None, description="The image or shot video, once completed")
+    error: str | None = None
+    createdAt: datetime
+    startedAt: datetime | None = None
+    finishedAt: datetime | None = None
+
+
+class HistoryGeneration(BaseModel):
+    generationId: str
+    product: Literal["image", "video"]
+    status: HistoryStatus = Field(description="Read from the tasks (docs/api.md lists the rules)")
+    prompt: str | None = Field(default=None, description="The image's prompt, or a video's first shot's")
+    credits: int = Field(description="Credits debited at submission")
+    taskCount: int
+    createdAt: datetime
+    filesDeletedAt: datetime | None = Field(
+        default=None, description="When the files were deleted (DELETE or retention): their URLs answer 410"
+    )
+
+
+class HistoryGenerationDetail(HistoryGeneration):
+    params: dict[str, Any] = Field(description="The request's parameters, as accepted")
+    creditsRefunded: int = Field(description="Credits refunded for tasks that failed or were canceled")
+    concatenatedVideoUrl: str | None = None
+    tasks: list[HistoryTask]
+
+
+class HistoryPage(BaseModel):
+    data: list[HistoryGeneration]
+    nextCursor: str | None = Field(description="Pass as cursor for the next (older) page; null on the last")
+
+
+class LedgerEntry(BaseModel):
+    kind: Literal["grant", "debit", "refund"]
+    amount: int = Field(description="Signed: grants and refunds positive, debits negative")
+    balanceAfter: int = Field(description="The balance once this entry and every older one counted")
+    generationId: str | None = Field(default=None, description="null for grants")
+    createdAt: datetime
+
+
+class LedgerPage(BaseModel):
+    data: list[LedgerEntry]
+    nextCursor: str | None = Field(description="Pass as cursor for the next (older) page; null on the last")

@@ -54,6 +54,32 @@ class AsyncClient:
     def base_url(self) -> str:
         return self._config.base_url
 
+    async def list(
+        self,
+        *,
+        product: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> schemas.HistoryPage:
+        """nanogen: a page of the account's generations, newest first; filter by ``product``
+        (``"image"``/``"video"``) and ``status`` (one or several); pass ``page.nextCursor`` as ``cursor``."""
+        return await self._run(
+            _base.history_page(self._config, product=product, status=status, limit=limit, cursor=cursor)
+        )
+
+    async def generation(self, generation_id: str) -> schemas.HistoryGenerationDetail:
+        """nanogen: one of the account's generations with its tasks, params and credits."""
+        return await self._run(_base.history_item(self._config, generation_id))
+
+    async def delete_files(self, generation_id: str) -> schemas.HistoryGenerationDetail:
+        """nanogen: delete an ended generation's files (URLs then answer 410); record and credits stay."""
+        return await self._run(_base.history_item(self._config, generation_id, delete=True))
+
+    async def ledger(self, *, limit: int | None = None, cursor: str | None = None) -> schemas.LedgerPage:
+        """nanogen: a page of the account's grants, debits and refunds, newest first."""
+        return await self._run(_base.ledger_page(self._config, limit=limit, cursor=cursor))
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

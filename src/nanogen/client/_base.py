@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -518,3 +518,44 @@ class VideoGenerationBase:
                 target = destination(folder, shot.videoUrl, f"{self.id or 'video'}-{safe}")
                 paths.append((yield from download(self._config, shot.videoUrl, target)))
         return paths
+
+
+# -- history and the ledger (nanogen additions: docs/api.md, "History and ledger") --------------------
+def _api_request(config: Config, method: str, path: str, params: Mapping[str, Any]) -> httpx.Request:
+    headers = dict(config.headers)
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    query = {k: str(v) for k, v in params.items() if v is not None}
+    return httpx.Request(method, f"{config.base_url}{path}", params=query, headers=headers)
+
+
+def history_page(
+    config: Config,
+    *,
+    product: str | None = None,
+    status: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Op[schemas.HistoryPage]:
+    """A page of the account's generations, newest first (``nextCursor`` for the next one)."""
+    statuses = status if status is None or isinstance(status, str) else ",".join(status)
+    params = {"product": product, "status": statuses, "limit": limit, "cursor": cursor}
+    request = _api_request(config, "GET", "/api/generations", params)
+    return parse(schemas.HistoryPage, (yield from send(request)))
+
+
+def history_item(
+    config: Config, generation_id: str, *, delete: bool = False
+) -> Op[schemas.HistoryGenerationDetail]:
+    """One generation with its tasks; ``delete``: delete its files first (the record stays)."""
+    path = f"/api/generations/{quote(generation_id, safe='')}"
+    request = _api_request(config, "DELETE" if delete else "GET", path, {})
+    return parse(schemas.HistoryGenerationDetail, (yield from send(request)))
+
+
+def ledger_page(
+    config: Config, *, limit: int | None = None, cursor: str | None = None
+) -> Op[schemas.LedgerPage]:
+    """A page of the account's ledger, newest first."""
+    request = _api_request(config, "GET", "/api/account/ledger", {"limit": limit, "cursor": cursor})
+    return parse(schemas.LedgerPage, (yield from send(request)))

@@ -19,6 +19,7 @@ from nanogen.server.routes import (
     admin,
     files,
     gemini,
+    generations,
     health,
     images,
     openai,
@@ -50,7 +51,7 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    for module in (images, videos, uploads, account, files, admin, health, openai):
+    for module in (images, videos, uploads, account, generations, files, admin, health, openai):
         app.include_router(module.router)
     app.include_router(gemini.router)  # Gemini-compatible /v1beta (docs/api.md)
     playground.install(app)
