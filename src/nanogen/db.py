@@ -126,6 +126,20 @@ tasks = sa.Table(
 )
 
 
+# Idempotency-Key (docs/api.md): one row per (account, key). Claimed (``response`` NULL) before a
+# request's pre-debit work; ``response`` written in the transaction of its debit and generation; a
+# refused request's claim deleted. Rows older than 24 h are ignored and overwritten.
+idempotency_keys = sa.Table(
+    "nanogen_idempotency_keys",
+    metadata,
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("nanogen_accounts.id"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("generation_id", sa.String(40), nullable=False),  # the claim's owner
+    sa.Column("response", sa.JSON, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 # A process's PostgreSQL connection budget (docs/deploy.md, "PostgreSQL connections"); settable with
 # NANOGEN_DB_POOL_SIZE, NANOGEN_DB_READ_CONNECTIONS and NANOGEN_DB_SYSTEM_POOL_SIZE. Every pool is a hard
 # cap (no overflow): a thread that finds its pool exhausted waits for a connection (POOL_TIMEOUT_S), and

@@ -35,10 +35,12 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   │   └── TaskNotFound               TASK_NOT_FOUND
     │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
     │   ├── RequestTimeout (408)           REQUEST_TIMEOUT (nanogen: a request header or body too slow)
+    │   ├── IdempotencyKeyInUse (409)      IDEMPOTENCY_KEY_IN_USE (nanogen: its first request still runs)
     │   ├── GenerationRunning (409)        GENERATION_RUNNING (nanogen: DELETE of a generation still running)
     │   ├── Gone (410)                     GONE (nanogen: a file deleted by the retention setting)
     │   ├── UnsupportedMediaType (415)     UNSUPPORTED_MEDIA_TYPE  (nanogen: upload Content-Type)
     │   ├── RangeNotSatisfiable (416)      RANGE_NOT_SATISFIABLE (nanogen: /files Range outside the file)
+    │   ├── IdempotencyKeyReused (422)     IDEMPOTENCY_KEY_REUSED (nanogen: the key came with another body)
     │   ├── RateLimited (429)              API_KEY_RATE_LIMIT_EXCEEDED (+ Retry-After)
     │   ├── InternalError (500)            INTERNAL_ERROR
     │   │   ├── CreditReservationFailed    CREDIT_RESERVATION_FAILED
@@ -251,6 +253,18 @@ class GenerationRunning(APIError):
     http_status = 409
     error_code = "GENERATION_RUNNING"
     default_message = "The generation is still running; delete its files once it has ended"
+
+
+class IdempotencyKeyInUse(APIError):
+    http_status = 409
+    error_code = "IDEMPOTENCY_KEY_IN_USE"
+    default_message = "A request with this Idempotency-Key is still being processed; retry shortly"
+
+
+class IdempotencyKeyReused(APIError):
+    http_status = 422
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "This Idempotency-Key was used with a different request body"
 
 
 class Gone(APIError):

@@ -224,10 +224,22 @@ class AsyncImages:
         google_search: bool = False,
         input_images: Sequence[ImageInput] = (),
         mode: str | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncImageGeneration:
-        """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once."""
+        """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once.
+
+        ``idempotency_key`` (nanogen, docs/api.md): sent as ``Idempotency-Key``; the request is then
+        sent again, with the same key, when its answer is lost or the server is briefly busy, and
+        the server creates (and debits) one generation however many times it arrives."""
         op = _base.image_generate(
-            self._client._config, prompt, aspect_ratio, quality, google_search, input_images, mode
+            self._client._config,
+            prompt,
+            aspect_ratio,
+            quality,
+            google_search,
+            input_images,
+            mode,
+            idempotency_key,
         )
         accepted = await self._client._run(op)
         return AsyncImageGeneration(
@@ -244,11 +256,12 @@ class AsyncVideos:
         self._client = client
 
     async def generate(
-        self, shots: Sequence[ShotInput], *, resolution: str | None = None
+        self, shots: Sequence[ShotInput], *, resolution: str | None = None, idempotency_key: str | None = None
     ) -> AsyncVideoGeneration:
         """Submit 1-21 shots: prompts, dicts in the contract's shape or ``Shot`` models (images may be
-        local files). Returns at once."""
-        accepted = await self._client._run(_base.video_generate(self._client._config, shots, resolution))
+        local files). Returns at once. ``idempotency_key``: as for images."""
+        op = _base.video_generate(self._client._config, shots, resolution, idempotency_key)
+        accepted = await self._client._run(op)
         return AsyncVideoGeneration(
             self._client,
             accepted.generationId,

@@ -37,6 +37,11 @@ IMAGE_WAIT_TIMEOUT_S = 15 * 60.0
 VIDEO_WAIT_TIMEOUT_S = 45 * 60.0
 # Status polls that may fail in a row (network, restarting server) before wait() gives up.
 MAX_POLL_FAILURES = 5
+# A generate request with an idempotency key: attempts in all, and the wait before the next (times the
+# attempt's number; a Retry-After up to SUBMIT_RETRY_MAX_S is honoured).
+SUBMIT_ATTEMPTS = 4
+SUBMIT_RETRY_S = 0.5
+SUBMIT_RETRY_MAX_S = 5.0
 # Answers that a poll waits out (Retry-After) rather than raises.
 _RETRY_STATUSES = (429, 503)
 
@@ -89,10 +94,16 @@ class Config:
         return cls(key or None, url, {"User-Agent": f"nanogen-python/{__version__}"})
 
     def request(
-        self, path: str, *, json: Any = None, content: bytes | None = None, content_type: str | None = None
+        self,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Request:
         """An API request; the key goes only to the API, never to file URLs (CDNs, buckets)."""
-        all_headers = dict(self.headers)
+        all_headers = dict(self.headers) | dict(headers or {})
         if self.api_key:
             all_headers["Authorization"] = f"Bearer {self.api_key}"
         if content_type:
@@ -126,6 +137,30 @@ def parse(model: type[M], response: httpx.Response) -> M:
 
 def call(config: Config, path: str, model: type[M], body: dict[str, Any]) -> Op[M]:
     return parse(model, (yield from send(config.request(path, json=body))))
+
+
+def submit(
+    config: Config, path: str, model: type[M], body: dict[str, Any], idempotency_key: str | None
+) -> Op[M]:
+    """A generate request. Without an idempotency key: sent once (a lost answer cannot be told from a
+    lost request, and sending it again could pay twice). With one (the ``Idempotency-Key`` header): a
+    request whose answer was lost (the connection failed), that found its first attempt still being
+    processed (409) or the server briefly unavailable (503) is sent again with the same key, up to
+    SUBMIT_ATTEMPTS in all; the server answers the first response again and debits once."""
+    if idempotency_key is None:
+        return (yield from call(config, path, model, body))
+    headers = {"Idempotency-Key": idempotency_key}
+    attempt = 1
+    while True:
+        try:
+            return parse(model, (yield from send(config.request(path, json=body, headers=headers))))
+        except (errors.ConnectionFailed, errors.IdempotencyKeyInUse, errors.ServiceUnavailable) as exc:
+            if attempt >= SUBMIT_ATTEMPTS:
+                raise
+            retry_after = exc.extra.get("retryAfter") if isinstance(exc, errors.APIError) else None
+            delay = float(retry_after) if isinstance(retry_after, int | float) else SUBMIT_RETRY_S
+            yield from sleep(min(delay, SUBMIT_RETRY_MAX_S) * attempt)
+            attempt += 1
 
 
 # -- uploads -------------------------------------------------------------------------------------------
@@ -217,12 +252,14 @@ def image_generate(
     google_search: bool,
     input_images: Sequence[ImageInput],
     mode: str | None,
+    idempotency_key: str | None = None,
 ) -> Op[schemas.ImageGenerateResponse]:
     image_body(prompt, aspect_ratio, quality, google_search, _placeholders(input_images), mode)
     _check_files(input_images)
     urls = yield from upload_all(config, input_images)
     body = image_body(prompt, aspect_ratio, quality, google_search, urls, mode)
-    return (yield from call(config, "/api/nano-banana-2/generate", schemas.ImageGenerateResponse, body))
+    path = "/api/nano-banana-2/generate"
+    return (yield from submit(config, path, schemas.ImageGenerateResponse, body, idempotency_key))
 
 
 def image_status(config: Config, generation_id: str) -> Op[schemas.ImageStatusResponse]:
@@ -276,7 +313,7 @@ def _with_urls(shot: dict[str, Any], urls: list[str]) -> dict[str, Any]:
 
 
 def video_generate(
-    config: Config, shots: Sequence[ShotInput], resolution: str | None
+    config: Config, shots: Sequence[ShotInput], resolution: str | None, idempotency_key: str | None = None
 ) -> Op[schemas.VideoGenerateResponse]:
     prepared = shot_dicts(shots)
     sources = [s["imageUrls"] if isinstance(s.get("imageUrls"), list) else [] for s in prepared]
@@ -289,7 +326,8 @@ def video_generate(
     for shot, src in zip(prepared, sources, strict=True):
         uploaded.append(_with_urls(shot, (yield from upload_all(config, src))))
     body = video_body(uploaded, resolution)
-    return (yield from call(config, "/api/veo-3/generate", schemas.VideoGenerateResponse, body))
+    path = "/api/veo-3/generate"
+    return (yield from submit(config, path, schemas.VideoGenerateResponse, body, idempotency_key))
 
 
 def video_status(

@@ -219,10 +219,22 @@ class Images:
         google_search: bool = False,
         input_images: Sequence[ImageInput] = (),
         mode: str | None = None,
+        idempotency_key: str | None = None,
     ) -> ImageGeneration:
-        """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once."""
+        """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once.
+
+        ``idempotency_key`` (nanogen, docs/api.md): sent as ``Idempotency-Key``; the request is then
+        sent again, with the same key, when its answer is lost or the server is briefly busy, and
+        the server creates (and debits) one generation however many times it arrives."""
         op = _base.image_generate(
-            self._client._config, prompt, aspect_ratio, quality, google_search, input_images, mode
+            self._client._config,
+            prompt,
+            aspect_ratio,
+            quality,
+            google_search,
+            input_images,
+            mode,
+            idempotency_key,
         )
         accepted = self._client._run(op)
         return ImageGeneration(
@@ -238,10 +250,13 @@ class Videos:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def generate(self, shots: Sequence[ShotInput], *, resolution: str | None = None) -> VideoGeneration:
+    def generate(
+        self, shots: Sequence[ShotInput], *, resolution: str | None = None, idempotency_key: str | None = None
+    ) -> VideoGeneration:
         """Submit 1-21 shots: prompts, dicts in the contract's shape or ``Shot`` models (images may be
-        local files). Returns at once."""
-        accepted = self._client._run(_base.video_generate(self._client._config, shots, resolution))
+        local files). Returns at once. ``idempotency_key``: as for images."""
+        op = _base.video_generate(self._client._config, shots, resolution, idempotency_key)
+        accepted = self._client._run(op)
         return VideoGeneration(
             self._client,
             accepted.generationId,

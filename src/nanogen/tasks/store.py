@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import Prepared, Query, Reads, generations, tasks
+from nanogen.db import Prepared, Query, Reads, generations, idempotency_keys, tasks
 from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
@@ -396,3 +396,95 @@ def set_concat(
         )
     )
     return result.rowcount == 1
+
+
+# -- Idempotency-Key (docs/api.md, "Idempotent retries") ----------------------------------------------
+IDEMPOTENCY_TTL_S = 24 * 3600.0  # a key answers the first response again for this long
+# A claim whose request never finished (its process stopped between the claim and the debit) is given
+# up after this long; a request still holding it then cannot commit (``complete_idempotency_keys``).
+IDEMPOTENCY_ABANDONED_S = 600.0
+
+_IK = idempotency_keys.c
+
+
+class IdempotencyClaim(NamedTuple):
+    """What a claim found: ``claimed`` (this request now holds the key), ``replay`` (``response`` is
+    the first request's answer), ``reused`` (another body had the key) or ``in_use`` (still running)."""
+
+    outcome: str
+    response: dict[str, Any] | None = None
+
+
+def claim_idempotency_key(
+    conn: sa.Connection, account_id: str, key: str, request_hash: str, generation_id: str, now: float
+) -> IdempotencyClaim:
+    """Claim ``key`` for a request (its owner: ``generation_id``) in the caller's write transaction.
+    Two claims racing on PostgreSQL: the second INSERT fails (IntegrityError) or its conditional
+    UPDATE matches nothing; the caller runs the transaction again (``claim_again``)."""
+    where = sa.and_(_IK.account_id == account_id, _IK.key == key)
+    row = conn.execute(
+        sa.select(_IK.request_hash, _IK.generation_id, _IK.response, _IK.created_at).where(where)
+    ).first()
+    # sa.null(): None would be stored as JSON ``null``, not SQL NULL (the "still running" mark)
+    values = dict(request_hash=request_hash, generation_id=generation_id, response=sa.null(), created_at=now)
+    if row is None:
+        conn.execute(sa.insert(idempotency_keys).values(account_id=account_id, key=key, **values))
+        return IdempotencyClaim("claimed")
+    response = _json(row.response) if row.response is not None else None
+    expired = row.created_at < now - IDEMPOTENCY_TTL_S
+    abandoned = response is None and row.created_at < now - IDEMPOTENCY_ABANDONED_S
+    if expired or abandoned:
+        taken = conn.execute(
+            sa.update(idempotency_keys).where(where, _IK.generation_id == row.generation_id).values(**values)
+        )
+        if taken.rowcount != 1:
+            raise ClaimRaced()
+        return IdempotencyClaim("claimed")
+    if row.request_hash != request_hash:
+        return IdempotencyClaim("reused")
+    if response is None:
+        return IdempotencyClaim("in_use")
+    return IdempotencyClaim("replay", response)
+
+
+class ClaimRaced(Exception):
+    """Another transaction changed the key's row between this one's read and write: run it again."""
+
+
+def claim_again(exc: BaseException) -> bool:
+    """A claim that lost a race to another (run the transaction again: it then sees the winner's row)."""
+    return isinstance(exc, ClaimRaced | sa.exc.IntegrityError)
+
+
+def release_idempotency_key(conn: sa.Connection, account_id: str, key: str, generation_id: str) -> None:
+    """Forget the claim of a request that was refused (only while it still holds it, unanswered)."""
+    conn.execute(
+        sa.delete(idempotency_keys).where(
+            _IK.account_id == account_id,
+            _IK.key == key,
+            _IK.generation_id == generation_id,
+            _IK.response.is_(None),
+        )
+    )
+
+
+_COMPLETE_IDEMPOTENCY = Prepared(
+    sa.update(idempotency_keys)
+    .where(
+        _IK.account_id == sa.bindparam("account_id"),
+        _IK.key == sa.bindparam("key"),
+        _IK.generation_id == sa.bindparam("generation_id"),
+        _IK.response.is_(None),
+    )
+    .values(response=sa.bindparam("response"))
+    .returning(_IK.key)
+)
+
+
+def complete_idempotency_keys(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> bool:
+    """Store each request's response on the key it claimed, in the transaction of its debit. False
+    if a request no longer holds its claim (given up as abandoned and taken by another)."""
+    found = _COMPLETE_IDEMPOTENCY.each(
+        conn, [r | {"response": orjson.dumps(r["response"]).decode()} for r in rows]
+    )
+    return all(len(r) == 1 for r in found)

@@ -23,7 +23,13 @@ from dbos import DBOSClient
 
 from nanogen import ledger, metrics
 from nanogen.db import conflict, pipelined, unavailable, write_transaction
-from nanogen.errors import APIError, CreditReservationFailed, InsufficientCredits, ServiceUnavailable
+from nanogen.errors import (
+    APIError,
+    CreditReservationFailed,
+    IdempotencyKeyInUse,
+    InsufficientCredits,
+    ServiceUnavailable,
+)
 from nanogen.products import Product
 from nanogen.tasks import store
 from nanogen.tasks.enqueue import PreparedEnqueue
@@ -92,6 +98,10 @@ class Submission:
     tasks: tuple[NewTask, ...]
     deadline_s: float
     concatenate: bool = False
+    # Idempotency-Key: the key this request claimed and the response stored on it, in this
+    # submission's transaction (docs/api.md, "Idempotent retries").
+    idempotency_key: str | None = None
+    response: dict[str, Any] | None = None
 
     @property
     def credits(self) -> int:
@@ -114,6 +124,18 @@ def write_submissions(conn: sa.Connection, subs: Sequence[Submission], enqueue: 
         accepted = [s for s, ok in zip(subs, charged, strict=True) if ok]
         if accepted:
             _write_rows(conn, accepted, enqueue)
+        keyed = [
+            dict(
+                account_id=s.account_id,
+                key=s.idempotency_key,
+                generation_id=s.generation_id,
+                response=s.response,
+            )
+            for s in accepted
+            if s.idempotency_key is not None
+        ]
+        if keyed and not store.complete_idempotency_keys(conn, keyed):
+            raise IdempotencyKeyInUse()  # its claim was given up and taken: roll back (see _write)
     return charged
 
 
@@ -190,7 +212,8 @@ class SubmitWriter:
             self._thread.join(timeout=30)
 
     async def submit(self, submission: Submission) -> None:
-        """Debit and create the request's tasks; raises InsufficientCredits or CreditReservationFailed."""
+        """Debit and create the request's tasks; raises InsufficientCredits, CreditReservationFailed
+        or IdempotencyKeyInUse."""
         loop = asyncio.get_running_loop()
         pending = _Pending(submission, loop, loop.create_future())
         self._queue.put(pending)
@@ -242,6 +265,8 @@ class SubmitWriter:
                 for item in batch:
                     self._write([item])
                 return
+            elif isinstance(exc, APIError):  # refused on purpose (IdempotencyKeyInUse)
+                batch[0].error = exc
             else:
                 log.exception("submit of generation %s failed", batch[0].submission.generation_id)
                 batch[0].error = CreditReservationFailed()

@@ -36,6 +36,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         402: "INSUFFICIENT_CREDITS (with requiredCredits)",
         403: "FORBIDDEN",
         404: "NOT_FOUND / TASK_NOT_FOUND",
+        409: "IDEMPOTENCY_KEY_IN_USE (nanogen: the first request with this Idempotency-Key still runs)",
+        422: "IDEMPOTENCY_KEY_REUSED (nanogen: this Idempotency-Key came with another body)",
         429: "API_KEY_RATE_LIMIT_EXCEEDED (with Retry-After)",
         500: "INTERNAL_ERROR / CREDIT_RESERVATION_FAILED",
         503: "SERVICE_UNAVAILABLE",

@@ -10,11 +10,13 @@ from starlette.responses import Response
 from nanogen import errors, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, image_price, image_size
+from nanogen.server import idempotency
 from nanogen.server.deps import generate_caller, json_body, services, status_body, status_rows
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
 from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
+from nanogen.server.services import Services
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
@@ -26,20 +28,36 @@ router = APIRouter(prefix="/api/nano-banana-2", tags=["Nano Banana 2"], route_cl
     "/generate",
     summary="Create an image generation task",
     response_model=schemas.ImageGenerateResponse,
-    responses=error_responses(400, 401, 402, 429, 500, 503),
-    openapi_extra=body_schema(schemas.ImageGenerateRequest),
+    responses=error_responses(400, 401, 402, 409, 422, 429, 500, 503),
+    openapi_extra=body_schema(schemas.ImageGenerateRequest) | idempotency.openapi_extra(),
 )
 async def generate(request: Request) -> Response:
     who = await generate_caller(request)
     svc = services(request)
-    body = schemas.parse_image_request(await json_body(request))
+    key = idempotency.requested_key(request)
+    data = await json_body(request)
+    body = schemas.parse_image_request(data)
+    generation_id, task_id = new_id("gen"), new_id("task")
+    async with idempotency.claimed(svc, request, who.account_id, key, data, generation_id) as claim:
+        if claim.replay is not None:
+            return claim.replay
+        return await _generate(svc, who.account_id, body, generation_id, task_id, key)
+
+
+async def _generate(
+    svc: Services,
+    account_id: str,
+    body: schemas.ImageGenerateRequest,
+    generation_id: str,
+    task_id: str,
+    idempotency_key: str | None,
+) -> Response:
     check_engine(svc, Product.IMAGE, quality=body.imageQuality.value)
     price = image_price(body.imageQuality)
     if body.inputImageUrls:
-        await precheck_balance(svc, who.account_id, price.total)
+        await precheck_balance(svc, account_id, price.total)
     stored = await fetch_inputs(svc, body.inputImageUrls)
     width, height = image_size(body.aspectRatio, body.imageQuality)
-    generation_id, task_id = new_id("gen"), new_id("task")
     params = {
         "prompt": body.prompt,
         "mode": body.effective_mode.value,
@@ -50,8 +68,15 @@ async def generate(request: Request) -> Response:
         "height": height,
         "inputs": [stored[url] for url in body.inputImageUrls],
     }
+    response = {
+        "success": True,
+        "generationId": generation_id,
+        "taskId": task_id,
+        "status": "pending",
+        "creditsUsed": price.total,
+    }
     submission = Submission(
-        account_id=who.account_id,
+        account_id=account_id,
         generation_id=generation_id,
         product=Product.IMAGE,
         engine=svc.runtime.engine_names[Product.IMAGE],
@@ -59,17 +84,11 @@ async def generate(request: Request) -> Response:
         params={k: v for k, v in params.items() if k != "inputs"} | {"inputImageUrls": body.inputImageUrls},
         tasks=(NewTask(task_id, 0, price.total, params),),
         deadline_s=svc.settings.image_deadline_s,
+        idempotency_key=idempotency_key,
+        response=response,
     )
     await submit(svc, submission, stored)
-    return FastJSONResponse(
-        {
-            "success": True,
-            "generationId": generation_id,
-            "taskId": task_id,
-            "status": "pending",
-            "creditsUsed": price.total,
-        }
-    )
+    return FastJSONResponse(response)
 
 
 @router.post(

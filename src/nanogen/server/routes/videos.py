@@ -17,6 +17,7 @@ from starlette.responses import Response
 from nanogen import errors, ledger, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
+from nanogen.server import idempotency
 from nanogen.server.deps import generate_caller, json_body, services, status_body, status_rows
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
@@ -34,13 +35,29 @@ router = APIRouter(prefix="/api/veo-3", tags=["Veo 3.1"], route_class=DirectRout
     "/generate",
     summary="Generate a video (1-21 shots of 8 s, concatenated automatically)",
     response_model=schemas.VideoGenerateResponse,
-    responses=error_responses(400, 401, 402, 429, 500, 503),
-    openapi_extra=body_schema(schemas.VideoGenerateRequest),
+    responses=error_responses(400, 401, 402, 409, 422, 429, 500, 503),
+    openapi_extra=body_schema(schemas.VideoGenerateRequest) | idempotency.openapi_extra(),
 )
 async def generate(request: Request) -> Response:
     who = await generate_caller(request)
     svc = services(request)
-    body = schemas.parse_video_request(await json_body(request))
+    key = idempotency.requested_key(request)
+    data = await json_body(request)
+    body = schemas.parse_video_request(data)
+    generation_id = new_id("gen")
+    async with idempotency.claimed(svc, request, who.account_id, key, data, generation_id) as claim:
+        if claim.replay is not None:
+            return claim.replay
+        return await _generate(svc, who.account_id, body, generation_id, key)
+
+
+async def _generate(
+    svc: Services,
+    account_id: str,
+    body: schemas.VideoGenerateRequest,
+    generation_id: str,
+    idempotency_key: str | None,
+) -> Response:
     resolution = body.parsed_resolution
     for shot in body.shots:
         check_engine(
@@ -49,9 +66,8 @@ async def generate(request: Request) -> Response:
     price = video_price(resolution, len(body.shots))
     urls = [url for shot in body.shots for url in shot.imageUrls]
     if urls:
-        await precheck_balance(svc, who.account_id, price.total)
+        await precheck_balance(svc, account_id, price.total)
     stored = await fetch_inputs(svc, urls)
-    generation_id = new_id("gen")
     tasks = tuple(
         NewTask(
             id=new_id("task"),
@@ -62,8 +78,14 @@ async def generate(request: Request) -> Response:
         )
         for index, shot in enumerate(body.shots)
     )
+    response = {
+        "status": "processing",
+        "shots": [{"shotId": t.shot_id, "taskId": t.id, "status": "processing"} for t in tasks],
+        "creditsUsed": price.total,
+        "generationId": generation_id,
+    }
     submission = Submission(
-        account_id=who.account_id,
+        account_id=account_id,
         generation_id=generation_id,
         product=Product.VIDEO,
         engine=svc.runtime.engine_names[Product.VIDEO],
@@ -72,16 +94,11 @@ async def generate(request: Request) -> Response:
         tasks=tasks,
         deadline_s=svc.settings.video_deadline_s,
         concatenate=len(tasks) > 1,
+        idempotency_key=idempotency_key,
+        response=response,
     )
     await submit(svc, submission, stored)
-    return FastJSONResponse(
-        {
-            "status": "processing",
-            "shots": [{"shotId": t.shot_id, "taskId": t.id, "status": "processing"} for t in tasks],
-            "creditsUsed": price.total,
-            "generationId": generation_id,
-        }
-    )
+    return FastJSONResponse(response)
 
 
 def _shot_params(shot: schemas.Shot, resolution: str, stored: dict[str, dict[str, Any]]) -> dict[str, Any]:
