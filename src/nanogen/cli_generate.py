@@ -30,6 +30,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from nanogen import errors, schemas
 from nanogen.cli_shots import Failure, build_shots
@@ -578,6 +579,60 @@ def download(
             _finish_video(found, output, as_json, timeout, poll_interval)
 
 
+def history(
+    product: Annotated[
+        str | None, typer.Option("--product", help="Only image or video generations.", show_default=False)
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="Only these (pending, generating, processing, completed, failed, canceled); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="How many (newest first).")] = 20,
+    cursor: Annotated[
+        str | None,
+        typer.Option("--cursor", help="The next page: a listing's nextCursor.", show_default=False),
+    ] = None,
+    as_json: JsonOut = False,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """List the account's generations, newest first (a page; --cursor for the next)."""
+    with _handled(as_json), _client(api_key, base_url) as client:
+        page = client.list(product=product, status=status or None, limit=limit, cursor=cursor)
+        if as_json:
+            _emit(page.model_dump(mode="json"))
+            return
+        table = Table(box=None)
+        table.add_column("generation", no_wrap=True)
+        for name in ("product", "status", "created (UTC)", "credits", "prompt"):
+            table.add_column(name)
+        for g in page.data:
+            deleted = " (files deleted)" if g.filesDeletedAt else ""
+            table.add_row(
+                escape(g.generationId),
+                g.product,
+                escape(g.status) + deleted,
+                g.createdAt.strftime("%Y-%m-%d %H:%M:%S"),
+                str(g.credits),
+                escape(_clipped(g.prompt or "")),
+            )
+        if page.data:
+            Console().print(table)
+        else:
+            err.print("No generations.")
+        if page.nextCursor:
+            err.print(f"More: nanogen history --cursor {escape(page.nextCursor)}")
+
+
+def _clipped(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 EPILOG = (
     "Exit codes: 0 done, 1 server error or unreachable, 2 bad input, 3 authentication, "
     "4 insufficient credits, 5 generation failed, 6 rate limited, 7 --timeout passed, "
@@ -589,3 +644,4 @@ def register(app: typer.Typer) -> None:
     """Add the generation commands to the ``nanogen`` command line."""
     for command in (image, video, status, download):
         app.command(name=command.__name__, epilog=EPILOG)(command)
+    app.command(name="history", epilog=EPILOG)(history)

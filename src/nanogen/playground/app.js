@@ -2,6 +2,7 @@
 
 import { Api, ApiError, describeError, poll } from "./api.js";
 import { Gallery, isTerminal, Viewer } from "./gallery.js";
+import { History } from "./history.js";
 import { ImagePicker } from "./pickers.js";
 import { fillSelect, ShotList } from "./shots.js";
 
@@ -10,6 +11,7 @@ const $ = (id) => document.getElementById(id);
 const state = { key: localStorage.getItem(KEY_STORE) || "", balance: null, catalogue: null };
 const api = new Api(new URL("..", location.href), () => state.key);
 const following = new Set();
+const recent = new History(api, document.getElementById("history"), document.getElementById("history-note"));
 const plural = (n, word) => `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
 
 function announce(text) {
@@ -58,6 +60,7 @@ async function refreshAccount() {
     const account = await api.account();
     state.balance = account.credits;
     showAccount(account);
+    recent.refresh(); // the balance changed: so did the list
     keyError("");
     return account;
   } catch (err) {
@@ -97,6 +100,7 @@ function forgetKey() {
   $("api-key").value = "";
   keyError("");
   showAccount(null);
+  recent.clear();
   announce("The key was removed from this browser.");
   $("api-key").focus();
 }
@@ -325,6 +329,7 @@ async function main() {
   const gallery = new Gallery($("gallery"), $("empty"), viewer);
   $("key-form").addEventListener("submit", useKey);
   $("forget-key").addEventListener("click", forgetKey);
+  $("refresh-history").addEventListener("click", () => (state.key ? recent.refresh() : recent.clear()));
   $("clear-gallery").addEventListener("click", () => {
     gallery.clear();
     announce("The results list was cleared.");
