@@ -1,4 +1,4 @@
-"""``nanogen image``, ``nanogen video``, ``nanogen status`` and ``nanogen download``: the SDK from a shell.
+"""``nanogen image``, ``video``, ``status``, ``download`` and ``cancel``: the SDK from a shell.
 
 Each command submits (uploading local files first), shows a rich progress display per image or shot
 on stderr, downloads the result and prints where it went on stdout (``--json``: one JSON object).
@@ -7,7 +7,7 @@ Ctrl-C stops waiting, not the generation, and prints how to resume. Exit codes (
 ====  =================================================================
 0     done
 1     unexpected error: server error (5xx), server unreachable
-2     bad input: usage, a refused request (400/404/413/415), a missing file
+2     bad input: usage, a refused request (400/404/409/413/415), a missing file
 3     authentication: no key, bad or revoked key (401), not yours (403)
 4     insufficient credits (402)
 5     the generation failed (credits refunded)
@@ -61,6 +61,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.WaitTimeout, EXIT_TIMEOUT),
     (errors.BadRequest, EXIT_INPUT),
     (errors.NotFound, EXIT_INPUT),
+    (errors.AlreadyEnded, EXIT_INPUT),  # cancel: nothing left to cancel
     (errors.MethodNotAllowed, EXIT_INPUT),
     (errors.UnsupportedMediaType, EXIT_INPUT),
     (OSError, EXIT_INPUT),  # a local file that is missing or unreadable
@@ -579,6 +580,32 @@ def download(
             _finish_video(found, output, as_json, timeout, poll_interval)
 
 
+def cancel(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="The generationId (image or video).")],
+    shot: Annotated[
+        list[str] | None,
+        typer.Option("--shot", help="Cancel only this shot of a video (its id as submitted); repeatable."),
+    ] = None,
+    as_json: JsonOut = False,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Cancel a running generation (or some shots of a video): its work stops, what had not completed is
+    refunded, what completed is kept."""
+    with _handled(as_json), _client(api_key, base_url) as client:
+        done = client.cancel(ident, shot_ids=shot or None)
+        if as_json:
+            _emit(done.model_dump(mode="json", exclude_none=True))
+            return
+        print(
+            f"{done.product} {done.generationId}: {plural(len(done.canceledTaskIds), 'task')} canceled, "
+            f"{plural(done.creditsRefunded, 'credit')} refunded; now {done.status}"
+        )
+        for s in done.shots or []:
+            error = f" ({s.error})" if s.error else ""
+            print(f"  shot {s.shotId} ({s.taskId}): {s.status}{error}")
+
+
 def history(
     product: Annotated[
         str | None, typer.Option("--product", help="Only image or video generations.", show_default=False)
@@ -642,6 +669,6 @@ EPILOG = (
 
 def register(app: typer.Typer) -> None:
     """Add the generation commands to the ``nanogen`` command line."""
-    for command in (image, video, status, download):
+    for command in (image, video, status, download, cancel):
         app.command(name=command.__name__, epilog=EPILOG)(command)
     app.command(name="history", epilog=EPILOG)(history)

@@ -36,6 +36,7 @@ envelope ``{"error": ..., "errorCode": ..., **extra}``. The server maps them to 
     │   ├── MethodNotAllowed (405)         METHOD_NOT_ALLOWED
     │   ├── RequestTimeout (408)           REQUEST_TIMEOUT (nanogen: a request header or body too slow)
     │   ├── IdempotencyKeyInUse (409)      IDEMPOTENCY_KEY_IN_USE (nanogen: its first request still runs)
+    │   ├── AlreadyEnded (409)             ALREADY_ENDED (nanogen: cancel of a generation that ended)
     │   ├── GenerationRunning (409)        GENERATION_RUNNING (nanogen: DELETE of a generation still running)
     │   ├── Gone (410)                     GONE (nanogen: a file deleted by the retention setting)
     │   ├── UnsupportedMediaType (415)     UNSUPPORTED_MEDIA_TYPE  (nanogen: upload Content-Type)
@@ -247,12 +248,12 @@ class RequestTimeout(APIError):
     default_message = "The request was not received in time"
 
 
-class GenerationRunning(APIError):
-    """nanogen: ``DELETE /api/generations/{id}`` of a generation that has not ended."""
+class AlreadyEnded(APIError):
+    """nanogen: a cancel of a generation (or of shots) that had already ended."""
 
     http_status = 409
-    error_code = "GENERATION_RUNNING"
-    default_message = "The generation is still running; delete its files once it has ended"
+    error_code = "ALREADY_ENDED"
+    default_message = "The generation has already ended"
 
 
 class IdempotencyKeyInUse(APIError):
@@ -265,6 +266,14 @@ class IdempotencyKeyReused(APIError):
     http_status = 422
     error_code = "IDEMPOTENCY_KEY_REUSED"
     default_message = "This Idempotency-Key was used with a different request body"
+
+
+class GenerationRunning(APIError):
+    """nanogen: ``DELETE /api/generations/{id}`` of a generation that has not ended."""
+
+    http_status = 409
+    error_code = "GENERATION_RUNNING"
+    default_message = "The generation is still running; delete its files once it has ended"
 
 
 class Gone(APIError):

@@ -211,6 +211,30 @@ class AccountResponse(BaseModel):
     credits: int = Field(description="The balance, in credits")
 
 
+class CancelRequest(_Request):
+    """nanogen addition: ``POST /api/generations/{generationId}/cancel``'s optional body."""
+
+    shotIds: list[Identifier] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SHOTS,
+        description="A video's shot ids (as submitted) to cancel; every unfinished task when omitted",
+    )
+
+
+class CancelResponse(BaseModel):
+    """nanogen addition: the generation's state after a cancel."""
+
+    generationId: str
+    product: Literal["image", "video"]
+    status: Literal["pending", "generating", "processing", "completed", "failed"] = Field(
+        description="As check-status answers it now (an image: its task's status; a video: overall)"
+    )
+    creditsRefunded: int = Field(description="Credits this cancel refunded (what had not completed)")
+    canceledTaskIds: list[str] = Field(description="The tasks this cancel stopped, failed and refunded")
+    shots: list[ShotStatus] | None = Field(default=None, description="A video's shots, as check-status")
+
+
 class ErrorResponse(BaseModel):
     error: str
     errorCode: str

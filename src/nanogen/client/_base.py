@@ -262,6 +262,13 @@ def image_generate(
     return (yield from submit(config, path, schemas.ImageGenerateResponse, body, idempotency_key))
 
 
+def cancel(config: Config, generation_id: str, shot_ids: Sequence[str] | None) -> Op[schemas.CancelResponse]:
+    """nanogen: cancel a generation (or some of a video's shots by their client ids)."""
+    body: dict[str, Any] = {} if shot_ids is None else {"shotIds": list(shot_ids)}
+    path = f"/api/generations/{quote(generation_id, safe='')}/cancel"
+    return (yield from call(config, path, schemas.CancelResponse, body))
+
+
 def image_status(config: Config, generation_id: str) -> Op[schemas.ImageStatusResponse]:
     body = {"generationId": generation_id}
     return (yield from call(config, "/api/nano-banana-2/check-status", schemas.ImageStatusResponse, body))

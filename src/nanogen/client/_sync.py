@@ -51,6 +51,11 @@ class Client:
     def base_url(self) -> str:
         return self._config.base_url
 
+    def cancel(self, generation_id: str, shot_ids: Sequence[str] | None = None) -> schemas.CancelResponse:
+        """nanogen: stop a generation (or only the video shots with these client ids); what had not
+        completed is refunded. ``AlreadyEnded`` (409) when nothing was left to cancel."""
+        return self._run(_base.cancel(self._config, generation_id, shot_ids))
+
     def list(
         self,
         *,

@@ -20,6 +20,7 @@ from nanogen.server.routes import (
     files,
     gemini,
     generations,
+    generations_cancel,
     health,
     images,
     openai,
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
     for module in (images, videos, uploads, account, generations, files, admin, health, openai):
         app.include_router(module.router)
     app.include_router(gemini.router)  # Gemini-compatible /v1beta (docs/api.md)
+    app.include_router(generations_cancel.router)  # POST /api/generations/{id}/cancel (docs/api.md)
     playground.install(app)
     _install_docs(app)
     app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]

@@ -26,6 +26,9 @@ from nanogen.tasks.status import OPEN, TaskStatus
 CONCAT_PENDING = "pending"
 CONCAT_COMPLETED = "completed"
 CONCAT_FAILED = "failed"
+# The error of a task canceled by its client (POST /api/generations/{id}/cancel): check-status reads
+# ``failed`` with this error, history shows such a task as ``canceled``.
+CANCELED_ERROR = "Canceled"
 
 
 class TaskRecord(NamedTuple):
@@ -350,6 +353,16 @@ def fail_and_refund(conn: sa.Connection, task_id: str, error: str) -> bool:
             .values(concat_status=CONCAT_FAILED)
         )
     return True
+
+
+def cancel(conn: sa.Connection, task_id: str) -> TaskRecord | None:
+    """Cancel an open task: failed with :data:`CANCELED_ERROR` and refunded, in the caller's
+    transaction (one per task). The task as it was before, or None when it had ended (completed or
+    failed meanwhile: the conditional transition decides, so a completed task is never refunded)."""
+    before = get_task(conn, task_id)
+    if before is None or before.status.is_terminal:
+        return None
+    return before if fail_and_refund(conn, task_id, CANCELED_ERROR) else None
 
 
 def settle_concats_of_failed_shots(conn: sa.Connection, created_before: float) -> int:
