@@ -133,7 +133,7 @@ def test_another_accounts_generation_is_not_found_and_bad_queries_are_refused(se
 def test_delete_removes_the_files_keeps_the_record_and_the_credits(server: Server) -> None:
     account = server.new_account(10_000)
     with account.client() as c:
-        running = submit_image(c, "a slow one [sandbox:slow=15]")
+        running = submit_image(c, "a slow one [sandbox:slow=8]")
         assert_envelope(c.delete(f"/api/generations/{running}"), 409, "GENERATION_RUNNING")
     result = flows.image(account, "to be deleted")
     generation_id, url = result["generationId"], result["imageUrl"]
@@ -181,4 +181,22 @@ def test_ledger_kinds_signs_and_balance_after(server: Server) -> None:
         assert newer["balanceAfter"] == older["balanceAfter"] + newer["amount"]
     assert entries[-1]["balanceAfter"] == 5_000
     assert sum(e["amount"] for e in entries) == account.balance()
+    account.assert_books_balance()
+
+
+def test_ledger_pages_stay_consistent_while_entries_are_added(server: Server) -> None:
+    account = server.new_account(1_000)
+    for i in range(3):
+        flows.image(account, f"entry {i}")
+    with account.client() as c:
+        first = c.get("/api/account/ledger", params={"limit": 2}).json()
+        submit_image(c, "debited between the pages")  # a newer entry: before the first page
+        rest = pages(c, "/api/account/ledger", cursor=first["nextCursor"])
+        now = pages(c, "/api/account/ledger")
+    seen = first["data"] + rest
+    assert [e["kind"] for e in seen] == ["debit", "debit", "debit", "grant"]
+    for newer, older in itertools.pairwise(seen):  # the chain runs on across the pages
+        assert newer["balanceAfter"] == older["balanceAfter"] + newer["amount"]
+    assert now[1:] == seen and now[0]["kind"] == "debit"
+    assert now[0]["balanceAfter"] == seen[0]["balanceAfter"] + now[0]["amount"] == account.balance()
     account.assert_books_balance()
