@@ -41,6 +41,7 @@ export class Api {
   imageStatus(generationId) { return this.call("POST", "api/nano-banana-2/check-status", { generationId }); }
   generateVideo(body) { return this.call("POST", "api/veo-3/generate", body); }
   videoStatus(taskIds, resolution) { return this.call("POST", "api/veo-3/check-status", { taskIds, resolution }); }
+  cancel(generationId) { return this.call("POST", `api/generations/${encodeURIComponent(generationId)}/cancel`, {}); }
   async upload(file) {
     try {
       return await this.call("POST", "api/uploads", file, file.type || "application/octet-stream");

@@ -308,6 +308,17 @@ function followVideo(record, catalogue, gallery) {
     : `Video failed; the failed shots' credits were refunded.`);
 }
 
+// -- canceling a running request (nanogen): what had not completed is refunded -----------------------
+async function cancelRecord(record, gallery) {
+  try {
+    const answer = await api.cancel(record.id);
+    announce(`Canceled: ${plural(answer.creditsRefunded, "credit")} refunded.`);
+    refreshAccount();
+  } catch (err) {
+    gallery.update(record, { notice: describeError(err) });
+  }
+}
+
 // -- following running requests --------------------------------------------------------------------
 function follow(record, gallery, run, doneMessage) {
   if (following.has(record.id) || isTerminal(record.status) || !state.key) return;
@@ -326,7 +337,7 @@ let resumeAll = () => {};
 
 async function main() {
   const viewer = new Viewer($("viewer"));
-  const gallery = new Gallery($("gallery"), $("empty"), viewer);
+  const gallery = new Gallery($("gallery"), $("empty"), viewer, (record) => cancelRecord(record, gallery));
   $("key-form").addEventListener("submit", useKey);
   $("forget-key").addEventListener("click", forgetKey);
   $("refresh-history").addEventListener("click", () => (state.key ? recent.refresh() : recent.clear()));

@@ -16,10 +16,11 @@ function el(tag, props = {}, ...children) {
 }
 
 export class Gallery {
-  constructor(list, empty, viewer) {
+  constructor(list, empty, viewer, onCancel = null) {
     this.list = list;
     this.empty = empty;
     this.viewer = viewer;
+    this.onCancel = onCancel; // (record) => ...: the card's Cancel button, shown while it runs
     this.cards = new Map(); // record id -> Card
     let saved = [];
     try {
@@ -54,7 +55,7 @@ export class Gallery {
   }
 
   show(record) {
-    const card = new Card(record, this.viewer);
+    const card = new Card(record, this.viewer, this.onCancel);
     this.cards.set(record.id, card);
     this.list.prepend(card.node);
     while (this.list.children.length > KEEP) this.list.lastElementChild.remove();
@@ -85,8 +86,10 @@ function costText(record) {
 }
 
 class Card {
-  constructor(record, viewer) {
+  constructor(record, viewer, onCancel) {
     this.viewer = viewer;
+    this.cancel = el("button", { type: "button", className: "cancel", textContent: "Cancel" });
+    this.cancel.addEventListener("click", () => onCancel?.(this.record));
     this.media = el("div", { className: "media" });
     this.title = el("h3");
     this.prompt = el("p", { className: "prompt" });
@@ -99,13 +102,15 @@ class Card {
     this.node = el("li", { className: "card" }, this.media,
       el("div", { className: "meta" }, this.title, this.prompt,
         el("div", { className: "progress" }, this.progress, this.state),
-        this.cost, this.shots, this.error, this.links));
+        this.cost, this.shots, this.error, this.links, this.cancel));
     this.mediaUrl = null;
     this.render(record);
   }
 
   render(record) {
     const video = record.kind === "video";
+    this.record = record;
+    this.cancel.hidden = isTerminal(record.status) || !record.id;
     this.node.dataset.status = record.status;
     this.title.textContent = video
       ? `Video · ${record.shots.length} shot${record.shots.length === 1 ? "" : "s"} · ${record.resolution}`
@@ -115,6 +120,7 @@ class Card {
     this.progress.value = record.progress ?? 0;
     this.progress.hidden = isTerminal(record.status);
     this.progress.setAttribute("aria-label", `Progress of ${this.title.textContent}`);
+    this.cancel.setAttribute("aria-label", `Cancel ${this.title.textContent}`);
     this.state.textContent = statusText(record);
     this.cost.textContent = costText(record);
     this.error.textContent = [record.error, record.notice].filter(Boolean).join(" ");
