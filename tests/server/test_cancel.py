@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -292,3 +295,50 @@ def test_cli_cancel(canceling: Server) -> None:
     result = nanogen_cli("cancel", generation_id, env=env)
     assert result.returncode == 2 and "ALREADY_ENDED" in result.stderr
     assert account.balance() == 1000
+
+
+def _running_tasks(server: Server, account: Account, generation_id: str) -> int:
+    """Tasks whose engine job has started (status generating, an attempt counted)."""
+    with server.db() as db:
+        row = db.execute(
+            "SELECT COUNT(*) FROM nanogen_tasks WHERE generation_id=? AND status='generating' AND attempts>0",
+            (generation_id,),
+        ).fetchone()
+    return int(row[0])
+
+
+def test_a_cancel_in_the_api_process_stops_jobs_in_a_worker_process(tmp_path: Path) -> None:
+    """The API process runs nothing; the worker (4 threads) runs 4 slow shots. After the cancel, the
+    worker's watchdog stops them, so 4 new shots all run there."""
+    with postgres_database("cancel_split") as url:
+        server = Server(tmp_path, database_url=url, args=("--no-worker",)).start()
+        worker: subprocess.Popen[bytes] | None = None
+        try:
+            env = server.env | {
+                "NANOGEN_EXECUTOR_ID": "test-worker",
+                "NANOGEN_MAX_EXECUTOR_THREADS": "4",
+                "NANOGEN_VIDEO_CONCURRENCY": "4",
+            }
+            with open(tmp_path / "worker.log", "ab") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "nanogen", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            account = server.new_account(1000)
+            with account.client() as c:
+                first = _video(c, [f"held {i} {SLOW}" for i in range(4)])["generationId"]
+                wait_for(lambda: _running_tasks(server, account, first) == 4, 90)
+                answer = _cancel(c, first).json()
+                assert answer["creditsRefunded"] == 4 * SHOT_CREDITS and answer["status"] == "failed"
+                second = _video(c, [f"next {i} {SLOW}" for i in range(4)])["generationId"]
+                # Only if the worker stopped the canceled jobs are its 4 threads free for these.
+                wait_for(lambda: _running_tasks(server, account, second) == 4, 30)
+                assert _cancel(c, second).json()["creditsRefunded"] == 4 * SHOT_CREDITS
+            assert account.balance() == 1000
+            account.assert_books_balance()
+        finally:
+            # Killed: on SIGTERM the worker stops its watchdog first, then waits for the jobs canceled
+            # since its last sweep to end by themselves.
+            if worker is not None:
+                worker.kill()
+                worker.wait(timeout=30)
+            server.stop()

@@ -33,7 +33,7 @@ from nanogen.storage import is_valid_key
 from nanogen.tasks import store
 from nanogen.tasks.status import OPEN, TaskStatus
 
-CANCELED_ERROR = "Canceled"  # the error of a task its client canceled (check-status reads it)
+CANCELED_ERROR = store.CANCELED_ERROR  # the error of a task its client canceled (check-status reads it)
 CANCELED = "canceled"
 STATUSES = ("pending", "generating", "completed", "failed", "canceled")
 PROCESSING = "processing"  # a filter only: the video answer's word for pending or generating
