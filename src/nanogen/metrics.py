@@ -130,7 +130,7 @@ def task_completed(before: Any) -> None:
 
 def task_failed(before: Any, cause: str) -> None:
     """``before``: the task as read in the transaction that failed and refunded it; ``cause``:
-    'engine' or 'deadline'."""
+    'engine', 'deadline' or 'canceled'."""
     product = _product(before.product)
     TASKS_FAILED.labels(product, before.engine, cause).inc()
     TASKS_REFUNDED.labels(product, before.engine).inc()
