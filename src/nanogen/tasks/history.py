@@ -28,10 +28,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from nanogen.db import generations, ledger, tasks
-from nanogen.products import Product
+from nanogen.products import MAX_SHOTS, Product
 from nanogen.storage import is_valid_key
 from nanogen.tasks import store
-from nanogen.tasks.status import OPEN, TaskStatus
+from nanogen.tasks.status import TaskStatus
 
 CANCELED_ERROR = store.CANCELED_ERROR  # the error of a task its client canceled (check-status reads it)
 CANCELED = "canceled"
@@ -46,41 +46,49 @@ def task_status(status: str, error: str | None) -> str:
     return CANCELED if status == TaskStatus.FAILED.value and error == CANCELED_ERROR else status
 
 
-def _status_column() -> sa.ColumnElement[str]:
+# A generation's tasks counted by status in one aggregate over its own rows (the generation index:
+# ``ix_tasks_generation_position``), packed into one integer, two decimal digits per status (at most
+# MAX_SHOTS tasks, so no digit pair overflows). An EXISTS per status let SQLite probe the tasks'
+# status index instead: a page of 20 out of 20,000 generations took 11 s.
+_DIGITS = 100
+_PENDING, _GENERATING, _COMPLETED, _FAILED, _CANCELED = (_DIGITS**i for i in range(5))
+assert MAX_SHOTS < _DIGITS
+
+
+def _packed_counts(generation_id: sa.ColumnElement[str]) -> sa.ScalarSelect[Any]:
     t = tasks.alias("t")
+    weight = sa.case(
+        (t.c.status == TaskStatus.PENDING.value, _PENDING),
+        (t.c.status == TaskStatus.GENERATING.value, _GENERATING),
+        (t.c.status == TaskStatus.COMPLETED.value, _COMPLETED),
+        (t.c.error == CANCELED_ERROR, _CANCELED),
+        else_=_FAILED,
+    )
+    counts = sa.select(sa.func.coalesce(sa.func.sum(weight), 0)).where(t.c.generation_id == generation_id)
+    return counts.scalar_subquery()
 
-    def has(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
-        return sa.exists().where(t.c.generation_id == generations.c.id, condition)
 
-    failed = t.c.status == TaskStatus.FAILED.value
-    canceled = sa.and_(failed, t.c.error == CANCELED_ERROR)
+def _status(packed: sa.ColumnElement[Any], concat_status: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """The rules of the module's docstring, on the packed counts (integer division on both databases)."""
     return sa.case(
-        (~has(t.c.status != TaskStatus.PENDING.value), "pending"),
-        (
-            sa.or_(has(t.c.status.in_(OPEN)), generations.c.concat_status == store.CONCAT_PENDING),
-            "generating",
-        ),
-        (~has(t.c.status != TaskStatus.COMPLETED.value), "completed"),
-        (has(sa.and_(failed, sa.or_(t.c.error.is_(None), t.c.error != CANCELED_ERROR))), "failed"),
-        (has(canceled), CANCELED),
-        else_="failed",
+        (packed < _GENERATING, "pending"),  # every task pending
+        (sa.or_(packed % _COMPLETED > 0, concat_status == store.CONCAT_PENDING), "generating"),
+        (packed < _FAILED, "completed"),  # none open, none failed or canceled
+        ((packed / _FAILED) % _DIGITS > 0, "failed"),
+        else_=CANCELED,
     )
 
 
-_SUMMARY = (
-    sa.select(
-        generations.c.id,
-        generations.c.product,
-        generations.c.params,
-        generations.c.credits,
-        generations.c.task_count,
-        generations.c.created_at,
-        generations.c.concat_url,
-        generations.c.files_expired_at,
-        _status_column().label("status"),
-    )
-    .where(generations.c.account_id == sa.bindparam("account_id"))
-    .subquery("g")
+_COLUMNS = (
+    generations.c.id,
+    generations.c.product,
+    generations.c.params,
+    generations.c.credits,
+    generations.c.task_count,
+    generations.c.created_at,
+    generations.c.concat_url,
+    generations.c.files_expired_at,
+    generations.c.concat_status,
 )
 
 
@@ -155,30 +163,50 @@ def list_generations(
     statuses: Sequence[str] = (),
     after: tuple[float, str] | None = None,
 ) -> tuple[list[Generation], tuple[float, str] | None]:
-    """A page of the account's generations, newest first, and the key of the next page (None: last)."""
-    g = _SUMMARY.c
-    query = sa.select(_SUMMARY)
+    """A page of the account's generations, newest first, and the key of the next page (None: last).
+    Without a status filter the page is chosen first and the statuses read for its rows only."""
+    where = [generations.c.account_id == account_id]
     if product is not None:
-        query = query.where(g.product == product.value)
-    if statuses:
-        query = query.where(g.status.in_(list(statuses)))
+        where.append(generations.c.product == product.value)
     if after is not None:
         created_at, generation_id = after
-        query = query.where(
-            sa.or_(g.created_at < created_at, sa.and_(g.created_at == created_at, g.id < generation_id))
+        where.append(
+            sa.or_(
+                generations.c.created_at < created_at,
+                sa.and_(generations.c.created_at == created_at, generations.c.id < generation_id),
+            )
         )
-    query = query.order_by(g.created_at.desc(), g.id.desc()).limit(limit + 1)
-    rows = [_generation(r) for r in conn.execute(query, {"account_id": account_id})]
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, ((rows[-1].created_at, rows[-1].id) if more else None)
+    if statuses:
+        rows = sa.select(*_COLUMNS, _packed_counts(generations.c.id).label("packed")).where(*where).subquery()
+    else:
+        page = (
+            sa.select(*_COLUMNS)
+            .where(*where)
+            .order_by(generations.c.created_at.desc(), generations.c.id.desc())
+            .limit(limit + 1)
+            .subquery()
+        )
+        rows = sa.select(page, _packed_counts(page.c.id).label("packed")).subquery()
+    status = _status(rows.c.packed, rows.c.concat_status)
+    query = sa.select(rows, status.label("status"))
+    if statuses:
+        query = query.where(status.in_(list(statuses)))
+    query = query.order_by(rows.c.created_at.desc(), rows.c.id.desc()).limit(limit + 1)
+    found = [_generation(r) for r in conn.execute(query)]
+    more = len(found) > limit
+    found = found[:limit]
+    return found, ((found[-1].created_at, found[-1].id) if more else None)
 
 
 def get_generation(conn: sa.Connection, account_id: str, generation_id: str) -> Generation | None:
     """The account's generation (None for an unknown id or another account's)."""
-    row = conn.execute(
-        sa.select(_SUMMARY).where(_SUMMARY.c.id == generation_id), {"account_id": account_id}
-    ).first()
+    rows = (
+        sa.select(*_COLUMNS, _packed_counts(generations.c.id).label("packed"))
+        .where(generations.c.id == generation_id, generations.c.account_id == account_id)
+        .subquery()
+    )
+    status = _status(rows.c.packed, rows.c.concat_status)
+    row = conn.execute(sa.select(rows, status.label("status"))).first()
     return None if row is None else _generation(row)
 
 
