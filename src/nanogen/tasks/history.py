@@ -57,24 +57,25 @@ assert MAX_SHOTS < _DIGITS
 
 def _packed_counts(generation_id: sa.ColumnElement[str]) -> sa.ScalarSelect[Any]:
     t = tasks.alias("t")
+    # Integer literals, not bound parameters: PostgreSQL typed those numeric.
     weight = sa.case(
-        (t.c.status == TaskStatus.PENDING.value, _PENDING),
-        (t.c.status == TaskStatus.GENERATING.value, _GENERATING),
-        (t.c.status == TaskStatus.COMPLETED.value, _COMPLETED),
-        (t.c.error == CANCELED_ERROR, _CANCELED),
-        else_=_FAILED,
+        (t.c.status == TaskStatus.PENDING.value, sa.literal_column(str(_PENDING), sa.Integer)),
+        (t.c.status == TaskStatus.GENERATING.value, sa.literal_column(str(_GENERATING), sa.Integer)),
+        (t.c.status == TaskStatus.COMPLETED.value, sa.literal_column(str(_COMPLETED), sa.Integer)),
+        (t.c.error == CANCELED_ERROR, sa.literal_column(str(_CANCELED), sa.Integer)),
+        else_=sa.literal_column(str(_FAILED), sa.Integer),
     )
     counts = sa.select(sa.func.coalesce(sa.func.sum(weight), 0)).where(t.c.generation_id == generation_id)
     return counts.scalar_subquery()
 
 
 def _status(packed: sa.ColumnElement[Any], concat_status: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
-    """The rules of the module's docstring, on the packed counts (integer division on both databases)."""
+    """The rules of the module's docstring, on the packed counts."""
     return sa.case(
         (packed < _GENERATING, "pending"),  # every task pending
         (sa.or_(packed % _COMPLETED > 0, concat_status == store.CONCAT_PENDING), "generating"),
         (packed < _FAILED, "completed"),  # none open, none failed or canceled
-        ((packed / _FAILED) % _DIGITS > 0, "failed"),
+        (packed % _CANCELED >= _FAILED, "failed"),  # a failed count: no division (numeric on PostgreSQL)
         else_=CANCELED,
     )
 
