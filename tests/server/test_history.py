@@ -200,3 +200,25 @@ def test_ledger_pages_stay_consistent_while_entries_are_added(server: Server) ->
     assert now[1:] == seen and now[0]["kind"] == "debit"
     assert now[0]["balanceAfter"] == seen[0]["balanceAfter"] + now[0]["amount"] == account.balance()
     account.assert_books_balance()
+
+
+def test_a_canceled_generation_reads_canceled_and_its_refund_is_in_the_ledger(server: Server) -> None:
+    account = server.new_account(1_000)
+    with account.client() as c:
+        generation_id = submit_image(c, "never finished [sandbox:slow=60]")
+        r = c.post(f"/api/generations/{generation_id}/cancel")
+        assert r.status_code == 200, r.text
+        detail = c.get(f"/api/generations/{generation_id}").json()
+        assert detail["status"] == "canceled" and detail["tasks"][0]["status"] == "canceled"
+        assert detail["creditsRefunded"] == detail["credits"] > 0
+        canceled = pages(c, "/api/generations", status="canceled")
+        assert [g["generationId"] for g in canceled] == [generation_id]
+        assert pages(c, "/api/generations", status="failed") == []
+        entries = pages(c, "/api/account/ledger")
+    assert [(e["kind"], e["generationId"]) for e in entries] == [
+        ("refund", generation_id),
+        ("debit", generation_id),
+        ("grant", None),
+    ]
+    assert [e["balanceAfter"] for e in entries] == [1_000, 1_000 - detail["credits"], 1_000]
+    account.assert_books_balance()
