@@ -501,3 +501,71 @@ def complete_idempotency_keys(conn: sa.Connection, rows: Sequence[dict[str, Any]
         conn, [r | {"response": orjson.dumps(r["response"]).decode()} for r in rows]
     )
     return all(len(r) == 1 for r in found)
+
+
+# -- videos as the OpenAI dialect lists them ----------------------------------------------------------
+class VideoGeneration(NamedTuple):
+    id: str
+    created_at: float
+    params: dict[str, Any]
+    concat_status: str | None
+    concat_error: str | None
+    concat_key: str | None
+    shots: list[TaskRecord]
+
+
+def video_generations(
+    conn: sa.Connection,
+    account_id: str,
+    *,
+    generation_id: str | None,
+    after: str | None,
+    limit: int,
+    descending: bool,
+) -> list[VideoGeneration] | None:
+    """The account's video generations whose files are not deleted, with their shots: one by id, or a
+    page after the generation ``after`` (ordered by creation, then id). None when ``after`` is not one
+    of them."""
+    mine = sa.and_(
+        generations.c.account_id == account_id,
+        generations.c.product == Product.VIDEO.value,
+        generations.c.files_expired_at.is_(None),
+    )
+    columns = (
+        generations.c.id,
+        generations.c.created_at,
+        generations.c.params,
+        generations.c.concat_status,
+        generations.c.concat_error,
+        generations.c.concat_key,
+    )
+    query = sa.select(*columns).where(mine)
+    if generation_id is not None:
+        query = query.where(generations.c.id == generation_id)
+    elif after is not None:
+        cursor = conn.execute(
+            sa.select(generations.c.created_at, generations.c.id).where(mine, generations.c.id == after)
+        ).first()
+        if cursor is None:
+            return None
+        key = sa.tuple_(generations.c.created_at, generations.c.id)
+        query = query.where(key < tuple(cursor) if descending else key > tuple(cursor))
+    order_by = (generations.c.created_at, generations.c.id)
+    query = query.order_by(*(c.desc() if descending else c.asc() for c in order_by)).limit(limit)
+    rows = conn.execute(query).all()
+    shots: dict[str, list[TaskRecord]] = {r.id: [] for r in rows}
+    if shots:
+        task_rows = conn.execute(
+            sa.select(*_TASK_COLUMNS)
+            .where(tasks.c.generation_id.in_(list(shots)))
+            .order_by(tasks.c.generation_id, tasks.c.position)
+        )
+        for r in task_rows:
+            record = _task(r)
+            shots[record.generation_id].append(record)
+    return [
+        VideoGeneration(
+            r.id, r.created_at, _json(r.params), r.concat_status, r.concat_error, r.concat_key, shots[r.id]
+        )
+        for r in rows
+    ]

@@ -20,7 +20,6 @@ from typing import Any
 
 import av
 import orjson
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +28,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from starlette.types import Message
 
 from nanogen import errors
-from nanogen.db import generations, read_connection, tasks, write_transaction
+from nanogen.db import read_connection, write_transaction
 from nanogen.dialects import openai as dialect
 from nanogen.engines.base import InputImage
 from nanogen.ledger import new_id
@@ -370,62 +369,29 @@ async def _video(
     return FastJSONResponse(found[0][0])
 
 
-_GENERATION_COLUMNS = (
-    generations.c.id,
-    generations.c.created_at,
-    generations.c.params,
-    generations.c.concat_status,
-    generations.c.concat_error,
-    generations.c.concat_key,
-)
-
-
 def _read_videos(
     svc: Services, account_id: str, generation_id: str | None, after: str | None, limit: int, order: str
 ) -> list[tuple[dict[str, Any], list[store.TaskRecord], str | None]]:
     """The caller's video generations whose files are not deleted: one by id, or a page after
-    ``after`` (ordered by creation, then id). Each with its Video object, tasks and concat key."""
-    mine = sa.and_(
-        generations.c.account_id == account_id,
-        generations.c.product == Product.VIDEO.value,
-        generations.c.files_expired_at.is_(None),
-    )
-    query = sa.select(*_GENERATION_COLUMNS).where(mine)
-    desc = order == "desc"
+    ``after``. Each with its Video object, tasks and concat key."""
     with read_connection(svc.runtime.db) as conn:
-        if generation_id is not None:
-            query = query.where(generations.c.id == generation_id)
-        elif after is not None:
-            cursor = conn.execute(
-                sa.select(generations.c.created_at, generations.c.id).where(mine, generations.c.id == after)
-            ).first()
-            if cursor is None:
-                raise errors.InvalidParameter(f"after: no such video: {after[:60]}", field="after")
-            key = sa.tuple_(generations.c.created_at, generations.c.id)
-            query = query.where(key < tuple(cursor) if desc else key > tuple(cursor))
-        order_by = (generations.c.created_at, generations.c.id)
-        query = query.order_by(*(c.desc() if desc else c.asc() for c in order_by)).limit(limit)
-        rows = conn.execute(query).all()
-        ids = [r.id for r in rows]
-        shots: dict[str, list[store.TaskRecord]] = {gid: [] for gid in ids}
-        if ids:
-            task_rows = conn.execute(
-                sa.select(*store._TASK_COLUMNS)
-                .where(tasks.c.generation_id.in_(ids))
-                .order_by(tasks.c.generation_id, tasks.c.position)
-            )
-            for r in task_rows:
-                record = store._task(r)
-                shots[record.generation_id].append(record)
+        found = store.video_generations(
+            conn,
+            account_id,
+            generation_id=generation_id,
+            after=after,
+            limit=limit,
+            descending=order == "desc",
+        )
+    if found is None:
+        raise errors.InvalidParameter(f"after: no such video: {(after or '')[:60]}", field="after")
     return [
         (
-            dialect.video_object(
-                r.id, r.created_at, store._json(r.params), r.concat_status, r.concat_error, shots[r.id]
-            ),
-            shots[r.id],
-            r.concat_key,
+            dialect.video_object(g.id, g.created_at, g.params, g.concat_status, g.concat_error, g.shots),
+            g.shots,
+            g.concat_key,
         )
-        for r in rows
+        for g in found
     ]
 
 
