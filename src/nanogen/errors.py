@@ -143,6 +143,11 @@ class GenerationIdRequired(BadRequest):
     default_message = "Missing generationId"
 
 
+class InvalidHTTPRequest(BadRequest):
+    error_code = "INVALID_HTTP_REQUEST"
+    default_message = "The request is not valid HTTP/1.1"
+
+
 class InvalidJSON(BadRequest):
     error_code = "INVALID_JSON"
     default_message = "The request body must be a JSON object"

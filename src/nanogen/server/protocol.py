@@ -184,9 +184,18 @@ class TimedHttpProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refused (malformed header, bad Content-Length...): the contract's
+        envelope rather than uvicorn's plain text, then the connection is closed."""
+        self._reply(errors.InvalidHTTPRequest(f"{msg.rstrip('.')}: the request is not valid HTTP/1.1"))
+        self.transport.close()
+
     def _reply_408(self) -> None:
-        body = orjson.dumps(errors.RequestTimeout().body())
-        content = [STATUS_LINE[errors.RequestTimeout.http_status]]
+        self._reply(errors.RequestTimeout())
+
+    def _reply(self, error: errors.APIError) -> None:
+        body = orjson.dumps(error.body())
+        content = [STATUS_LINE[error.http_status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
