@@ -3,6 +3,8 @@ pre-check, and submitting with input cleanup."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,6 +14,7 @@ from nanogen.products import Product
 from nanogen.schemas import ErrorResponse
 from nanogen.server.inputs import discard_inputs
 from nanogen.server.services import Services
+from nanogen.tasks import store
 from nanogen.tasks.submit import Submission
 
 
@@ -64,3 +67,22 @@ async def submit(svc: Services, submission: Submission, stored_inputs: dict[str,
     except errors.APIError:
         await discard_inputs(svc, stored_inputs)
         raise
+
+
+# A synchronous dialect (OpenAI images, Gemini generateContent) holds its request until the image task
+# ends: reads start every 50 ms and back off to 0.5 s (the task may run in another process), and give
+# up this long past the task's deadline, by which the watchdog has failed and refunded it.
+WAIT_FIRST_S, WAIT_MAX_S, WAIT_GRACE_S = 0.05, 0.5, 30.0
+
+
+async def image_task_when_ended(svc: Services, generation_id: str) -> store.TaskRecord | None:
+    """The generation's (one) image task once it has ended; None when it is still open past its deadline."""
+    wait = WAIT_FIRST_S
+    while True:
+        task = (await store.read_generation_tasks(svc.reads, generation_id))[0]
+        if task.status.is_terminal:
+            return task
+        if time.time() > task.deadline_at + WAIT_GRACE_S:
+            return None
+        await asyncio.sleep(wait)
+        wait = min(WAIT_MAX_S, wait * 2)

@@ -9,9 +9,7 @@ uploads are before any credit moves. Keys come in ``x-goog-api-key`` or ``?key=`
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -41,7 +39,7 @@ from nanogen.server.deps import services
 from nanogen.server.errors import response_for
 from nanogen.server.inputs import EXTENSIONS, discard_inputs, fetch_inputs
 from nanogen.server.responses import FastJSONResponse
-from nanogen.server.routes._common import check_engine, precheck_balance, submit
+from nanogen.server.routes._common import check_engine, image_task_when_ended, precheck_balance, submit
 from nanogen.server.services import Services
 from nanogen.storage import new_key
 from nanogen.tasks import store
@@ -54,8 +52,6 @@ router = APIRouter(prefix="/v1beta", tags=["Gemini-compatible"], include_in_sche
 
 # How long generateContent waits past its task's deadline for the watchdog to end it (the watchdog
 # fails a late task within its interval); then 504 DEADLINE_EXCEEDED (the task goes on).
-DEADLINE_GRACE_S = 30.0
-_POLL_FIRST_S, _POLL_MAX_S = 0.05, 0.5
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -232,18 +228,12 @@ async def generate_content(request: Request) -> Response:
 
 async def _wait(svc: Services, generation_id: str) -> store.TaskRecord:
     """The image task once it ended: completed or failed (refunded) by its deadline at the latest."""
-    interval = _POLL_FIRST_S
-    while True:
-        tasks = await store.read_generation_tasks(svc.reads, generation_id)
-        task = tasks[0]
-        if task.status.is_terminal:
-            return task
-        if time.time() > task.deadline_at + DEADLINE_GRACE_S:
-            raise GoogleError(
-                504, "The image did not finish in time; its task goes on (credits refunded if it fails)."
-            )
-        await asyncio.sleep(interval)
-        interval = min(interval * 1.5, _POLL_MAX_S)
+    task = await image_task_when_ended(svc, generation_id)
+    if task is None:
+        raise GoogleError(
+            504, "The image did not finish in time; its task goes on (credits refunded if it fails)."
+        )
+    return task
 
 
 # -- Veo: predictLongRunning and its operation -------------------------------------------------------------

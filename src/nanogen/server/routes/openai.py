@@ -10,7 +10,6 @@ documents the native API.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import io
@@ -49,7 +48,7 @@ from nanogen.server.direct import DirectRoute
 from nanogen.server.errors import response_for
 from nanogen.server.inputs import EXTENSIONS, fetch_inputs
 from nanogen.server.responses import FastJSONResponse
-from nanogen.server.routes._common import check_engine, precheck_balance, submit
+from nanogen.server.routes._common import check_engine, image_task_when_ended, precheck_balance, submit
 from nanogen.server.services import Services
 from nanogen.storage import LocalFile, Redirect, Stream, new_key
 from nanogen.tasks import store
@@ -61,12 +60,6 @@ from nanogen.tasks.submit import NewTask, Submission
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], route_class=DirectRoute, include_in_schema=False)
 
 GENERATION_HEADER = "x-nanogen-generation-id"
-# An image request waits for its task: reads start 50 ms apart and back off to 500 ms. The task may
-# run in another process (nanogen worker), so there is no in-process signal to wait on; a read every
-# half second at most costs one indexed row per waiting request.
-_FIRST_WAIT_S, _MAX_WAIT_S = 0.05, 0.5
-# After the task's deadline the watchdog fails it; wait this much longer for that before giving up.
-_DEADLINE_GRACE_S = 30.0
 _FORM_SLACK = 1 << 20  # room for a form's text fields and part headers beside its files
 _MAX_LIST = 100
 
@@ -286,16 +279,10 @@ async def _image(
 
 async def _until_ended(request: Request, svc: Services, generation_id: str) -> store.TaskRecord:
     """The image task once it has ended; bounded by its deadline (the watchdog fails it there)."""
-    wait = _FIRST_WAIT_S
-    while True:
-        shots = await store.read_generation_tasks(svc.reads, generation_id)
-        task = shots[0]
-        if task.status.is_terminal:
-            return task
-        if time.time() > task.deadline_at + _DEADLINE_GRACE_S:
-            raise errors.InternalError("The image did not finish within its deadline")
-        await asyncio.sleep(wait)
-        wait = min(_MAX_WAIT_S, wait * 2)
+    task = await image_task_when_ended(svc, generation_id)
+    if task is None:
+        raise errors.InternalError("The image did not finish within its deadline")
+    return task
 
 
 # -- videos ----------------------------------------------------------------------------------------------
