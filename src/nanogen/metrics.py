@@ -84,6 +84,49 @@ PROVIDER_ERRORS = Counter(
     ["engine", "call", "kind"],
 )
 PROVIDER_ERROR_KINDS = ("429", "5xx", "4xx", "connection", "safety", "other")
+PROVIDER_QUOTA_WAITS = Counter(
+    "nanogen_provider_quota_waits",
+    "Calls that waited for the engine's own quota (a configured rate, or a pause after a 429) "
+    "before going to the provider, by engine and call.",
+    ["engine", "call"],
+)
+PROVIDER_POLLS = Counter(
+    "nanogen_provider_polls",
+    "Polls of long-running provider operations (Veo), by engine: compare with operations completed "
+    "to see the polls each one took.",
+    ["engine"],
+)
+
+# -- live progress (server/watch.py) ---------------------------------------------------------------
+EVENT_STREAMS = Gauge("nanogen_event_streams", "Event streams (GET /api/generations/{id}/events) open now.")
+STATUS_WAITS = Gauge("nanogen_status_waits", "Check-status requests waiting now (Prefer: wait=N).")
+WATCH_TICKS = Counter(
+    "nanogen_watch_ticks",
+    "Ticks of the watcher that reads every followed generation at once (only while something is followed).",
+)
+WATCH_QUERIES = Counter(
+    "nanogen_watch_queries",
+    "Statements the watcher ran: one per tick (per 512 generations followed), two more when some moved; "
+    "never one per stream.",
+)
+
+# -- webhooks (nanogen/webhooks) ---------------------------------------------------------------------
+WEBHOOK_ATTEMPTS = Counter(
+    "nanogen_webhook_attempts",
+    "Webhook delivery attempts, by result: 2xx, http_error (another status), timeout, connection, "
+    "refused (the URL's address is not allowed).",
+    ["result"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "nanogen_webhook_deliveries",
+    "Webhook events settled, by outcome: delivered, or failed (every retry of the schedule failed).",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "nanogen_webhook_delivery_seconds",
+    "From a generation's end (its event recorded) to the receiver's 2xx answer.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0, 3600.0, 86400.0),
+)
 
 log = logging.getLogger("nanogen.tasks")
 

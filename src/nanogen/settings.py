@@ -43,11 +43,12 @@ class Settings(BaseSettings):
     engine_videos: str = "sandbox"
     image_concurrency: int | None = Field(default=None, ge=1, description="Default: the engine's own.")
     video_concurrency: int | None = Field(default=None, ge=1, description="Default: the engine's own.")
-    account_concurrency: int = Field(
-        default=32,
+    account_concurrency: int | None = Field(
+        default=None,
         ge=1,
-        description="At most this many of one account's tasks run at once, per product (>= 21: one "
-        "request's shots all run together).",
+        description="At most this many of one account's tasks run at once, per product, across workers. "
+        "Default: the engine's concurrency. Videos never get fewer than 21, so one request's shots run "
+        "together.",
     )
     worker_engines: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -82,6 +83,48 @@ class Settings(BaseSettings):
     google_request_timeout_s: float = Field(default=300.0, gt=0, description="One call to Google.")
     google_retry_base_s: float = Field(default=2.0, gt=0, description="First backoff after 429/5xx.")
     google_retry_max_s: float = Field(default=60.0, gt=0, description="Longest backoff.")
+    google_video_submit_rate: str | None = Field(
+        default=None,
+        description="Veo submissions allowed, e.g. '10/minute' (your project's quota); over it a shot "
+        "waits its turn. Shared by all workers when NANOGEN_RATE_LIMIT_STORAGE is Redis. Default: none.",
+    )
+    google_image_rate: str | None = Field(
+        default=None,
+        description="Image calls allowed, e.g. '100/minute'; over it an image waits its turn. Default: none.",
+    )
+
+    # -- diffusers engine (docs/engines.md): open-weight models on this machine's GPU
+    diffusers_image_model: str = Field(
+        default="black-forest-labs/FLUX.2-klein-4B",
+        description="Image generate model: a hub id or a local diffusers directory (model_index.json).",
+    )
+    diffusers_edit_model: str | None = Field(
+        default=None, description="Image edit model (several input images); default: the image model."
+    )
+    diffusers_device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto",
+        description="auto: every CUDA GPU if there is one, else the CPU; cuda: a GPU is required.",
+    )
+    diffusers_cpu_offload: Literal["none", "model", "sequential"] = Field(
+        default="none",
+        description="Keep weights in RAM and move them to the GPU as needed (less GPU memory).",
+    )
+    diffusers_memory_budget_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Resident pipelines per device (least recently used evicted); default 90% of the device.",
+    )
+    diffusers_image_steps: int | None = Field(
+        default=None, ge=1, le=200, description="Denoising steps per image; default: the model's own."
+    )
+    diffusers_native_pixels: int | None = Field(
+        default=None,
+        ge=4096,
+        description="Pixels generated before the resize to the contract's size; default: the model's.",
+    )
+    diffusers_gpu_hour_usd: float | None = Field(
+        default=None, ge=0, description="Cost of one GPU hour, for the local cost estimate (credits show)."
+    )
 
     # -- limits
     rate_limit_generate: str = Field(default="100/hour", description="Per API key, both generate endpoints.")
@@ -173,8 +216,21 @@ class Settings(BaseSettings):
     media_queue_polling_interval_s: float = Field(
         default=0.5, gt=0, description="How often a worker polls the concatenation queue."
     )
-    max_executor_threads: int = Field(default=64, ge=4)
+    max_executor_threads: int | None = Field(
+        default=None,
+        ge=4,
+        description="Bound on DBOS's worker threads. Default: what this process's queues can run at once, "
+        "plus a few (a waiting job holds one blocked thread).",
+    )
     watchdog_interval_s: float = Field(default=5.0, gt=0)
+    # -- live progress (server/watch.py): event streams and check-status with Prefer: wait
+    watch_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="How often one read checks every generation an event stream or a waiting "
+        "check-status follows (whatever their number).",
+    )
     shutdown_grace_s: int = Field(
         default=5, ge=0, description="On SIGTERM, how long running generations get to finish."
     )

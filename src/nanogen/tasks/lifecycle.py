@@ -18,7 +18,7 @@ from nanogen import metrics
 from nanogen.db import CLIENT_POOL_SIZE, make_engine, read_connection, write_transaction
 from nanogen.engines.base import DEADLINE_MESSAGE, Engine
 from nanogen.engines.registry import default_registry
-from nanogen.products import Product
+from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
 from nanogen.tasks import runtime as runtime_module
@@ -88,6 +88,27 @@ def concurrency(rt: Runtime, product: Product) -> int:
     return configured or rt.engines[product].default_concurrency
 
 
+def account_concurrency(rt: Runtime, product: Product) -> int:
+    """The per-account cap of a product's queue: the setting, by default the engine's concurrency.
+    A video request's shots (up to 21) always fit in it, so the cap never splits one request into
+    waves; what it holds back is an account's other requests."""
+    cap = rt.settings.account_concurrency or concurrency(rt, product)
+    return max(cap, MAX_SHOTS) if product is Product.VIDEO else cap
+
+
+# Threads beyond the queues' slots: DBOS's own housekeeping, and the recovery of workflows that
+# were running when the process stopped, which start before the queues are polled.
+SPARE_EXECUTOR_THREADS = 16
+
+
+def executor_threads(settings: Settings, queues: dict[str, QueueSettings]) -> int:
+    """DBOS's thread bound: every queue slot of this process gets a thread (a job waiting on a
+    provider holds one, blocked, for the minutes its operation runs), plus spares."""
+    if settings.max_executor_threads is not None:
+        return settings.max_executor_threads
+    return sum(q.concurrency for q in queues.values()) + SPARE_EXECUTOR_THREADS
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     concurrency: int  # per worker process
@@ -107,7 +128,7 @@ def worker_queues(rt: Runtime) -> dict[str, QueueSettings]:
     }
     queues = {
         rt.queue_for(product): QueueSettings(
-            concurrency(rt, product), polling[product], settings.account_concurrency
+            concurrency(rt, product), polling[product], account_concurrency(rt, product)
         )
         for product, engine in rt.engine_names.items()
         if engine in wanted
@@ -129,7 +150,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             "system_database_url": settings.resolved_database_url,
             "application_version": settings.application_version,
             "executor_id": settings.executor_id_for(role),
-            "max_executor_threads": settings.max_executor_threads,
+            "max_executor_threads": executor_threads(settings, queues),
             **(
                 {"sys_db_pool_size": settings.db_system_pool_size}
                 if not settings.resolved_database_url.startswith("sqlite")

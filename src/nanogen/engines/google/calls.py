@@ -170,13 +170,20 @@ def retrying(
     backoff: Backoff,
     idempotent: bool,
     sleep: Callable[[float], None] = time.sleep,
+    before: Callable[[], None] | None = None,
+    throttled: Callable[[float], None] | None = None,
 ) -> T:
     """``call()`` until it succeeds, retrying transient failures until ``deadline`` (epoch seconds).
-    Raises :class:`EngineError` with the reason when it gives up or the failure is final."""
+    Raises :class:`EngineError` with the reason when it gives up or the failure is final.
+
+    ``before`` runs ahead of every attempt (a quota's wait); ``throttled(delay)`` hears of each 429,
+    so that the other calls of its kind wait out the same delay (quota.CallGate)."""
     attempt = 0
     label = CALL_LABELS.get(what, "other")
     duration = metrics.PROVIDER_DURATION.labels(ENGINE, label)
     while True:
+        if before is not None:
+            before()
         started = time.perf_counter()
         try:
             return call()
@@ -184,7 +191,7 @@ def retrying(
             count_error(label, error_kind(exc.http_status))
             if not exc.retryable:
                 raise exc.engine_error() from exc
-            failure, hinted = exc.describe(), exc.retry_after_s
+            failure, hinted, quota = exc.describe(), exc.retry_after_s, exc.http_status == 429
         except EngineError as exc:  # a final answer: a safety block, a malformed response
             count_refusal(label, exc)
             raise
@@ -195,17 +202,21 @@ def retrying(
                     f"The connection to Google broke during {what} ({type(exc).__name__}); not repeated, "
                     "as Google may have billed it"
                 ) from exc
-            failure, hinted = f"{type(exc).__name__}: {exc}", None
+            failure, hinted, quota = f"{type(exc).__name__}: {exc}", None, False
         finally:
             duration.observe(time.perf_counter() - started)
         delay = backoff.delay(attempt, hinted)
         attempt += 1
+        if quota and throttled is not None:
+            throttled(delay)
         if time.time() + delay >= deadline:
             raise EngineError(
                 f"Generation timed out (deadline exceeded) retrying {what} after {attempt} tries; "
                 f"last answer: {failure}"
             )
-        log.warning("%s: %s; retry %d in %.1fs", what, failure, attempt, delay)
+        # A 429 a quota gate heard of is logged once per pause there, not once per waiting call.
+        level = logging.DEBUG if quota and throttled is not None else logging.WARNING
+        log.log(level, "%s: %s; retry %d in %.1fs", what, failure, attempt, delay)
         sleep(delay)
 
 

@@ -18,6 +18,7 @@ from typing import ClassVar, TypeVar
 import httpx
 from google.genai import types
 
+from nanogen import metrics
 from nanogen.engines.base import Check, Engine, ImageJob, Job, Output, ProgressFn, ShotJob
 from nanogen.engines.google import images
 from nanogen.engines.google.backends import BACKENDS
@@ -31,6 +32,8 @@ from nanogen.engines.google.calls import (
     sdk,
 )
 from nanogen.engines.google.models import DEFAULT_VIDEO_MODEL, model_info
+from nanogen.engines.google.polling import PollSchedule
+from nanogen.engines.google.quota import CallGate
 from nanogen.errors import EngineError
 from nanogen.media.video import probe_video
 from nanogen.products import (
@@ -52,6 +55,8 @@ T = TypeVar("T")
 # waited so far that approaches 90% (never 100% before the video is here).
 TYPICAL_SHOT_S = 90.0
 DOCTOR_TIMEOUT_S = 20.0
+# Idle connections kept open to Google between calls (polls come in bursts of short requests).
+KEEPALIVE_CONNECTIONS = 64
 
 
 def shot_progress(waited_s: float) -> int:
@@ -67,8 +72,10 @@ class GoogleEngine(Engine):
     supports_google_search = True
     spends_money = True
     long_running: ClassVar[frozenset[Product]] = frozenset({Product.VIDEO})
-    # Jobs mostly wait on Google (a shot holds a worker for minutes while its operation runs).
-    default_concurrency = 16
+    # A job is a wait on Google (a shot's operation runs for minutes, an image call tens of seconds)
+    # and costs one blocked thread and one connection while it waits, so a worker holds thousands
+    # (docs/deploy.md sizes them). Google's quotas, not this process, are what limits them.
+    default_concurrency = 2000
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -76,9 +83,30 @@ class GoogleEngine(Engine):
             Product.IMAGE: settings.google_image_model,
             Product.VIDEO: settings.google_video_model or DEFAULT_VIDEO_MODEL[settings.google_mode],
         }
-        self._http = httpx.Client(timeout=settings.google_request_timeout_s, follow_redirects=False)
+        # Every job in flight may hold a connection at once (an image call is one request of tens of
+        # seconds): the pool is as large as the jobs this process runs, of which a few stay open.
+        in_flight = (settings.image_concurrency or self.default_concurrency) + (
+            settings.video_concurrency or self.default_concurrency
+        )
+        self._http = httpx.Client(
+            timeout=settings.google_request_timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=KEEPALIVE_CONNECTIONS),
+        )
         self._backend = BACKENDS[settings.google_mode](settings, self._http, self.models[Product.VIDEO])
         self._backoff = Backoff(settings.google_retry_base_s, settings.google_retry_max_s)
+        storage = settings.rate_limit_storage
+        prefix = settings.rate_limit_prefix
+        self._gates = {
+            "image generation": CallGate("image generation", settings.google_image_rate, storage, prefix),
+            "video submission": CallGate(
+                "video submission", settings.google_video_submit_rate, storage, prefix
+            ),
+            "polling the video operation": CallGate("polling the video operation"),
+            "downloading the video": CallGate("downloading the video"),
+        }
+        self._polls = PollSchedule(settings.google_poll_interval_s)
+        self._polls_made = metrics.PROVIDER_POLLS.labels("google")
 
     # -- capabilities: those of the configured models -------------------------------------------------
     def capabilities(self, product: Product) -> dict[str, frozenset[str]]:
@@ -140,8 +168,14 @@ class GoogleEngine(Engine):
 
     def await_shot(self, job: ShotJob, operation: str, dest: Path, progress: ProgressFn) -> Output:
         started = time.monotonic()
-        interval = self.settings.google_poll_interval_s
+        delay = self._polls.first_delay()
         while True:
+            if time.time() + delay >= job.deadline:
+                raise EngineError(
+                    "Generation timed out (deadline exceeded): Google's video operation had not finished"
+                )
+            job.wait(delay)  # ends early when the task ends: the operation is abandoned, not awaited
+            self._polls_made.inc()
             finished = self._retry(
                 lambda: self._backend.veo.poll(operation, self._timeout(job)),
                 "polling the video operation",
@@ -151,11 +185,8 @@ class GoogleEngine(Engine):
             if finished is not None:
                 break
             progress(shot_progress(time.monotonic() - started))
-            if time.time() + interval >= job.deadline:
-                raise EngineError(
-                    "Generation timed out (deadline exceeded): Google's video operation had not finished"
-                )
-            job.wait(interval)  # ends early when the task ends: the operation is abandoned, not awaited
+            delay = self._polls.next_delay()
+        self._polls.finished(time.monotonic() - started)
         self._retry(
             lambda: self._backend.veo.fetch(finished, dest, self._timeout(job)),
             "downloading the video",
@@ -175,6 +206,7 @@ class GoogleEngine(Engine):
         return remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
 
     def _retry(self, call: Callable[[], T], what: str, job: Job, *, idempotent: bool) -> T:
+        gate = self._gates[what]
         return retrying(
             call,
             what=what,
@@ -182,6 +214,8 @@ class GoogleEngine(Engine):
             backoff=self._backoff,
             idempotent=idempotent,
             sleep=job.wait,
+            before=lambda: gate.admit(job),
+            throttled=gate.pause,
         )
 
     # -- nanogen doctor ---------------------------------------------------------------------------------
