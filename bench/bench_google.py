@@ -1,0 +1,854 @@
+"""The Google engine at production load (issue 14): ``nanogen serve`` on the embedded default with the
+google engine for images and videos, pointed at bench/fake_google.py (a fixed provider latency), defaults
+untouched otherwise. Run with ``.venv/bin/python bench/bench_google.py`` (about 15 minutes at the full
+sizes once the engine meets its goals; ``--quick``: about 2) or as part of ``bench/run``.
+
+a. N one-shot video requests (default 1,000) at L s provider latency (default 60): wall time until every
+   shot is done over L (goal <= 1.25x), the server's peak RSS (VmHWM; goal <= 1 GB), its CPU per shot
+   (utime + stime of the server process and its children over the run, submits included; goal <= 20 ms),
+   ERROR/Traceback lines in its log (goal 0), duplicate submissions at the fake (goal 0).
+b. 48 requests of 21 shots at L: the same measures (the wall time includes the 48 concatenations, and
+   so does the CPU: the issue's goal excludes them; a stream-copy join costs ~0.07 s, ~3 ms a shot).
+c. 2,000 image requests at 15 s image latency: wall time over the latency (goal <= 1.25x).
+d. one 21-shot request after one 1-shot request, at L: wall time ratio (goal <= 1.1x), seen by a client
+   polling check-status every 0.25 s (the 21-shot one until its concatenated video is ready).
+e. a's run with a ``kill -9`` of the server at L/2 (30 s) and a restart on the same data directory and
+   executor id: every shot completes, exactly one submission per shot at the fake, credits exact (from
+   GET /api/account/ledger and GET /api/account: balance = start - credits of completed shots, no refund
+   of completed work).
+
+Requests are spread over accounts of at most ``--shots-per-account`` shots each (default 21, under the
+default NANOGEN_ACCOUNT_CONCURRENCY of 32, which caps one account on purpose; 0: one account for all).
+The bench watches completion in the server's SQLite file (no check-status load on the server), except d.
+Every provider latency, quota and fault is an argument here (passed on to the fake); ``--server-env
+NANOGEN_X=Y`` sets a server setting for a before/after comparison. A missed goal prints MISS; the exit
+status is 0 unless the bench itself fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench_server import (
+    HOST,
+    ROOT,
+    Account,
+    Report,
+    Row,
+    Service,
+    free_port,
+    machine_busy,
+    nanogen_server,
+    new_account,
+    terminated_on_sigterm,
+    timed,
+)
+from fake_google import raise_open_files_limit
+
+API_KEY = "AIzaSy-bench-key-for-the-fake-google"
+CASES = ("a", "b", "c", "d", "e")
+START_CREDITS = 10**9
+VIDEO_STATUS = "/api/veo-3/check-status"
+ERROR_LINE = re.compile(r"\bERROR\b|Traceback")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- the fake ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fake:
+    args: argparse.Namespace
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def argv(self) -> list[str]:
+        a = self.args
+        return [
+            sys.executable,
+            str(ROOT / "bench" / "fake_google.py"),
+            f"--port={self.port}",
+            f"--api-key={API_KEY}",
+            f"--video-latency-s={a.latency_s}",
+            f"--image-latency-s={a.image_latency_s}",
+            f"--submit-rpm={a.submit_rpm}",
+            f"--image-rpm={a.image_rpm}",
+            f"--poll-rpm={a.poll_rpm}",
+            f"--submit-error-rate={a.submit_error_rate}",
+            f"--poll-error-rate={a.poll_error_rate}",
+            f"--image-error-rate={a.image_error_rate}",
+        ]
+
+    def start(self) -> Fake:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the fake exited early:\n{self.log_path.read_text(errors='replace')}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/_stats", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the fake did not start")
+
+    def stats(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/_stats", params={"prompts": "1"}, timeout=60)
+        r.raise_for_status()
+        stats: dict[str, Any] = r.json()
+        return stats
+
+    def cpu_s(self) -> float:
+        assert self.process is not None
+        return tree_cpu_s(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def google_settings(fake: Fake, extra: dict[str, str]) -> dict[str, str]:
+    """nanogen_server's keyword settings (NANOGEN_ + upper case): the google engine at the fake."""
+    settings = {
+        "ENGINE_IMAGES": "google",
+        "ENGINE_VIDEOS": "google",
+        "GOOGLE_API_KEY": API_KEY,
+        "GOOGLE_BASE_URL": fake.url,
+    }
+    settings.update({k.removeprefix("NANOGEN_"): v for k, v in extra.items()})
+    return settings
+
+
+# -- the server process and its children, from /proc ------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of the process, its waited-for children (cutime + cstime) and its live ones."""
+    total = 0
+    fields = _stat(pid)
+    if fields is not None:
+        total += sum(int(v) for v in fields[11:15])
+    for child in descendants(pid):
+        f = _stat(child)
+        if f is not None:
+            total += int(f[11]) + int(f[12])
+    return total / CLK_TCK
+
+
+def status_fields(pid: int) -> dict[str, int]:
+    """VmHWM and VmRSS in bytes, and Threads, from /proc/<pid>/status."""
+    found: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                found[key] = int(value.split()[0]) * 1024
+            elif key == "Threads":
+                found[key] = int(value)
+    except OSError:
+        pass
+    return found
+
+
+class Watch:
+    """Samples the server's process tree every ``interval`` s: peak RSS (the server's VmHWM, plus its
+    children's RSS at the moment), peak threads. Survives a restart: ``follow(pid)``."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_threads = 0
+        self.peak_children = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def follow(self, pid: int) -> None:
+        self.pid = pid
+
+    def sample(self) -> None:
+        pid = self.pid
+        own = status_fields(pid)
+        children = descendants(pid)
+        rss = own.get("VmHWM", 0) + sum(status_fields(c).get("VmRSS", 0) for c in children)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_threads = max(self.peak_threads, own.get("Threads", 0))
+        self.peak_children = max(self.peak_children, len(children))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+# -- load -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Accepted:
+    account: int
+    generation_id: str
+    credits: int
+    shots: int
+    task_ids: list[tuple[str, str]]  # (shotId, taskId)
+
+
+@dataclass
+class Submitted:
+    accepted: list[Accepted]
+    refused: list[str]
+    seconds: float
+
+
+def spread(shots_per_request: list[int], shots_per_account: int) -> list[int]:
+    """The account index of each request: at most ``shots_per_account`` shots an account (0: one)."""
+    owners, account, used = [], 0, 0
+    for shots in (max(1, s) for s in shots_per_request):  # an image request: one task
+        if shots_per_account and used and used + shots > shots_per_account:
+            account, used = account + 1, 0
+        owners.append(account)
+        used += shots
+    return owners
+
+
+def video_body(request: int, shots: int, run: str) -> dict[str, Any]:
+    return {
+        "shots": [
+            {
+                "id": f"shot-{s}",
+                # Unique per shot: the fake counts submissions per prompt (a duplicate is a second payment).
+                "prompt": f"{run} request {request} shot {s}: a lighthouse in a storm at dusk",
+                "generationType": "TEXT_2_VIDEO",
+                "aspectRatio": "16:9",
+            }
+            for s in range(shots)
+        ],
+        "resolution": "720p",
+    }
+
+
+def image_body(request: int, run: str) -> dict[str, Any]:
+    return {"prompt": f"{run} image {request}: a red bicycle leaning on a lamp post", "mode": "generate"}
+
+
+async def submit_all(
+    server: Service,
+    accounts: list[Account],
+    owners: list[int],
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+) -> Submitted:
+    video = "shots" in bodies[0]
+    path = "/api/veo-3/generate" if video else "/api/nano-banana-2/generate"
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    accepted: list[Accepted] = []
+    refused: list[str] = []
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=120) as c:
+
+        async def one(owner: int, body: dict[str, Any]) -> None:
+            async with gate:
+                try:
+                    r = await c.post(
+                        path, json=body, headers={"Authorization": f"Bearer {accounts[owner].key}"}
+                    )
+                except httpx.HTTPError as exc:
+                    refused.append(f"{type(exc).__name__}: {exc}")
+                    return
+            if r.status_code != 200:
+                refused.append(f"{r.status_code} {r.text[:200]}")
+                return
+            data = r.json()
+            shots = [(s["shotId"], s["taskId"]) for s in data["shots"]] if video else [("", data["taskId"])]
+            accepted.append(Accepted(owner, data["generationId"], data["creditsUsed"], len(shots), shots))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(o, b) for o, b in zip(owners, bodies, strict=True)))
+    return Submitted(accepted, refused, time.perf_counter() - started)
+
+
+@dataclass
+class Progress:
+    tasks: int = 0
+    completed: int = 0
+    failed: int = 0
+    concat_open: int = 0
+    last_finished_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.tasks > 0 and self.completed + self.failed == self.tasks and self.concat_open == 0
+
+
+def progress(home: Path) -> Progress:
+    """Read the server's SQLite file (WAL: readers do not block its writer)."""
+    with contextlib.closing(sqlite3.connect(home / "nanogen.sqlite", timeout=10)) as db:
+        tasks, completed, failed, last = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'completed'), 0), COALESCE(SUM(status = 'failed'), 0),"
+            " MAX(finished_at) FROM nanogen_tasks"
+        ).fetchone()
+        (concat_open,) = db.execute(
+            "SELECT COUNT(*) FROM nanogen_generations WHERE task_count > 1"
+            " AND (concat_status IS NULL OR concat_status = 'pending')"
+        ).fetchone()
+    return Progress(tasks, completed, failed, concat_open, last)
+
+
+def log_errors(server: Service) -> list[str]:
+    text = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+    return [line for line in text.splitlines() if ERROR_LINE.search(line)]
+
+
+# -- credits: the account's own view (GET /api/account, /api/account/ledger) -------------------------
+
+
+def ledger_check(
+    server: Service, accounts: list[Account], accepted: list[Accepted], home: Path
+) -> dict[str, Any]:
+    """Per account: balance = start - credits of completed shots; debits = credits accepted; no refund of
+    a generation whose shots all completed."""
+    with contextlib.closing(sqlite3.connect(home / "nanogen.sqlite", timeout=10)) as db:
+        completed = dict(
+            db.execute(
+                "SELECT generation_id, SUM(status = 'completed') FROM nanogen_tasks GROUP BY generation_id"
+            ).fetchall()
+        )
+    wrong: list[str] = []
+    refunds_of_completed = 0
+    totals = {"debited": 0, "refunded": 0, "expected_spent": 0, "spent": 0}
+    for index, account in enumerate(accounts):
+        mine = [a for a in accepted if a.account == index]
+        expected_spent = sum(a.credits * completed.get(a.generation_id, 0) // a.shots for a in mine)
+        fully_done = {a.generation_id for a in mine if completed.get(a.generation_id, 0) == a.shots}
+        headers = {"Authorization": f"Bearer {account.key}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+            balance = c.get("/api/account").raise_for_status().json()["credits"]
+            entries: list[dict[str, Any]] = []
+            cursor: str | None = None
+            while True:
+                params = {"limit": "100"} | ({"cursor": cursor} if cursor else {})
+                page = c.get("/api/account/ledger", params=params).raise_for_status().json()
+                entries += page["data"]
+                cursor = page["nextCursor"]
+                if cursor is None:
+                    break
+        debited = sum(-e["amount"] for e in entries if e["kind"] == "debit")
+        refunded = sum(e["amount"] for e in entries if e["kind"] == "refund")
+        refunds_of_completed += sum(
+            1 for e in entries if e["kind"] == "refund" and e["generationId"] in fully_done
+        )
+        totals["debited"] += debited
+        totals["refunded"] += refunded
+        totals["expected_spent"] += expected_spent
+        totals["spent"] += START_CREDITS - balance
+        if balance != START_CREDITS - expected_spent or debited != sum(a.credits for a in mine):
+            wrong.append(
+                f"{account.id}: balance {balance}, debited {debited}, expected spent {expected_spent}"
+            )
+    return totals | {
+        "accounts": len(accounts),
+        "accounts_wrong": wrong[:10],
+        "refunds_of_completed_work": refunds_of_completed,
+        "exact": not wrong and refunds_of_completed == 0,
+    }
+
+
+# -- one load case ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    name: str
+    latency_s: float
+    requests: int
+    shots: int
+    refused: int
+    submit_s: float
+    wall_s: float | None  # None: not all done within the timeout
+    shots_done_s: float | None
+    completed: int
+    failed: int
+    server_cpu_s: float
+    peak_rss: int
+    peak_threads: int
+    log_errors: list[str]
+    fake: dict[str, Any]
+    fake_cpu_s: float
+    timeout_s: float
+    kill: dict[str, Any] | None = None
+    credits: dict[str, Any] | None = None
+
+    @property
+    def cpu_ms_per_shot(self) -> float:
+        return self.server_cpu_s / max(1, self.completed) * 1e3
+
+    def summary(self) -> dict[str, Any]:
+        fake = {
+            k: self.fake.get(k)
+            for k in (
+                "submissions",
+                "duplicate_submissions",
+                "image_calls",
+                "duplicate_image_calls",
+                "polls",
+                "polls_per_operation",
+                "done_seen_after_ready_s",
+                "sent_429_total",
+                "sent_503",
+                "rejected",
+                "peak_running_operations",
+                "peak_unfinished_operations",
+                "peak_open_image_calls",
+                "peak_open_requests",
+            )
+        }
+        return {
+            "case": self.name,
+            "latency_s": self.latency_s,
+            "requests": self.requests,
+            "shots": self.shots,
+            "refused_submits": self.refused,
+            "submit_s": round(self.submit_s, 2),
+            "wall_s": None if self.wall_s is None else round(self.wall_s, 2),
+            "shots_done_s": None if self.shots_done_s is None else round(self.shots_done_s, 2),
+            "completed": self.completed,
+            "failed": self.failed,
+            "server_cpu_s": round(self.server_cpu_s, 2),
+            "server_cpu_ms_per_shot": round(self.cpu_ms_per_shot, 2),
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+            "peak_threads": self.peak_threads,
+            "log_error_lines": len(self.log_errors),
+            "first_log_errors": self.log_errors[:5],
+            "fake": fake,
+            "fake_cpu_s": round(self.fake_cpu_s, 2),
+            "kill": self.kill,
+            "credits": self.credits,
+        }
+
+
+def run_case(
+    args: argparse.Namespace,
+    tmp: Path,
+    name: str,
+    shots_per_request: list[int],
+    latency_s: float,
+    kill_at_s: float | None = None,
+) -> Outcome:
+    """Submit every request at once (``--client-concurrency`` at a time), wait for all to end, measure."""
+    home = tmp / f"home-{name}"
+    home.mkdir()
+    fake = Fake(args, tmp / f"fake-{name}.log").start()
+    server = nanogen_server(home, **google_settings(fake, args.server_env)).start()
+    try:
+        owners = spread(shots_per_request, args.shots_per_account)
+        accounts = [new_account(server, START_CREDITS) for _ in range(owners[-1] + 1)]
+        run = f"{name}-{time.monotonic_ns()}"
+        video = shots_per_request[0] > 0
+        bodies = [
+            video_body(i, shots, run) if video else image_body(i, run)
+            for i, shots in enumerate(shots_per_request)
+        ]
+        assert server.process is not None
+        kill: dict[str, Any] | None = None
+        cpu_before_kill = 0.0
+        with Watch(server.process.pid) as watch:
+            cpu0, fake_cpu0 = tree_cpu_s(server.process.pid), fake.cpu_s()
+            t0 = time.time()
+            submitted = asyncio.run(submit_all(server, accounts, owners, bodies, args.client_concurrency))
+            deadline = t0 + args.timeout_s
+            state = progress(home)
+            if kill_at_s is not None:
+                time.sleep(max(0.0, t0 + kill_at_s - time.time()))
+                state = progress(home)
+                watch.sample()
+                cpu_before_kill = tree_cpu_s(server.process.pid) - cpu0
+                orphans = descendants(server.process.pid)
+                killed_at = time.time() - t0
+                server.process.send_signal(signal.SIGKILL)  # kill -9: no shutdown code runs
+                server.process.wait()
+                for pid in orphans:  # the server's own children, left without it
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                before = {"completed": state.completed, "failed": state.failed}
+                restart = time.perf_counter()
+                server.start()  # same home, port and NANOGEN_EXECUTOR_ID: DBOS recovers the workflows
+                watch.follow(server.process.pid)
+                cpu0 = tree_cpu_s(server.process.pid)  # the restarted process, from its start
+                kill = {
+                    "killed_at_s": round(killed_at, 2),
+                    "done_before_kill": before,
+                    "restart_s": round(time.perf_counter() - restart, 2),
+                }
+            while not state.done and time.time() < deadline:
+                time.sleep(0.5)
+                state = progress(home)
+            seen = time.time()
+            watch.sample()
+            cpu = cpu_before_kill + tree_cpu_s(server.process.pid) - cpu0
+            fake_cpu = fake.cpu_s() - fake_cpu0
+        credits = ledger_check(server, accounts, submitted.accepted, home) if kill_at_s is not None else None
+        fake_stats = fake.stats()
+    finally:
+        server.stop()
+        fake.stop()
+    return Outcome(
+        name=name,
+        latency_s=latency_s,
+        requests=len(shots_per_request),
+        shots=sum(max(1, s) for s in shots_per_request),
+        refused=len(submitted.refused),
+        submit_s=submitted.seconds,
+        wall_s=seen - t0 if state.done else None,
+        shots_done_s=(state.last_finished_at - t0) if state.done and state.last_finished_at else None,
+        completed=state.completed,
+        failed=state.failed,
+        server_cpu_s=cpu,
+        peak_rss=watch.peak_rss,
+        peak_threads=watch.peak_threads,
+        log_errors=log_errors(server),
+        fake=fake_stats,
+        fake_cpu_s=fake_cpu,
+        timeout_s=args.timeout_s,
+        kill=kill,
+        credits=credits,
+    )
+
+
+# -- d: one 21-shot request against one 1-shot request ----------------------------------------------
+
+
+def video_wall(c: httpx.Client, shots: int, run: str, timeout_s: float) -> float:
+    started = time.perf_counter()
+    r = c.post("/api/veo-3/generate", json=video_body(0, shots, f"{run}-{shots}"))
+    r.raise_for_status()
+    refs = [{"shotId": s["shotId"], "taskId": s["taskId"]} for s in r.json()["shots"]]
+    polls = 0
+    while True:
+        answer = c.post(VIDEO_STATUS, json={"taskIds": refs}).raise_for_status().json()
+        if answer["status"] == "completed" and (shots == 1 or answer.get("concatenatedVideoUrl")):
+            return time.perf_counter() - started
+        if answer["status"] == "failed" or time.perf_counter() - started > timeout_s:
+            raise RuntimeError(f"{shots}-shot video did not complete: {json.dumps(answer)[:2000]}")
+        polls += 1
+        time.sleep(max(0.0, started + polls * 0.25 - time.perf_counter()))
+
+
+def bench_21_vs_1(args: argparse.Namespace, tmp: Path, report: Report) -> None:
+    home = tmp / "home-d"
+    fake = Fake(args, tmp / "fake-d.log").start()
+    server = nanogen_server(home, **google_settings(fake, args.server_env)).start()
+    try:
+        account = new_account(server, START_CREDITS)
+        run = f"d-{time.monotonic_ns()}"
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {account.key}"}, timeout=60
+        ) as c:
+            one = video_wall(c, 1, run, args.timeout_s)
+            many = video_wall(c, 21, run, args.timeout_s)
+        errors = log_errors(server)
+        stats = fake.stats()
+    finally:
+        server.stop()
+        fake.stop()
+    ratio = many / one
+    report.emit(
+        bench="google_21_vs_1",
+        latency_s=args.latency_s,
+        one_shot_s=round(one, 2),
+        shots_21_s=round(many, 2),
+        ratio=round(ratio, 3),
+        log_error_lines=len(errors),
+        submissions=stats["submissions"],
+        duplicate_submissions=stats["duplicate_submissions"],
+    )
+    report.add(
+        Row(
+            f"d. 21-shot vs 1-shot wall, L={args.latency_s:g}s",
+            f"{many:.1f} s",
+            f"1 shot {one:.1f} s",
+            f"{ratio:.2f}x",
+            "<= 1.1x",
+            ratio <= 1.1 and not errors and stats["duplicate_submissions"] == 0,
+        )
+    )
+
+
+# -- rows -------------------------------------------------------------------------------------------
+
+
+def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bool = True) -> None:
+    report.emit(bench=f"google_{o.name}", **o.summary())
+    all_done = o.wall_s is not None and o.completed == o.shots and o.refused == 0
+    wall = f"{o.wall_s:.1f} s" if o.wall_s is not None else f"not all done in {o.timeout_s:g} s"
+    ratio = f"{o.wall_s / latency_s:.2f}x" if o.wall_s is not None else ""
+    report.add(
+        Row(
+            f"{label} wall",
+            wall,
+            f"latency {latency_s:g} s",
+            ratio,
+            "<= 1.25x",
+            all_done and o.wall_s is not None and o.wall_s <= 1.25 * latency_s,
+        )
+    )
+    report.add(
+        Row(
+            "   completed / failed / refused",
+            f"{o.completed}/{o.failed}/{o.refused}",
+            f"of {o.shots}",
+            "",
+            f"{o.shots}/0/0",
+            o.completed == o.shots and o.failed == 0 and o.refused == 0,
+        )
+    )
+    if not full:
+        return
+    report.add(
+        Row("   server RSS peak", f"{o.peak_rss / 2**20:.0f} MB", "", "", "<= 1024 MB", o.peak_rss <= 2**30)
+    )
+    report.add(
+        Row(
+            "   server CPU per shot",
+            f"{o.cpu_ms_per_shot:.1f} ms",
+            f"{o.server_cpu_s:.1f} s in all",
+            "",
+            "<= 20 ms",
+            o.completed > 0 and o.cpu_ms_per_shot <= 20,
+        )
+    )
+    report.add(Row("   ERROR/Traceback log lines", str(len(o.log_errors)), "", "", "0", not o.log_errors))
+    dup = o.fake.get("duplicate_submissions", 0) + o.fake.get("duplicate_image_calls", 0)
+    calls = o.fake.get("submissions", 0) + o.fake.get("image_calls", 0)
+    report.add(Row("   duplicate submissions at the fake", str(dup), f"{calls} calls", "", "0", dup == 0))
+    running = o.fake.get("peak_running_operations") or o.fake.get("peak_open_image_calls")
+    report.add(Row("   peak at the fake / server threads", f"{running} / {o.peak_threads}", "", "", ""))
+
+
+def kill_rows(report: Report, o: Outcome) -> None:
+    load_rows(
+        report, f"e. {o.shots} shots, kill -9 at {o.kill and o.kill['killed_at_s']} s", o, o.latency_s, False
+    )
+    submissions = o.fake.get("submissions", 0)
+    once = submissions == o.shots and o.fake.get("duplicate_submissions", 0) == 0
+    report.add(
+        Row(
+            "   submissions at the fake (one per shot)",
+            str(submissions),
+            f"{o.shots} shots",
+            "",
+            f"{o.shots}, 0 duplicates",
+            once,
+        )
+    )
+    credits = o.credits or {}
+    report.add(
+        Row(
+            "   credits exact (balance, no refund of done)",
+            f"spent {credits.get('spent')}",
+            f"expected {credits.get('expected_spent')}",
+            "",
+            f"refunds of done: {credits.get('refunds_of_completed_work')}",
+            bool(credits.get("exact")),
+        )
+    )
+    report.add(Row("   ERROR/Traceback log lines", str(len(o.log_errors)), "", "", "0", not o.log_errors))
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: 200 shots at 20 s, 400 images at 5 s"
+    )
+    parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases: a,b,c,d,e")
+    parser.add_argument("--shots", type=int, help="a/e: one-shot requests (1,000; quick 200)")
+    parser.add_argument("--latency-s", type=float, help="Veo operation latency at the fake (60; quick 20)")
+    parser.add_argument("--multi-requests", type=int, help="b: requests (48; quick 4)")
+    parser.add_argument("--multi-shots", type=int, default=21, help="b: shots per request")
+    parser.add_argument("--images", type=int, help="c: image requests (2,000; quick 400)")
+    parser.add_argument("--image-latency-s", type=float, help="generateContent latency (15; quick 5)")
+    parser.add_argument("--kill-at-s", type=float, help="e: kill -9 this long after the first submit (L/2)")
+    parser.add_argument("--timeout-s", type=float, help="give up on a case after this (max(300, 10 L))")
+    parser.add_argument("--shots-per-account", type=int, default=21, help="0: every request on one account")
+    parser.add_argument("--client-concurrency", type=int, default=64, help="submits in flight at once")
+    parser.add_argument("--submit-rpm", type=int, default=0, help="fake: predictLongRunning quota per minute")
+    parser.add_argument("--image-rpm", type=int, default=0, help="fake: generateContent quota per minute")
+    parser.add_argument("--poll-rpm", type=int, default=0, help="fake: operation polls quota per minute")
+    parser.add_argument("--submit-error-rate", type=float, default=0.0, help="fake: fraction of submits 503")
+    parser.add_argument("--poll-error-rate", type=float, default=0.0, help="fake: fraction of polls 503")
+    parser.add_argument(
+        "--image-error-rate", type=float, default=0.0, help="fake: fraction of image calls 503"
+    )
+    parser.add_argument(
+        "--commit",
+        metavar="REV",
+        help="run the server from this commit's src/ (git archive into a temporary directory, first on "
+        "PYTHONPATH) instead of the working tree",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NANOGEN_X=Y",
+        help="a server setting (repeatable); the default is none: the engine's defaults",
+    )
+    args = parser.parse_args()
+    quick = args.quick
+    defaults = {
+        "shots": 200 if quick else 1000,
+        "latency_s": 20.0 if quick else 60.0,
+        "multi_requests": 4 if quick else 48,
+        "images": 400 if quick else 2000,
+        "image_latency_s": 5.0 if quick else 15.0,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.kill_at_s is None:
+        args.kill_at_s = args.latency_s / 2
+    if args.timeout_s is None:
+        args.timeout_s = max(300.0, 10 * args.latency_s)
+    env = {}
+    for item in args.server_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("NANOGEN_"):
+            parser.error(f"--server-env wants NANOGEN_X=Y, not {item!r}")
+        env[key] = value
+    args.server_env = env
+    args.cases = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = set(args.cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {','.join(CASES)}")
+    return args
+
+
+def export_src(rev: str, dest: Path) -> None:
+    """The commit's src/ in ``dest``, first on the PYTHONPATH every process started from here inherits
+    (the editable install's path entry comes after it)."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "src"], capture_output=True, cwd=ROOT, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(dest / "src"), os.environ.get("PYTHONPATH", "")) if p
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    raise_open_files_limit()  # for the client's connections, and inherited by the server and the fake
+    report = Report()
+    machine = machine_busy()
+    rev = args.commit or "HEAD"
+    commit = subprocess.run(
+        ["git", "log", "-1", "--oneline", rev], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.strip()[:100]
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=ROOT, check=False
+    ).stdout.strip()
+    if args.commit is None and dirty:
+        commit += " + uncommitted changes in src/"
+    settings = {k: v for k, v in vars(args).items() if k not in ("only",)}
+    report.emit(bench="machine", commit=commit, **machine, settings=settings)
+    L = args.latency_s
+    with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="nanogen-bench-google-") as name:
+        tmp = Path(name)
+        if args.commit:
+            export_src(args.commit, tmp / "src-snapshot")
+        if "a" in args.cases:
+            outcome: list[Outcome] = []
+            timed("a one-shot videos", lambda: outcome.append(run_case(args, tmp, "a", [1] * args.shots, L)))
+            load_rows(report, f"a. {args.shots} one-shot videos, L={L:g}s", outcome[0], L)
+        if "b" in args.cases:
+            outcome = []
+            sizes = [args.multi_shots] * args.multi_requests
+            timed("b multi-shot videos", lambda: outcome.append(run_case(args, tmp, "b", sizes, L)))
+            load_rows(
+                report, f"b. {args.multi_requests} x {args.multi_shots}-shot videos, L={L:g}s", outcome[0], L
+            )
+        if "c" in args.cases:
+            outcome = []
+            IL = args.image_latency_s
+            timed("c images", lambda: outcome.append(run_case(args, tmp, "c", [0] * args.images, IL)))
+            load_rows(report, f"c. {args.images} images, latency {IL:g}s", outcome[0], IL)
+        if "d" in args.cases:
+            timed("d 21-shot vs 1-shot", lambda: bench_21_vs_1(args, tmp, report))
+        if "e" in args.cases:
+            outcome = []
+            timed(
+                "e kill -9 and restart",
+                lambda: outcome.append(run_case(args, tmp, "e", [1] * args.shots, L, args.kill_at_s)),
+            )
+            kill_rows(report, outcome[0])
+    report.table()
+    extra = ", ".join(f"{k}={v}" for k, v in args.server_env.items()) or "none (defaults)"
+    print(
+        f"\ncommit {commit}; machine: {machine['cpus']} CPUs, {machine['busy_pct_before_start']}% busy before"
+        f" the start (1-min load {machine['loadavg_1m']:.2f}). Server: embedded default, google engine at"
+        f" bench/fake_google.py, NANOGEN_LOG_LEVEL=warning, generate/status rate limits off; server settings:"
+        f" {extra}. Up to {args.shots_per_account or 'all'} shots per account."
+    )
+
+
+if __name__ == "__main__":
+    main()
