@@ -495,8 +495,9 @@ def run_case(
     home = tmp / f"home-{name}"
     home.mkdir()
     fake = Fake(args, tmp / f"fake-{name}.log").start()
-    server = nanogen_server(home, **google_settings(fake, args.server_env)).start()
+    server = nanogen_server(home, **google_settings(fake, args.server_env))
     try:
+        server.start()
         owners = spread(shots_per_request, args.shots_per_account)
         accounts = [new_account(server, START_CREDITS) for _ in range(owners[-1] + 1)]
         run = f"{name}-{time.monotonic_ns()}"
@@ -593,8 +594,9 @@ def video_wall(c: httpx.Client, shots: int, run: str, timeout_s: float) -> float
 def bench_21_vs_1(args: argparse.Namespace, tmp: Path, report: Report) -> None:
     home = tmp / "home-d"
     fake = Fake(args, tmp / "fake-d.log").start()
-    server = nanogen_server(home, **google_settings(fake, args.server_env)).start()
+    server = nanogen_server(home, **google_settings(fake, args.server_env))
     try:
+        server.start()
         account = new_account(server, START_CREDITS)
         run = f"d-{time.monotonic_ns()}"
         with httpx.Client(
