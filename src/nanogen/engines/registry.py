@@ -58,4 +58,7 @@ def default_registry() -> EngineRegistry:
     registry = EngineRegistry()
     registry.register("sandbox", "nanogen.engines.sandbox:SandboxEngine")
     registry.register("google", "nanogen.engines.google:GoogleEngine", "pip install google-genai")
+    registry.register(
+        "diffusers", "nanogen.engines.diffusers.engine:DiffusersEngine", "pip install 'nanogen[diffusers]'"
+    )
     return registry
