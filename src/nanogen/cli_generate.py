@@ -100,6 +100,14 @@ PollInterval = Annotated[
     ),
 ]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Submit, print the id and return.")]
+Webhook = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook",
+        help="URL the server POSTs the signed event to when the generation ends (default: the account's).",
+        show_default=False,
+    ),
+]
 
 # The first status checks come sooner than the regular interval (0.5 s, 1 s, 2 s... until it is reached):
 # a sandbox image done in a second is seen done then, not after the pages' 3 s.
@@ -299,6 +307,7 @@ def image(
     poll_interval: PollInterval = None,
     api_key: ApiKey = None,
     base_url: BaseUrl = None,
+    webhook: Webhook = None,
 ) -> None:
     """Generate (or, with --edit, edit) an image, show its progress and save it."""
     handle: list[ImageGeneration] = []
@@ -313,6 +322,7 @@ def image(
             quality=quality.value,
             google_search=search,
             input_images=edit or (),
+            webhook_url=webhook,
         )
         handle.append(submitted)
         if not as_json:
@@ -441,6 +451,7 @@ def video(
     poll_interval: PollInterval = None,
     api_key: ApiKey = None,
     base_url: BaseUrl = None,
+    webhook: Webhook = None,
 ) -> None:
     """Generate a video of 1-21 shots (joined into one), show each shot's progress and save it."""
     handle: list[VideoGeneration] = []
@@ -452,7 +463,7 @@ def video(
         chosen = resolution.value if resolution else file_resolution
         if not as_json:
             err.print(f"submitting {plural(len(shots), 'shot')}…")
-        submitted = client.videos.generate(shots, resolution=chosen)
+        submitted = client.videos.generate(shots, resolution=chosen, webhook_url=webhook)
         handle.append(submitted)
         if not as_json:
             err.print(

@@ -80,6 +80,8 @@ generations = sa.Table(
     sa.Column("concat_error", sa.String(2000), nullable=True),
     # Retention: when this generation's files were deleted on purpose (NANOGEN_RETENTION_DAYS).
     sa.Column("files_expired_at", sa.Float, nullable=True),
+    # Webhooks: the URL the request named (webhookUrl); none: the account's default when it ends.
+    sa.Column("webhook_url", sa.String(2000), nullable=True),
     sa.Index("ix_generations_account", "account_id"),
     sa.Index("ix_generations_retention", "files_expired_at", "created_at"),
 )
@@ -138,6 +140,44 @@ idempotency_keys = sa.Table(
     sa.Column("generation_id", sa.String(40), nullable=False),  # the claim's owner
     sa.Column("response", sa.JSON, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Webhooks (docs/api.md, nanogen/webhooks): an account's default URL and the version of its signing
+# secret. The secret itself is never stored: it is derived from the server's master key, the account
+# and the version (webhooks/secrets.py). A rotation bumps the version; the one before it still signs
+# for 24 h after ``rotated_at``.
+webhook_accounts = sa.Table(
+    "nanogen_webhook_accounts",
+    metadata,
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("nanogen_accounts.id"), primary_key=True),
+    sa.Column("url", sa.String(2000), nullable=True),
+    sa.Column("secret_version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("rotated_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# One row per event: written (with its exact body) in the transaction that ended the generation, and
+# delivered by the DBOS workflow of the same id (the ``webhook-id`` header).
+webhook_deliveries = sa.Table(
+    "nanogen_webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("nanogen_accounts.id"), nullable=False),
+    sa.Column("generation_id", sa.String(40), sa.ForeignKey("nanogen_generations.id"), nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_attempt_at", sa.Float, nullable=True),
+    sa.Column("next_attempt_at", sa.Float, nullable=True),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="ck_webhook_deliveries_state"),
+    sa.Index("ix_webhook_deliveries_account", "account_id", "created_at", "id"),
+    sa.Index("ix_webhook_deliveries_generation", "generation_id"),
 )
 
 # A process's PostgreSQL connection budget (docs/deploy.md, "PostgreSQL connections"); settable with

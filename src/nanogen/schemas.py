@@ -76,6 +76,13 @@ class ImageGenerateRequest(_Request):
     inputImageUrls: list[str] = Field(
         default_factory=list, description="Public image URLs for edit mode (max 14). Required in edit."
     )
+    webhookUrl: Identifier | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="nanogen addition: where to POST the signed event when the generation ends "
+        "(docs/api.md, Webhooks); default: the account's webhook URL, if set",
+    )
 
     @property
     def effective_mode(self) -> ImageMode:
@@ -124,6 +131,13 @@ class Shot(_Request):
 class VideoGenerateRequest(_Request):
     shots: list[Shot] = Field(min_length=1, max_length=MAX_SHOTS)
     resolution: str = Field(default=DEFAULT_RESOLUTION.value, description="720p (default), 1080p or 4k (4K)")
+    webhookUrl: Identifier | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="nanogen addition: where to POST the signed event when the generation ends "
+        "(docs/api.md, Webhooks); default: the account's webhook URL, if set",
+    )
 
     @property
     def parsed_resolution(self) -> Resolution:
@@ -446,3 +460,51 @@ class LedgerEntry(BaseModel):
 class LedgerPage(BaseModel):
     data: list[LedgerEntry]
     nextCursor: str | None = Field(description="Pass as cursor for the next (older) page; null on the last")
+
+
+# -- webhooks (nanogen additions; docs/api.md, "Webhooks") --------------------------------------------
+class WebhookUrlRequest(_Request):
+    url: Identifier = Field(min_length=1, max_length=MAX_URL_CHARS, description="http(s) URL of the receiver")
+
+
+class WebhookUrlResponse(BaseModel):
+    success: bool = True
+    url: str | None = Field(description="The account's default webhook URL; null when none is set")
+
+
+class WebhookSecretResponse(BaseModel):
+    secret: str = Field(description="The signing secret (whsec_...), for the standardwebhooks libraries")
+    previousSecretValidUntil: datetime | None = Field(
+        default=None, description="Until then the secret before the last rotation signs too"
+    )
+
+
+WebhookEventType = Literal["image.completed", "image.failed", "video.completed", "video.failed"]
+
+
+class WebhookDelivery(BaseModel):
+    id: str = Field(description="The event's id: the webhook-id header of every attempt")
+    type: WebhookEventType
+    generationId: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    lastStatusCode: int | None = Field(default=None, description="The receiver's status at the last attempt")
+    lastError: str | None = Field(default=None, description="Why the last attempt failed")
+    createdAt: datetime = Field(description="When the generation ended (the event's timestamp)")
+    lastAttemptAt: datetime | None = None
+    nextAttemptAt: datetime | None = Field(default=None, description="While pending: the next retry")
+    endedAt: datetime | None = Field(default=None, description="When it was delivered or given up")
+
+
+class WebhookDeliveryPage(BaseModel):
+    data: list[WebhookDelivery]
+    nextCursor: str | None = Field(description="Pass as cursor for the next (older) page; null on the last")
+
+
+class WebhookEvent(BaseModel):
+    """The body POSTed to a webhook URL (signed: webhook-id, webhook-timestamp, webhook-signature)."""
+
+    type: WebhookEventType
+    timestamp: datetime = Field(description="When the generation ended")
+    data: dict[str, Any] = Field(description="The generation's check-status answer at that moment")

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nanogen import __version__
 from nanogen.db import PG_POOL_SIZE, READ_CONNECTIONS, SYSTEM_POOL_SIZE
 
+# Webhook retries (docs/api.md): after 1 s, 5 s, 30 s, 2 min, 10 min, then hourly for 24 h.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (1.0, 5.0, 30.0, 120.0, 600.0, *(3600.0,) * 24)
 # An admin token grants credits: one shorter than this is refused at start rather than guessed later.
 ADMIN_TOKEN_MIN_LENGTH = 16
 
@@ -232,6 +234,26 @@ class Settings(BaseSettings):
     fetch_max_pixels: int = Field(default=64_000_000, ge=1)
     fetch_max_redirects: int = Field(default=3, ge=0)
 
+    # -- webhooks (nanogen/webhooks; docs/api.md "Webhooks")
+    webhook_master_key: SecretStr | None = Field(
+        default=None,
+        description="The key every account's signing secret derives from; default: <home>/webhook-master-key "
+        "(made on first use, mode 0600). Every process of a deployment needs the same one.",
+    )
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE),
+        description="Seconds before each retry of a failed delivery, comma-separated; NxK repeats N K times.",
+    )
+    webhook_timeout_s: float = Field(
+        default=15.0, gt=0, description="A receiver that has not answered within this has failed the attempt."
+    )
+    webhook_queue_polling_interval_s: float = Field(
+        default=0.1, gt=0, description="How often a worker polls the webhook delivery queue."
+    )
+    webhook_concurrency: int = Field(
+        default=1000, ge=1, description="Deliveries one worker has under way at once (waiting retries count)."
+    )
+
     # -- durable execution (DBOS)
     executor_id: str | None = Field(
         default=None, description="Stable id of this process for DBOS recovery; default <role>-<hostname>."
@@ -278,6 +300,22 @@ class Settings(BaseSettings):
     db_system_pool_size: int = Field(
         default=SYSTEM_POOL_SIZE, ge=2, description="DBOS's system tables: queue polling, workflow records."
     )
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _retry_schedule(cls, value: object) -> object:
+        """``1,5,30,120,600,3600x24``: seconds before each retry; ``NxK`` is N repeated K times."""
+        if not isinstance(value, str):
+            return value
+        delays: list[float] = []
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            seconds, _, times = part.partition("x")
+            delays += [float(seconds)] * (int(times) if times else 1)
+        if any(d < 0 or d != d for d in delays):
+            raise ValueError("delays must be seconds >= 0")
+        return delays
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -87,6 +87,27 @@ class AsyncClient:
         """nanogen: a page of the account's grants, debits and refunds, newest first."""
         return await self._run(_base.ledger_page(self._config, limit=limit, cursor=cursor))
 
+    async def webhook(self) -> schemas.WebhookUrlResponse:
+        """nanogen: the account's default webhook URL (``url`` None when unset)."""
+        return await self._run(_base.webhook_url(self._config))
+
+    async def set_webhook(self, url: str | None) -> schemas.WebhookUrlResponse:
+        """nanogen: set the default webhook URL (used when a request names none); None removes it."""
+        if url is None:
+            return await self._run(_base.webhook_url(self._config, "DELETE"))
+        return await self._run(_base.webhook_url(self._config, "PUT", url))
+
+    async def webhook_secret(self, *, rotate: bool = False) -> schemas.WebhookSecretResponse:
+        """nanogen: the webhook signing secret (``whsec_...``); ``rotate``: a new one (the old one
+        signs too for 24 h)."""
+        return await self._run(_base.webhook_secret(self._config, rotate=rotate))
+
+    async def webhook_deliveries(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> schemas.WebhookDeliveryPage:
+        """nanogen: a page of the account's webhook deliveries, newest first."""
+        return await self._run(_base.webhook_deliveries(self._config, limit=limit, cursor=cursor))
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -232,12 +253,15 @@ class AsyncImages:
         input_images: Sequence[ImageInput] = (),
         mode: str | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> AsyncImageGeneration:
         """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once.
 
         ``idempotency_key`` (nanogen, docs/api.md): sent as ``Idempotency-Key``; the request is then
         sent again, with the same key, when its answer is lost or the server is briefly busy, and
-        the server creates (and debits) one generation however many times it arrives."""
+        the server creates (and debits) one generation however many times it arrives.
+
+        ``webhook_url`` (nanogen): where the server POSTs the signed event when the generation ends."""
         op = _base.image_generate(
             self._client._config,
             prompt,
@@ -247,6 +271,7 @@ class AsyncImages:
             input_images,
             mode,
             idempotency_key,
+            webhook_url,
         )
         accepted = await self._client._run(op)
         return AsyncImageGeneration(
@@ -263,11 +288,16 @@ class AsyncVideos:
         self._client = client
 
     async def generate(
-        self, shots: Sequence[ShotInput], *, resolution: str | None = None, idempotency_key: str | None = None
+        self,
+        shots: Sequence[ShotInput],
+        *,
+        resolution: str | None = None,
+        idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> AsyncVideoGeneration:
         """Submit 1-21 shots: prompts, dicts in the contract's shape or ``Shot`` models (images may be
-        local files). Returns at once. ``idempotency_key``: as for images."""
-        op = _base.video_generate(self._client._config, shots, resolution, idempotency_key)
+        local files). Returns at once. ``idempotency_key``, ``webhook_url``: as for images."""
+        op = _base.video_generate(self._client._config, shots, resolution, idempotency_key, webhook_url)
         accepted = await self._client._run(op)
         return AsyncVideoGeneration(
             self._client,

@@ -253,11 +253,14 @@ def image_generate(
     input_images: Sequence[ImageInput],
     mode: str | None,
     idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Op[schemas.ImageGenerateResponse]:
     image_body(prompt, aspect_ratio, quality, google_search, _placeholders(input_images), mode)
     _check_files(input_images)
     urls = yield from upload_all(config, input_images)
     body = image_body(prompt, aspect_ratio, quality, google_search, urls, mode)
+    if webhook_url is not None:
+        body["webhookUrl"] = webhook_url
     path = "/api/nano-banana-2/generate"
     return (yield from submit(config, path, schemas.ImageGenerateResponse, body, idempotency_key))
 
@@ -320,7 +323,11 @@ def _with_urls(shot: dict[str, Any], urls: list[str]) -> dict[str, Any]:
 
 
 def video_generate(
-    config: Config, shots: Sequence[ShotInput], resolution: str | None, idempotency_key: str | None = None
+    config: Config,
+    shots: Sequence[ShotInput],
+    resolution: str | None,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Op[schemas.VideoGenerateResponse]:
     prepared = shot_dicts(shots)
     sources = [s["imageUrls"] if isinstance(s.get("imageUrls"), list) else [] for s in prepared]
@@ -333,6 +340,8 @@ def video_generate(
     for shot, src in zip(prepared, sources, strict=True):
         uploaded.append(_with_urls(shot, (yield from upload_all(config, src))))
     body = video_body(uploaded, resolution)
+    if webhook_url is not None:
+        body["webhookUrl"] = webhook_url
     path = "/api/veo-3/generate"
     return (yield from submit(config, path, schemas.VideoGenerateResponse, body, idempotency_key))
 
@@ -604,3 +613,31 @@ def ledger_page(
     """A page of the account's ledger, newest first."""
     request = _api_request(config, "GET", "/api/account/ledger", {"limit": limit, "cursor": cursor})
     return parse(schemas.LedgerPage, (yield from send(request)))
+
+
+# -- webhooks (nanogen; docs/api.md, "Webhooks") -------------------------------------------------------
+def webhook_url(
+    config: Config, method: str = "GET", url: str | None = None
+) -> Op[schemas.WebhookUrlResponse]:
+    """The account's default webhook URL: read (GET), set (PUT ``url``) or removed (DELETE)."""
+    request = _api_request(config, method, "/api/account/webhook", {})
+    if method == "PUT":
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        request = httpx.Request("PUT", request.url, headers=headers, json={"url": url})
+    return parse(schemas.WebhookUrlResponse, (yield from send(request)))
+
+
+def webhook_secret(config: Config, *, rotate: bool = False) -> Op[schemas.WebhookSecretResponse]:
+    """The account's signing secret (made on first use), or a new one (``rotate``)."""
+    path = "/api/account/webhook-secret" + ("/rotate" if rotate else "")
+    request = _api_request(config, "POST" if rotate else "GET", path, {})
+    return parse(schemas.WebhookSecretResponse, (yield from send(request)))
+
+
+def webhook_deliveries(
+    config: Config, *, limit: int | None = None, cursor: str | None = None
+) -> Op[schemas.WebhookDeliveryPage]:
+    """A page of the account's webhook deliveries, newest first."""
+    params = {"limit": limit, "cursor": cursor}
+    request = _api_request(config, "GET", "/api/account/webhook-deliveries", params)
+    return parse(schemas.WebhookDeliveryPage, (yield from send(request)))

@@ -82,6 +82,27 @@ class Client:
         """nanogen: a page of the account's grants, debits and refunds, newest first."""
         return self._run(_base.ledger_page(self._config, limit=limit, cursor=cursor))
 
+    def webhook(self) -> schemas.WebhookUrlResponse:
+        """nanogen: the account's default webhook URL (``url`` None when unset)."""
+        return self._run(_base.webhook_url(self._config))
+
+    def set_webhook(self, url: str | None) -> schemas.WebhookUrlResponse:
+        """nanogen: set the default webhook URL (used when a request names none); None removes it."""
+        if url is None:
+            return self._run(_base.webhook_url(self._config, "DELETE"))
+        return self._run(_base.webhook_url(self._config, "PUT", url))
+
+    def webhook_secret(self, *, rotate: bool = False) -> schemas.WebhookSecretResponse:
+        """nanogen: the webhook signing secret (``whsec_...``); ``rotate``: a new one (the old one
+        signs too for 24 h)."""
+        return self._run(_base.webhook_secret(self._config, rotate=rotate))
+
+    def webhook_deliveries(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> schemas.WebhookDeliveryPage:
+        """nanogen: a page of the account's webhook deliveries, newest first."""
+        return self._run(_base.webhook_deliveries(self._config, limit=limit, cursor=cursor))
+
     def close(self) -> None:
         self._http.close()
 
@@ -225,12 +246,15 @@ class Images:
         input_images: Sequence[ImageInput] = (),
         mode: str | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> ImageGeneration:
         """Submit; ``input_images`` are URLs or local files (uploaded first). Returns at once.
 
         ``idempotency_key`` (nanogen, docs/api.md): sent as ``Idempotency-Key``; the request is then
         sent again, with the same key, when its answer is lost or the server is briefly busy, and
-        the server creates (and debits) one generation however many times it arrives."""
+        the server creates (and debits) one generation however many times it arrives.
+
+        ``webhook_url`` (nanogen): where the server POSTs the signed event when the generation ends."""
         op = _base.image_generate(
             self._client._config,
             prompt,
@@ -240,6 +264,7 @@ class Images:
             input_images,
             mode,
             idempotency_key,
+            webhook_url,
         )
         accepted = self._client._run(op)
         return ImageGeneration(
@@ -256,11 +281,16 @@ class Videos:
         self._client = client
 
     def generate(
-        self, shots: Sequence[ShotInput], *, resolution: str | None = None, idempotency_key: str | None = None
+        self,
+        shots: Sequence[ShotInput],
+        *,
+        resolution: str | None = None,
+        idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> VideoGeneration:
         """Submit 1-21 shots: prompts, dicts in the contract's shape or ``Shot`` models (images may be
-        local files). Returns at once. ``idempotency_key``: as for images."""
-        op = _base.video_generate(self._client._config, shots, resolution, idempotency_key)
+        local files). Returns at once. ``idempotency_key``, ``webhook_url``: as for images."""
+        op = _base.video_generate(self._client._config, shots, resolution, idempotency_key, webhook_url)
         accepted = self._client._run(op)
         return VideoGeneration(
             self._client,

@@ -41,7 +41,7 @@ from nanogen.media.images import probe_image_async
 if TYPE_CHECKING:
     from nanogen.settings import Settings
 
-__all__ = ["FetchPolicy", "ImageFetcher", "Resolver", "system_resolver"]
+__all__ = ["CheckedTarget", "FetchPolicy", "ImageFetcher", "Resolver", "check_target", "system_resolver"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -180,6 +180,79 @@ def _transport_reason(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "connection failed"
     return "connection failed: incomplete or malformed response"
+
+
+async def _addresses(host: str, port: int, resolve: Resolver) -> tuple[list[IPAddress], bool]:
+    """The addresses of ``host`` (resolved once), and whether it was an IP literal."""
+    try:
+        return [ipaddress.ip_address(host)], True
+    except ValueError:
+        pass
+    try:
+        answers = await resolve(host, port)
+        addresses = [ipaddress.ip_address(a) for a in answers]
+    except (OSError, ValueError):
+        raise _Refused(f"could not resolve {host}") from None
+    if not addresses:
+        raise _Refused(f"could not resolve {host}")
+    return addresses, False
+
+
+@dataclass(frozen=True)
+class CheckedTarget:
+    """A URL that passed rules 1 and 2 (its host resolved once, every address checked), for callers
+    that make their own request to it (webhook deliveries): aim it at ``addresses`` (rule 3)."""
+
+    url: httpx.URL
+    host: str
+    addresses: tuple[IPAddress, ...]
+    literal: bool
+
+    def requests(
+        self, method: str, headers: dict[str, str], content: bytes, timeout_s: float
+    ) -> list[httpx.Request]:
+        """One request per checked address, in the resolver's order, with the URL's own ``Host`` and
+        (https) TLS name."""
+        extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout_s).as_dict()}
+        if self.url.scheme == "https" and not self.literal:
+            extensions["sni_hostname"] = self.host
+        headers = {"Host": self.url.netloc.decode("ascii"), **headers}
+        try:
+            return [
+                httpx.Request(
+                    method,
+                    self.url.copy_with(host=str(a)),
+                    headers=headers,
+                    content=content,
+                    extensions=extensions,
+                )
+                for a in dict.fromkeys(self.addresses)
+            ]
+        except httpx.InvalidURL:
+            raise FetchError(
+                _shown(str(self.url)), f"cannot connect to the addresses of {self.host}"
+            ) from None
+
+
+async def check_target(url: str, policy: FetchPolicy, resolver: Resolver | None = None) -> CheckedTarget:
+    """Rules 1 and 2 of this module for ``url`` (the policy's allow-list applies); FetchError when
+    refused. Redirects are the caller's to refuse or check."""
+    try:
+        try:
+            checked = _checked_url(httpx.URL(url))
+        except httpx.InvalidURL:
+            raise _Refused("invalid URL") from None
+        host = _normalize_host(checked.raw_host.decode("ascii"))
+        port = checked.port or (443 if checked.scheme == "https" else 80)
+        addresses, literal = await _addresses(host, port, resolver or system_resolver)
+        allowed = host in policy.allow_hosts
+        for addr in addresses:
+            why = _why_refused(addr)
+            if why is not None and (not allowed or addr in _METADATA):
+                raise _Refused(f"address {addr} {why}")
+    except _Refused as exc:
+        raise FetchError(_shown(url), exc.reason) from None
+    return CheckedTarget(checked, host, tuple(addresses), literal)
 
 
 class ImageFetcher:
@@ -323,18 +396,7 @@ class ImageFetcher:
             raise _Refused(f"cannot connect to the addresses of {host}") from None
 
     async def _addresses(self, host: str, port: int) -> tuple[list[IPAddress], bool]:
-        try:
-            return [ipaddress.ip_address(host)], True
-        except ValueError:
-            pass
-        try:
-            answers = await self._resolve(host, port)
-            addresses = [ipaddress.ip_address(a) for a in answers]
-        except (OSError, ValueError):
-            raise _Refused(f"could not resolve {host}") from None
-        if not addresses:
-            raise _Refused(f"could not resolve {host}")
-        return addresses, False
+        return await _addresses(host, port, self._resolve)
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         limit = self.policy.max_bytes

@@ -27,6 +27,7 @@ from nanogen.server.routes import (
     playground,
     uploads,
     videos,
+    webhooks,
 )
 from nanogen.server.services import lifespan
 from nanogen.settings import Settings
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
         app.include_router(module.router)
     app.include_router(gemini.router)  # Gemini-compatible /v1beta (docs/api.md)
     app.include_router(generations_cancel.router)  # POST /api/generations/{id}/cancel (docs/api.md)
+    app.include_router(webhooks.router)  # /api/account/webhook* (docs/api.md, Webhooks)
     playground.install(app)
     _install_docs(app)
     app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]

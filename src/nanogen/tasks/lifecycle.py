@@ -26,6 +26,7 @@ from nanogen.tasks import store
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
 from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
+from nanogen.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def worker_queues(rt: Runtime) -> dict[str, QueueSettings]:
 def launch(settings: Settings, role: str, *, work: bool) -> Process:
     """Launch DBOS for this process. ``work``: also run workflows (listen to the queues)."""
     from nanogen.tasks import workflows  # noqa: F401  (registers the workflows before launch)
+    from nanogen.webhooks import delivery  # noqa: F401  (and the webhook deliveries' workflow)
 
     rt = build_runtime(settings)
     runtime_module.install(rt)
@@ -162,7 +164,9 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             "log_level": "WARNING",
         }
     )
-    DBOS.listen_queues(list(queues))
+    # Webhook deliveries are async workflows (a waiting retry holds no thread): not among the queues
+    # whose slots are counted in threads above.
+    DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
     DBOS.launch()
     # Queue settings live in the database, shared by every worker of the queue: only workers set
     # them (an API process enqueues by name), and the last worker to start wins.
@@ -172,6 +176,13 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             worker_concurrency=queue.concurrency,
             partition_concurrency=queue.account_concurrency,
             polling_interval_sec=queue.polling_interval_s,
+            on_conflict="always_update",
+        )
+    if work:
+        DBOS.register_queue(
+            webhook_events.WEBHOOK_QUEUE,
+            worker_concurrency=settings.webhook_concurrency,
+            polling_interval_sec=settings.webhook_queue_polling_interval_s,
             on_conflict="always_update",
         )
     process = Process(rt, queues=list(queues))
@@ -206,6 +217,8 @@ class Watchdog(Periodic):
                 before = store.get_task(conn, task_id)
                 if not store.fail_and_refund(conn, task_id, DEADLINE_ERROR):
                     continue
+                if before is not None:
+                    webhook_events.generation_ended(self._rt, conn, before.generation_id)
             if before is not None:
                 metrics.task_failed(before, "deadline")
             failed += 1

@@ -102,6 +102,8 @@ class Submission:
     # submission's transaction (docs/api.md, "Idempotent retries").
     idempotency_key: str | None = None
     response: dict[str, Any] | None = None
+    # The webhook URL the request named (already checked); None: the account's default, if any.
+    webhook_url: str | None = None
 
     @property
     def credits(self) -> int:
@@ -153,6 +155,7 @@ def _write_rows(conn: sa.Connection, accepted: Sequence[Submission], enqueue: En
                 task_count=len(s.tasks),
                 created_at=now,
                 concat_status="pending" if s.concatenate else None,
+                webhook_url=s.webhook_url,
             )
             for s in accepted
         ],

@@ -32,6 +32,7 @@ from nanogen.storage import new_key
 from nanogen.tasks import jobs, store
 from nanogen.tasks.runtime import CONCATENATE, MEDIA_QUEUE, RUN_TASK, Runtime, current
 from nanogen.tasks.status import TaskStatus
+from nanogen.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -223,6 +224,8 @@ def complete_step(task_id: str, url: str, key: str) -> bool:
     with write_transaction(rt.db) as conn:
         before = store.get_task(conn, task_id)
         done = store.complete(conn, task_id, url, key)
+        if done and before is not None:
+            webhook_events.generation_ended(rt, conn, before.generation_id)
     if done and before is not None:
         metrics.task_completed(before)
     if not done:  # failed meanwhile (deadline): the late output is nobody's
@@ -236,6 +239,8 @@ def fail_step(task_id: str, error: str) -> bool:
     with write_transaction(rt.db) as conn:
         before = store.get_task(conn, task_id)
         failed = store.fail_and_refund(conn, task_id, error)
+        if failed and before is not None:
+            webhook_events.generation_ended(rt, conn, before.generation_id)
     if failed and before is not None:
         metrics.task_failed(before, "engine")
     return failed
@@ -295,6 +300,8 @@ def concat_step(generation_id: str) -> str:
             settled = store.set_concat(
                 conn, generation_id, store.CONCAT_COMPLETED, url=rt.storage.url_for(key), key=key
             )
+            if settled:
+                webhook_events.generation_ended(rt, conn, generation_id)
         if not settled:
             _discard(rt, key)
             return "ended"
@@ -312,6 +319,8 @@ def concat_step(generation_id: str) -> str:
             settled = store.set_concat(
                 conn, generation_id, store.CONCAT_FAILED, error=f"Concatenation failed: {exc}"
             )
+            if settled:
+                webhook_events.generation_ended(rt, conn, generation_id)
         return "failed" if settled else "ended"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

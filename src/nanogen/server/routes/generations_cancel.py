@@ -30,6 +30,7 @@ from nanogen.server.routes.images import image_status
 from nanogen.server.routes.videos import video_status
 from nanogen.tasks import store
 from nanogen.tasks.runtime import Runtime
+from nanogen.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ def _cancel(rt: Runtime, account_id: str, generation_id: str, shot_ids: list[str
             continue
         with write_transaction(rt.db) as conn:
             before = store.cancel(conn, task.id)
+            if before is not None:
+                webhook_events.generation_ended(rt, conn, generation_id)
         if before is not None:
             canceled.append(before)
             metrics.task_failed(before, "canceled")

@@ -20,6 +20,7 @@ from nanogen.server.services import Services
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
+from nanogen.webhooks.targets import checked_url
 
 router = APIRouter(prefix="/api/nano-banana-2", tags=["Nano Banana 2"], route_class=DirectRoute)
 
@@ -53,6 +54,7 @@ async def _generate(
     idempotency_key: str | None,
 ) -> Response:
     check_engine(svc, Product.IMAGE, quality=body.imageQuality.value)
+    webhook_url = await checked_url(svc.fetcher.policy, body.webhookUrl, "webhookUrl")  # before any debit
     price = image_price(body.imageQuality)
     if body.inputImageUrls:
         await precheck_balance(svc, account_id, price.total)
@@ -86,6 +88,7 @@ async def _generate(
         deadline_s=svc.settings.image_deadline_s,
         idempotency_key=idempotency_key,
         response=response,
+        webhook_url=webhook_url,
     )
     await submit(svc, submission, stored)
     return FastJSONResponse(response)

@@ -27,6 +27,7 @@ from nanogen.server.services import Services
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
+from nanogen.webhooks.targets import checked_url
 
 router = APIRouter(prefix="/api/veo-3", tags=["Veo 3.1"], route_class=DirectRoute)
 
@@ -63,6 +64,7 @@ async def _generate(
         check_engine(
             svc, Product.VIDEO, resolution=resolution.value, generation_type=shot.generationType.value
         )
+    webhook_url = await checked_url(svc.fetcher.policy, body.webhookUrl, "webhookUrl")  # before any debit
     price = video_price(resolution, len(body.shots))
     urls = [url for shot in body.shots for url in shot.imageUrls]
     if urls:
@@ -96,6 +98,7 @@ async def _generate(
         concatenate=len(tasks) > 1,
         idempotency_key=idempotency_key,
         response=response,
+        webhook_url=webhook_url,
     )
     await submit(svc, submission, stored)
     return FastJSONResponse(response)
