@@ -21,6 +21,7 @@ from nanogen.server.routes import (
     gemini,
     generations,
     generations_cancel,
+    generations_events,
     health,
     images,
     openai,
@@ -30,6 +31,7 @@ from nanogen.server.routes import (
     webhooks,
 )
 from nanogen.server.services import lifespan
+from nanogen.server.watch import with_watcher
 from nanogen.settings import Settings
 
 DESCRIPTION = """Self-hosted, API-compatible NanoPhoto image (Nano Banana 2) and video (Veo 3.1) generation.
@@ -48,7 +50,8 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
         title="nanogen",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=lifespan(settings, work=work),
+        # the services, and the watcher that event streams and Prefer: wait use (server/watch.py)
+        lifespan=with_watcher(lifespan(settings, work=work), settings.watch_interval_s),
         docs_url=None,  # _install_docs: the same page with the assets served from here
         redoc_url=None,
     )
@@ -57,6 +60,7 @@ def create_app(settings: Settings, *, work: bool = True) -> FastAPI:
         app.include_router(module.router)
     app.include_router(gemini.router)  # Gemini-compatible /v1beta (docs/api.md)
     app.include_router(generations_cancel.router)  # POST /api/generations/{id}/cancel (docs/api.md)
+    app.include_router(generations_events.router)  # GET /api/generations/{id}/events (docs/api.md)
     app.include_router(webhooks.router)  # /api/account/webhook* (docs/api.md, Webhooks)
     playground.install(app)
     _install_docs(app)

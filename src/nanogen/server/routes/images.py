@@ -10,7 +10,7 @@ from starlette.responses import Response
 from nanogen import errors, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, image_price, image_size
-from nanogen.server import idempotency
+from nanogen.server import idempotency, waiting
 from nanogen.server.deps import generate_caller, json_body, services, status_body, status_rows
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
@@ -99,19 +99,32 @@ async def _generate(
     summary="Check task status and retrieve result",
     response_model=schemas.ImageStatusResponse,
     responses=error_responses(400, 401, 403, 404, 429, 503),
-    openapi_extra=body_schema(schemas.ImageStatusRequest),
+    openapi_extra=body_schema(schemas.ImageStatusRequest) | waiting.openapi_extra(),
 )
 async def check_status(request: Request) -> Response:
     # The key before the body (deps.status_body); the tasks read with the key checked again, one statement.
     key_hash, body = await status_body(request, schemas.parse_image_status_request)
-    poll = partial(store.poll_generation, generation_id=body.generationId)
+    generation_id = body.generationId
+    answer = await _status_answer(request, key_hash, generation_id)
+    # nanogen: Prefer: wait=N (server/waiting.py); without it, the answer as it is
+    return await waiting.respond(
+        request,
+        answer,
+        (generation_id,),
+        lambda snapshots: without_none(image_status(snapshots[generation_id].tasks[0])),
+        partial(_status_answer, request, key_hash, generation_id),
+    )
+
+
+async def _status_answer(request: Request, key_hash: str, generation_id: str) -> dict[str, object]:
+    poll = partial(store.poll_generation, generation_id=generation_id)
     who, rows = await status_rows(request, key_hash, poll)
     task = next((t for t in store.polled(rows) if t.product is Product.IMAGE), None)
     if task is None:
         raise errors.NotFound()
     if task.account_id != who.account_id:
         raise errors.Forbidden()
-    return FastJSONResponse(without_none(image_status(task)))
+    return without_none(image_status(task))
 
 
 def image_status(task: store.TaskRecord) -> dict[str, object]:

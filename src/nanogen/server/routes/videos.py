@@ -8,6 +8,7 @@ keep their ``videoUrl``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -17,13 +18,14 @@ from starlette.responses import Response
 from nanogen import errors, ledger, schemas
 from nanogen.ledger import new_id
 from nanogen.products import Product, Resolution, VideoAspectRatio, video_price, video_size
-from nanogen.server import idempotency
+from nanogen.server import idempotency, waiting
 from nanogen.server.deps import generate_caller, json_body, services, status_body, status_rows
 from nanogen.server.direct import DirectRoute
 from nanogen.server.inputs import fetch_inputs
 from nanogen.server.responses import FastJSONResponse, without_none
 from nanogen.server.routes._common import body_schema, check_engine, error_responses, precheck_balance, submit
 from nanogen.server.services import Services
+from nanogen.server.watch import Snapshot
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.submit import NewTask, Submission
@@ -127,18 +129,32 @@ async def _generation_of(svc: Services, found: dict[str, store.TaskRecord]) -> s
     summary="Check task status",
     response_model=schemas.VideoStatusResponse,
     responses=error_responses(400, 401, 404, 429, 503),
-    openapi_extra=body_schema(schemas.VideoStatusRequest),
+    openapi_extra=body_schema(schemas.VideoStatusRequest) | waiting.openapi_extra(),
 )
 async def check_status(request: Request) -> Response:
-    svc = services(request)
     # The key before the body (deps.status_body); the tasks read with the key checked again, one statement.
     key_hash, body = await status_body(request, schemas.parse_video_status_request)
+    answer, generation_ids = await _status_answer(request, key_hash, body)
+
+    async def current() -> dict[str, Any]:
+        return (await _status_answer(request, key_hash, body))[0]
+
+    # nanogen: Prefer: wait=N (server/waiting.py); without it, the answer as it is
+    return await waiting.respond(request, answer, generation_ids, partial(_rebuilt, body), current)
+
+
+async def _status_answer(
+    request: Request, key_hash: str, body: schemas.VideoStatusRequest
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The answer, and the generations of the tasks it is about."""
+    svc = services(request)
     ids = [ref.taskId for ref in body.taskIds]
     unique = list(dict.fromkeys(ids))
     poll = partial(store.poll_tasks, task_ids=unique) if unique else None
     who, rows = await status_rows(request, key_hash, poll)
     if not body.taskIds and body.generationId:
-        return FastJSONResponse(without_none(await _status_of_generation(svc, who, body.generationId)))
+        answer = await _status_of_generation(svc, who, body.generationId)
+        return without_none(answer), (body.generationId,)
     found = {t.id: t for t in store.polled(rows)}
     generation = await _generation_of(svc, found)
     for ref in body.taskIds:
@@ -146,7 +162,18 @@ async def check_status(request: Request) -> Response:
         if task is None or task.account_id != who.account_id or task.product is not Product.VIDEO:
             raise errors.TaskNotFound(f"Task not found or not owned by user: {ref.taskId}")
     shots = [found[i] for i in ids]
-    return FastJSONResponse(without_none(video_status(shots, generation)))
+    generation_ids = tuple(dict.fromkeys(t.generation_id for t in shots))
+    return without_none(video_status(shots, generation)), generation_ids
+
+
+def _rebuilt(body: schemas.VideoStatusRequest, snapshots: Mapping[str, Snapshot]) -> dict[str, Any]:
+    """The answer of ``_status_answer`` from the watcher's snapshots of its generations."""
+    if not body.taskIds and body.generationId:
+        whole = snapshots[body.generationId]
+        return without_none(video_status(whole.tasks, whole.generation))
+    found = {t.id: t for snapshot in snapshots.values() for t in snapshot.tasks}
+    generation = next(iter(snapshots.values())).generation if len(snapshots) == 1 else None
+    return without_none(video_status([found[ref.taskId] for ref in body.taskIds], generation))
 
 
 async def _status_of_generation(svc: Services, who: ledger.Caller, generation_id: str) -> dict[str, Any]:
