@@ -128,24 +128,6 @@ WEBHOOK_DELIVERY_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0, 3600.0, 86400.0),
 )
 
-# -- webhooks (nanogen/webhooks) ---------------------------------------------------------------------
-WEBHOOK_ATTEMPTS = Counter(
-    "nanogen_webhook_attempts",
-    "Webhook delivery attempts, by result: 2xx, http_error (another status), timeout, connection, "
-    "refused (the URL's address is not allowed).",
-    ["result"],
-)
-WEBHOOK_DELIVERIES = Counter(
-    "nanogen_webhook_deliveries",
-    "Webhook events settled, by outcome: delivered, or failed (every retry of the schedule failed).",
-    ["outcome"],
-)
-WEBHOOK_DELIVERY_SECONDS = Histogram(
-    "nanogen_webhook_delivery_seconds",
-    "From a generation's end (its event recorded) to the receiver's 2xx answer.",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0, 3600.0, 86400.0),
-)
-
 log = logging.getLogger("nanogen.tasks")
 
 
