@@ -26,9 +26,10 @@ def test_the_four_contract_endpoints_are_documented(server: Server) -> None:
             "imageQuality",
             "googleSearch",
             "inputImageUrls",
+            "webhookUrl",  # nanogen
         },
         "/api/nano-banana-2/check-status": {"generationId"},
-        "/api/veo-3/generate": {"shots", "resolution"},
+        "/api/veo-3/generate": {"shots", "resolution", "webhookUrl"},  # webhookUrl: nanogen
         "/api/veo-3/check-status": {"taskIds", "resolution", "generationId"},  # generationId: nanogen
     }
     for path, fields in expected.items():

@@ -385,3 +385,22 @@ def test_a_delivery_pending_at_a_kill_9_is_made_after_the_restart_with_the_same_
         assert listed["attempts"] >= 2
     finally:
         server.stop()
+
+
+def test_the_openapi_schema_documents_the_webhook_endpoints(hooked: Server) -> None:
+    spec = httpx.get(hooked.base_url + "/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths["/api/account/webhook"]) == {"get", "put", "delete"}
+    assert (
+        "url"
+        in paths["/api/account/webhook"]["put"]["requestBody"]["content"]["application/json"]["schema"][
+            "properties"
+        ]
+    )
+    assert "get" in paths["/api/account/webhook-secret"]
+    assert "post" in paths["/api/account/webhook-secret/rotate"]
+    assert "get" in paths["/api/account/webhook-deliveries"]
+    for path in ("/api/account/webhook", "/api/account/webhook-secret", "/api/account/webhook-deliveries"):
+        assert all(operation["security"] for operation in paths[path].values()), path
+    delivery = spec["components"]["schemas"]["WebhookDelivery"]["properties"]
+    assert {"id", "type", "url", "attempts", "lastStatusCode", "state", "createdAt"} <= set(delivery)
