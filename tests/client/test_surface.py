@@ -71,5 +71,9 @@ def test_async_parity() -> None:
             twin = async_members.get(RENAMED.get(name, name))
             assert twin is not None, f"{async_cls.__name__} lacks {name}"
             if inspect.isfunction(member) and name not in NO_IO:
-                assert inspect.iscoroutinefunction(twin), f"{async_cls.__name__}.{name} is not async"
+                # a coroutine, or an async generator where the sync method is a generator (events)
+                is_async = inspect.iscoroutinefunction(twin) or (
+                    inspect.isgeneratorfunction(member) and inspect.isasyncgenfunction(twin)
+                )
+                assert is_async, f"{async_cls.__name__}.{name} is not async"
                 assert list(inspect.signature(member).parameters) == list(inspect.signature(twin).parameters)

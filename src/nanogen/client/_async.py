@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -108,6 +108,32 @@ class AsyncClient:
         """nanogen: a page of the account's webhook deliveries, newest first."""
         return await self._run(_base.webhook_deliveries(self._config, limit=limit, cursor=cursor))
 
+    async def events(self, generation_id: str) -> AsyncIterator[dict[str, Any]]:
+        """nanogen: follow a generation as it runs (``async for status in client.events(id)``): each
+        status change as a dict, the terminal one last; resumed where it stopped after a dropped
+        connection (``Client.events``)."""
+        follower = _base.EventFollower(self._config, generation_id)
+        while not follower.ended:
+            try:
+                response = await self._http.send(follower.request(), stream=True)
+                try:
+                    if response.status_code >= 400:
+                        await response.aread()
+                    if follower.opened(response):
+                        async for line in response.aiter_lines():
+                            status = follower.feed(line)
+                            if status is not None:
+                                yield status
+                            if follower.ended:
+                                return
+                finally:
+                    await response.aclose()
+                cause = "the stream ended before the generation did"
+            except httpx.TransportError as exc:
+                cause = repr(exc)
+            if not follower.ended:
+                await self._sleep(follower.lost(cause))
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -172,9 +198,10 @@ class AsyncImageGeneration(_base.ImageGenerationBase):
         super().__init__(client._config, generation_id, **known)
         self._client = client
 
-    async def status(self) -> schemas.ImageStatusResponse:
-        """One check-status call."""
-        return await self._client._run(self._status_op())
+    async def status(self, *, wait: float | None = None) -> schemas.ImageStatusResponse:
+        """One check-status call. ``wait`` (nanogen, at most 60): the server answers as soon as the
+        generation ends, or after that many seconds with its state then."""
+        return await self._client._run(self._status_op(wait))
 
     async def wait(
         self,
@@ -202,8 +229,9 @@ class AsyncVideoGeneration(_base.VideoGenerationBase):
         super().__init__(client._config, generation_id, **known)
         self._client = client
 
-    async def status(self) -> schemas.VideoStatusResponse:
-        return await self._client._run(self._status_op())
+    async def status(self, *, wait: float | None = None) -> schemas.VideoStatusResponse:
+        """One check-status call; ``wait``: as for images."""
+        return await self._client._run(self._status_op(wait))
 
     async def wait(
         self,

@@ -9,6 +9,7 @@ own exceptions (``nanogen.errors.from_response``).
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import re
@@ -44,6 +45,13 @@ SUBMIT_RETRY_S = 0.5
 SUBMIT_RETRY_MAX_S = 5.0
 # Answers that a poll waits out (Retry-After) rather than raises.
 _RETRY_STATUSES = (429, 503)
+# nanogen's live progress (docs/api.md): the longest Prefer: wait a server takes, the connect timeout of
+# those calls and of event streams, a stream's read timeout (the server pings every 15 s: a silent
+# minute is a dead connection) and the pause before reconnecting.
+STATUS_WAIT_MAX_S = 60
+CONNECT_TIMEOUT_S = 30.0
+EVENTS_READ_TIMEOUT_S = 60.0
+EVENTS_RECONNECT_S = 1.0
 
 ImageInput = str | os.PathLike[str]
 ShotInput = schemas.Shot | Mapping[str, Any] | str
@@ -272,9 +280,23 @@ def cancel(config: Config, generation_id: str, shot_ids: Sequence[str] | None) -
     return (yield from call(config, path, schemas.CancelResponse, body))
 
 
-def image_status(config: Config, generation_id: str) -> Op[schemas.ImageStatusResponse]:
+def image_status(
+    config: Config, generation_id: str, wait: float | None = None
+) -> Op[schemas.ImageStatusResponse]:
     body = {"generationId": generation_id}
-    return (yield from call(config, "/api/nano-banana-2/check-status", schemas.ImageStatusResponse, body))
+    path = "/api/nano-banana-2/check-status"
+    return (yield from status_call(config, path, schemas.ImageStatusResponse, body, wait))
+
+
+def status_call(config: Config, path: str, model: type[M], body: dict[str, Any], wait: float | None) -> Op[M]:
+    """A check-status call; ``wait`` (nanogen): ``Prefer: wait=N``, the server answering as soon as the
+    generation ends or after N seconds (at most STATUS_WAIT_MAX_S), with a read timeout to match."""
+    if wait is None:
+        return (yield from call(config, path, model, body))
+    seconds = max(0, min(int(wait), STATUS_WAIT_MAX_S))
+    request = config.request(path, json=body, headers={"Prefer": f"wait={seconds}"})
+    request.extensions["timeout"] = httpx.Timeout(CONNECT_TIMEOUT_S, read=seconds + 30.0).as_dict()
+    return parse(model, (yield from send(request)))
 
 
 def image_failed(status: schemas.ImageStatusResponse) -> errors.GenerationFailed:
@@ -347,7 +369,11 @@ def video_generate(
 
 
 def video_status(
-    config: Config, task_ids: Sequence[schemas.TaskRef], generation_id: str | None, resolution: str | None
+    config: Config,
+    task_ids: Sequence[schemas.TaskRef],
+    generation_id: str | None,
+    resolution: str | None,
+    wait: float | None = None,
 ) -> Op[schemas.VideoStatusResponse]:
     # Without task ids: nanogen's lookup by generationId (docs/api.md).
     body: dict[str, Any] = (
@@ -355,7 +381,8 @@ def video_status(
     )
     if resolution:
         body["resolution"] = resolution
-    return (yield from call(config, "/api/veo-3/check-status", schemas.VideoStatusResponse, body))
+    path = "/api/veo-3/check-status"
+    return (yield from status_call(config, path, schemas.VideoStatusResponse, body, wait))
 
 
 def video_failed(status: schemas.VideoStatusResponse) -> errors.GenerationFailed:
@@ -457,8 +484,8 @@ class ImageGenerationBase:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
 
-    def _status_op(self) -> Op[schemas.ImageStatusResponse]:
-        self.last_status = yield from image_status(self._config, self.id)
+    def _status_op(self, wait: float | None = None) -> Op[schemas.ImageStatusResponse]:
+        self.last_status = yield from image_status(self._config, self.id, wait)
         return self.last_status
 
     def _wait_op(
@@ -517,8 +544,8 @@ class VideoGenerationBase:
     def task_ids(self) -> list[str]:
         return [t.taskId for t in self.shots]
 
-    def _status_op(self) -> Op[schemas.VideoStatusResponse]:
-        status = yield from video_status(self._config, self.shots, self.id, self.resolution)
+    def _status_op(self, wait: float | None = None) -> Op[schemas.VideoStatusResponse]:
+        status = yield from video_status(self._config, self.shots, self.id, self.resolution, wait)
         if not self.shots:  # looked up by generationId: remember the tasks
             self.shots = [schemas.TaskRef(shotId=s.shotId, taskId=s.taskId) for s in status.shots]
         self.id = self.id or status.generationId
@@ -641,3 +668,89 @@ def webhook_deliveries(
     params = {"limit": limit, "cursor": cursor}
     request = _api_request(config, "GET", "/api/account/webhook-deliveries", params)
     return parse(schemas.WebhookDeliveryPage, (yield from send(request)))
+
+
+# -- live progress (nanogen; docs/api.md, "Live progress") ------------------------------------------------
+TERMINAL_STATUSES = ("completed", "failed")
+
+
+class EventFollower:
+    """Following one generation's server-sent events, across reconnections, free of I/O: the shells
+    send ``request()``, hand the response to ``opened()`` and each line to ``feed()``, and call
+    ``lost()`` when the connection failed or ended early. A reconnection sends ``Last-Event-ID``, so
+    the server resumes after the last event received: no terminal event is missed."""
+
+    def __init__(self, config: Config, generation_id: str) -> None:
+        self._config = config
+        self.generation_id = generation_id
+        self.last_event_id: str | None = None
+        self.ended = False
+        self._failures = 0
+        self._event: str = "message"
+        self._id: str | None = None
+        self._data: list[str] = []
+
+    def request(self) -> httpx.Request:
+        headers = dict(self._config.headers) | {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if self._config.api_key:
+            headers["Authorization"] = f"Bearer {self._config.api_key}"
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
+        path = f"/api/generations/{quote(self.generation_id, safe='')}/events"
+        request = httpx.Request("GET", f"{self._config.base_url}{path}", headers=headers)
+        request.extensions["timeout"] = httpx.Timeout(CONNECT_TIMEOUT_S, read=EVENTS_READ_TIMEOUT_S).as_dict()
+        return request
+
+    def opened(self, response: httpx.Response) -> bool:
+        """Whether to read the response's events (its body must have been read when it is an error).
+        204: the last event received was the terminal one; 503: reconnect later; other errors raise."""
+        self._event, self._id, self._data = "message", None, []
+        if response.status_code == 204:
+            self.ended = True
+            return False
+        if response.status_code == 503:
+            return False
+        raise_for_error(response)
+        return True
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """One line of the stream; a status dict when it completed a ``status`` event."""
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        return None
+
+    def _dispatch(self) -> dict[str, Any] | None:
+        event, data = self._event, "\n".join(self._data)
+        self._event, self._data = "message", []
+        if self._id is not None:
+            self.last_event_id = self._id
+        if event != "status" or not data:
+            return None
+        try:
+            status = json.loads(data)
+        except ValueError:
+            message = f"an event stream sent data that is not JSON: {data[:200]!r}"
+            raise errors.UnexpectedResponse(message) from None
+        if not isinstance(status, dict):
+            raise errors.UnexpectedResponse("an event stream sent a status that is not a JSON object")
+        self._failures = 0
+        self.ended = status.get("status") in TERMINAL_STATUSES
+        return status
+
+    def lost(self, cause: str) -> float:
+        """The connection failed or closed before the terminal event: the seconds to wait before
+        reconnecting; ConnectionFailed after MAX_POLL_FAILURES in a row without an event."""
+        self._failures += 1
+        if self._failures >= MAX_POLL_FAILURES:
+            raise errors.ConnectionFailed(f"events of {self.generation_id}: {cause}")
+        return EVENTS_RECONNECT_S

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -103,6 +103,33 @@ class Client:
         """nanogen: a page of the account's webhook deliveries, newest first."""
         return self._run(_base.webhook_deliveries(self._config, limit=limit, cursor=cursor))
 
+    def events(self, generation_id: str) -> Iterator[dict[str, Any]]:
+        """nanogen: follow a generation (image or video) as it runs: each status change as a dict
+        (the check-status answer plus ``generationStatus``), the terminal one last. A dropped
+        connection is resumed where it stopped (``Last-Event-ID``); ``ConnectionFailed`` after
+        several failures in a row. Break out of the loop to stop following."""
+        follower = _base.EventFollower(self._config, generation_id)
+        while not follower.ended:
+            try:
+                response = self._http.send(follower.request(), stream=True)
+                try:
+                    if response.status_code >= 400:
+                        response.read()
+                    if follower.opened(response):
+                        for line in response.iter_lines():
+                            status = follower.feed(line)
+                            if status is not None:
+                                yield status
+                            if follower.ended:
+                                return
+                finally:
+                    response.close()
+                cause = "the stream ended before the generation did"
+            except httpx.TransportError as exc:
+                cause = repr(exc)
+            if not follower.ended:
+                self._sleep(follower.lost(cause))
+
     def close(self) -> None:
         self._http.close()
 
@@ -167,9 +194,10 @@ class ImageGeneration(_base.ImageGenerationBase):
         super().__init__(client._config, generation_id, **known)
         self._client = client
 
-    def status(self) -> schemas.ImageStatusResponse:
-        """One check-status call."""
-        return self._client._run(self._status_op())
+    def status(self, *, wait: float | None = None) -> schemas.ImageStatusResponse:
+        """One check-status call. ``wait`` (nanogen, at most 60): the server answers as soon as the
+        generation ends, or after that many seconds with its state then."""
+        return self._client._run(self._status_op(wait))
 
     def wait(
         self,
@@ -197,8 +225,9 @@ class VideoGeneration(_base.VideoGenerationBase):
         super().__init__(client._config, generation_id, **known)
         self._client = client
 
-    def status(self) -> schemas.VideoStatusResponse:
-        return self._client._run(self._status_op())
+    def status(self, *, wait: float | None = None) -> schemas.VideoStatusResponse:
+        """One check-status call; ``wait``: as for images."""
+        return self._client._run(self._status_op(wait))
 
     def wait(
         self,
