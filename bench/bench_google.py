@@ -21,6 +21,7 @@ e. a's run with a ``kill -9`` of the server at L/2 (30 s) and a restart on the s
 Requests are spread over accounts of at most ``--shots-per-account`` shots each (default 21, under the
 default NANOGEN_ACCOUNT_CONCURRENCY of 32, which caps one account on purpose; 0: one account for all).
 The bench watches completion in the server's SQLite file (no check-status load on the server), except d.
+After each load case it checks every account's credits through the API, as in e.
 Every provider latency, quota and fault is an argument here (passed on to the fake); ``--server-env
 NANOGEN_X=Y`` sets a server setting for a before/after comparison. A missed goal prints MISS; the exit
 status is 0 unless the bench itself fails.
@@ -565,7 +566,7 @@ def run_case(
             watch.sample()
             cpu = cpu_before_kill + tree_cpu_s(server.process.pid) - cpu0
             fake_cpu = fake.cpu_s() - fake_cpu0
-        credits = ledger_check(server, accounts, submitted.accepted, home) if kill_at_s is not None else None
+        credits = ledger_check(server, accounts, submitted.accepted, home)
         fake_stats = fake.stats()
     finally:
         server.stop()
@@ -698,11 +699,26 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
         )
     )
     report.add(Row("   ERROR/Traceback log lines", str(len(o.log_errors)), "", "", "0", not o.log_errors))
+    if o.credits is not None:
+        credits_row(report, o.credits)
     dup = o.fake.get("duplicate_submissions", 0) + o.fake.get("duplicate_image_calls", 0)
     calls = o.fake.get("submissions", 0) + o.fake.get("image_calls", 0)
     report.add(Row("   duplicate submissions at the fake", str(dup), f"{calls} calls", "", "0", dup == 0))
     running = o.fake.get("peak_running_operations") or o.fake.get("peak_open_image_calls")
     report.add(Row("   peak at the fake / server threads", f"{running} / {o.peak_threads}", "", "", ""))
+
+
+def credits_row(report: Report, credits: dict[str, Any]) -> None:
+    report.add(
+        Row(
+            "   credits exact (balance, no refund of done)",
+            f"spent {credits.get('spent')}",
+            f"expected {credits.get('expected_spent')}",
+            "",
+            f"refunds of done: {credits.get('refunds_of_completed_work')}",
+            bool(credits.get("exact")),
+        )
+    )
 
 
 def kill_rows(report: Report, o: Outcome) -> None:
@@ -721,17 +737,7 @@ def kill_rows(report: Report, o: Outcome) -> None:
             once,
         )
     )
-    credits = o.credits or {}
-    report.add(
-        Row(
-            "   credits exact (balance, no refund of done)",
-            f"spent {credits.get('spent')}",
-            f"expected {credits.get('expected_spent')}",
-            "",
-            f"refunds of done: {credits.get('refunds_of_completed_work')}",
-            bool(credits.get("exact")),
-        )
-    )
+    credits_row(report, o.credits or {})
     report.add(Row("   ERROR/Traceback log lines", str(len(o.log_errors)), "", "", "0", not o.log_errors))
 
 
