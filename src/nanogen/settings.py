@@ -262,11 +262,14 @@ class Settings(BaseSettings):
     # Every poll costs a few queries (and GIL time in an API process) whether or not work waits:
     # images are polled often (a sandbox or hosted image takes seconds), video shots, which take
     # minutes on a real engine, less.
-    image_queue_polling_interval_s: float = Field(
-        default=0.05, gt=0, description="How often a worker polls its image queue."
+    image_queue_polling_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How often a worker polls its image queue. Default: the engine's own (sandbox 0.05 s, "
+        "google 0.5 s).",
     )
-    video_queue_polling_interval_s: float = Field(
-        default=0.5, gt=0, description="How often a worker polls its video queue."
+    video_queue_polling_interval_s: float | None = Field(
+        default=None, gt=0, description="How often a worker polls its video queue. Default: 0.5 s."
     )
     media_queue_polling_interval_s: float = Field(
         default=0.5, gt=0, description="How often a worker polls the concatenation queue."

@@ -166,6 +166,18 @@ def test_429_at_submit_and_500_while_polling_are_retried(fake: FakeGoogle, accou
     assert operation.polls == 3, "two polls answered 500 and were retried; the third found it done"
 
 
+def test_polls_answered_429_back_off_without_failing_the_shot(fake: FakeGoogle, account: Account) -> None:
+    """Polling over Google's quota waits (RetryInfo) and goes on; the shot is not failed or resubmitted."""
+    prompt = "Snow on a quiet street [google:poll429x3]"
+    accepted = generate_video(account, [shot("s", prompt)])
+    final, _ = wait_video(account, accepted)
+    assert final["status"] == "completed", final
+    assert len(fake.requests_for(prompt, ":predictLongRunning")) == 1, "submitted once"
+    [operation] = fake.operations_for(prompt)
+    assert operation.polls == 4, "three polls answered 429 and were retried; the fourth found it done"
+    account.assert_books_balance()
+
+
 def test_shots_report_processing_with_progress_until_done(fake: FakeGoogle, account: Account) -> None:
     prompt = "Clouds over mountains, time lapse [google:slow]"
     accepted = generate_video(account, [shot("s", prompt)])

@@ -20,6 +20,7 @@ Behaviour comes from markers in the prompt, so tests running side by side never 
 ``[google:500xN]``         the first N calls with this prompt get 500 INTERNAL
 ``[google:malformed]``     an image answer that is not JSON; a video file that is not an MP4
 ``[google:poll500xN]``     the first N polls of the operation answer 500
+``[google:poll429xN]``     the first N polls of the operation answer 429 RESOURCE_EXHAUSTED (with RetryInfo)
 ``[google:filtered]``      the operation ends with ``raiMediaFilteredReasons`` and no video
 ``[google:op-error]``      the operation ends with an ``error``
 ``[google:never]``         the operation never finishes
@@ -523,6 +524,8 @@ class FakeGoogle:
         wanted = markers(op.prompt)
         if polls <= wanted.get("poll500", 0):
             return {"__status__": 500}
+        if polls <= wanted.get("poll429", 0):
+            return {"__status__": 429}
         running = (
             "never" in wanted
             or ("hold" in wanted and not released)
@@ -581,6 +584,9 @@ class FakeGoogle:
             return self._json(404, error_body(404, "NOT_FOUND", f"Operation {name} not found"))
         if state.get("__status__") == 500:
             return self._json(500, error_body(500, "INTERNAL", "An internal error has occurred."))
+        if state.get("__status__") == 429:
+            retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.3s"}
+            return self._json(429, error_body(429, "RESOURCE_EXHAUSTED", "Quota exceeded.", [retry]))
         return self._json(200, state)
 
     def _get_operation(self, r: Received, name: str) -> tuple[int, dict[str, str], bytes]:

@@ -152,6 +152,10 @@ class Engine(ABC):
     long_running: ClassVar[frozenset[Product]] = frozenset()
     # How many jobs one worker process runs at once by default (a setting overrides it).
     default_concurrency: ClassVar[int] = 4
+    # How often a worker polls each product's queue by default (a setting overrides it). Every poll
+    # costs the worker a few milliseconds of CPU whether or not work waits, so only an engine whose
+    # jobs take well under a second polls often.
+    queue_polling_s: ClassVar[dict[Product, float]] = {Product.IMAGE: 0.5, Product.VIDEO: 0.5}
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -123,9 +123,12 @@ def worker_queues(rt: Runtime) -> dict[str, QueueSettings]:
     waits, so only the queues whose latency a client sees are polled often."""
     settings = rt.settings
     wanted = set(settings.worker_engines) or set(rt.engine_names.values())
-    polling = {
+    configured = {
         Product.IMAGE: settings.image_queue_polling_interval_s,
         Product.VIDEO: settings.video_queue_polling_interval_s,
+    }
+    polling = {
+        product: configured[product] or rt.engines[product].queue_polling_s[product] for product in Product
     }
     queues = {
         rt.queue_for(product): QueueSettings(

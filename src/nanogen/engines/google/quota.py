@@ -91,7 +91,7 @@ class CallGate:
 
     def _paused_for(self) -> float:
         with self._lock:
-            return self._paused_until - self._clock()
+            return max(0.0, self._paused_until - self._clock())
 
     def _over_rate_for(self) -> float:
         if self._limiter is None or self._item is None:

@@ -1,0 +1,136 @@
+"""The Google engine's behaviour under load, each piece on its own: the defaults that size a worker
+from its engine, the quota gate that makes calls wait their turn (in memory and in Redis), and the
+poll schedule. End-to-end figures at load are measured by bench/bench_google.py, not asserted here."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from nanogen.engines.base import Job, JobStopped
+from nanogen.engines.google.polling import PollSchedule
+from nanogen.engines.google.quota import CallGate
+from nanogen.products import MAX_SHOTS, Product
+from nanogen.settings import Settings
+from nanogen.tasks.lifecycle import (
+    SPARE_EXECUTOR_THREADS,
+    build_runtime,
+    executor_threads,
+    worker_queues,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def google_settings(home: Path, **values: object) -> Settings:
+    return Settings(
+        home=home,
+        engine_images="google",
+        engine_videos="google",
+        google_api_key="AIzaSy-test-key",
+        google_base_url="http://127.0.0.1:9",  # never called: nothing here reaches Google
+        **values,
+    )
+
+
+def queues_of(settings: Settings) -> dict[Product, tuple[int, int | None, float]]:
+    rt = build_runtime(settings)
+    try:
+        queues = worker_queues(rt)
+        return {
+            product: (q.concurrency, q.account_concurrency, q.polling_interval_s)
+            for product in Product
+            for name, q in queues.items()
+            if name == rt.queue_for(product)
+        }
+    finally:
+        rt.db.dispose()
+
+
+def test_a_google_worker_is_sized_for_thousands_of_waiting_jobs(tmp_path: Path) -> None:
+    settings = google_settings(tmp_path)
+    found = queues_of(settings)
+    assert found[Product.IMAGE][0] + found[Product.VIDEO][0] >= 2000, "2,000 provider operations in flight"
+    for concurrency, account_cap, polling in found.values():
+        assert account_cap == concurrency, "by default an account may use what the worker runs"
+        assert polling >= 0.5, "a queue of jobs that take seconds is not polled 20 times a second"
+    rt = build_runtime(settings)
+    try:
+        queues = worker_queues(rt)
+    finally:
+        rt.db.dispose()
+    threads = executor_threads(settings, queues)
+    assert threads == sum(q.concurrency for q in queues.values()) + SPARE_EXECUTOR_THREADS
+    assert executor_threads(google_settings(tmp_path, max_executor_threads=64), queues) == 64
+
+
+def test_the_account_cap_never_splits_a_video_request(tmp_path: Path) -> None:
+    found = queues_of(google_settings(tmp_path, account_concurrency=2))
+    assert found[Product.IMAGE][1] == 2
+    assert found[Product.VIDEO][1] == MAX_SHOTS, "a 21-shot request's shots all fit under the cap"
+    sandbox = queues_of(Settings(home=tmp_path / "sandbox"))
+    assert sandbox[Product.IMAGE] == (32, 32, 0.05), "the sandbox keeps its quick image queue"
+
+
+def job(deadline_in: float) -> Job:
+    return Job(deadline=time.time() + deadline_in)
+
+
+def test_a_call_over_the_rate_waits_its_turn_until_its_deadline() -> None:
+    gate = CallGate("video submission", "2/minute")
+    gate.admit(job(60))
+    gate.admit(job(60))
+    with pytest.raises(JobStopped, match="deadline"):
+        gate.admit(job(0.3))  # the window is full for a minute: it waits, and its deadline comes first
+    stopped = Job(deadline=math.inf)
+    threading.Timer(0.2, stopped.stop.set).start()
+    with pytest.raises(JobStopped, match="stopped"):
+        gate.admit(stopped)  # a canceled task stops waiting at once
+    assert CallGate("video submission").rate is None, "no rate by default: nothing waits"
+
+
+def test_one_429_pauses_every_call_of_its_kind() -> None:
+    gate = CallGate("image generation")
+    gate.admit(job(1))
+    gate.pause(30)
+    with pytest.raises(JobStopped, match="deadline"):
+        gate.admit(job(0.3))
+    gate.pause(1)  # a shorter pause never shortens a longer one
+    with pytest.raises(JobStopped, match="deadline"):
+        gate.admit(job(1.5))
+    CallGate("video submission").admit(job(1))  # other kinds are not paused
+
+
+def test_the_rate_is_shared_by_every_worker_through_redis() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    first = CallGate("video submission", "3/minute", REDIS_URL, prefix)
+    second = CallGate("video submission", "3/minute", REDIS_URL, prefix)  # another worker process
+    first.admit(job(5))
+    second.admit(job(5))
+    first.admit(job(5))
+    with pytest.raises(JobStopped, match="deadline"):
+        second.admit(job(0.3))
+    other_project = CallGate("video submission", "3/minute", REDIS_URL, f"{prefix}-other")
+    other_project.admit(job(5))
+
+
+def test_polls_begin_near_the_time_operations_take() -> None:
+    schedule = PollSchedule(interval_s=10)
+    assert 18 <= schedule.first_delay() <= 22, "no history yet: twice the interval"
+    assert 9 <= schedule.next_delay() <= 11
+    for seconds in (55, 60, 65, 300):
+        schedule.finished(seconds)
+    assert 0.8 * 62.5 * 0.9 <= schedule.first_delay() <= 0.8 * 62.5 * 1.1, "4/5 of the median"
+    quick = PollSchedule(interval_s=10)
+    quick.finished(2)
+    assert 9 <= quick.first_delay() <= 11, "never sooner than one interval"
