@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from nanogen.client import Client
@@ -24,7 +25,12 @@ IMAGE = "/api/nano-banana-2"
 VIDEO = "/api/veo-3"
 TIMEOUT_S = 1.0
 SCHEDULE = "0.2,0.2,0.2,0.5"  # four retries: five attempts in all
-SETTINGS = {"NANOGEN_WEBHOOK_RETRY_SCHEDULE": SCHEDULE, "NANOGEN_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S)}
+METRICS_TOKEN = "metrics-token-for-the-webhook-tests"
+SETTINGS = {
+    "NANOGEN_WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
+    "NANOGEN_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S),
+    "NANOGEN_METRICS_TOKEN": METRICS_TOKEN,
+}
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +222,21 @@ def test_a_delivery_that_never_succeeds_is_marked_failed_after_the_schedule(
         assert (listed["attempts"], listed["lastStatusCode"], listed["lastError"]) == (5, 500, "HTTP 500")
         assert listed["endedAt"] and listed["nextAttemptAt"] is None
         assert len(receiver.at(url)) == 5
+    counted = _metrics(account.server)
+    assert counted[("nanogen_webhook_deliveries_total", "failed")] >= 1
+    assert counted[("nanogen_webhook_attempts_total", "http_error")] >= 5
+
+
+def _metrics(server: Server) -> dict[tuple[str, str], float]:
+    """The webhook samples of /metrics, by name and (outcome or result) label."""
+    r = httpx.get(f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert r.status_code == 200, r.text
+    return {
+        (s.name, s.labels.get("outcome") or s.labels.get("result") or ""): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name.startswith("nanogen_webhook_")
+    }
 
 
 def test_a_rotated_secret_and_the_one_before_both_sign_for_a_day(
