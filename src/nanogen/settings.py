@@ -127,6 +127,34 @@ class Settings(BaseSettings):
     diffusers_gpu_hour_usd: float | None = Field(
         default=None, ge=0, description="Cost of one GPU hour, for the local cost estimate (credits show)."
     )
+    diffusers_video_model: str = Field(
+        default="diffusers/LTX-2.3-Distilled-Diffusers",
+        description="TEXT_2_VIDEO model: a hub id or a local diffusers directory (model_index.json).",
+    )
+    diffusers_flf2v_model: str | None = Field(
+        default=None, description="FIRST_AND_LAST_FRAMES_2_VIDEO model; default: the video model."
+    )
+    diffusers_reference_video_model: str = Field(
+        default="Wan-AI/Wan2.1-VACE-1.3B-diffusers",
+        description="REFERENCE_2_VIDEO model (1-3 reference images): a hub id or a local directory.",
+    )
+    diffusers_video_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=200,
+        description="Denoising steps per shot; default: the model's (a distilled model keeps its schedule).",
+    )
+    diffusers_video_fps: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Frames per second generated, before the retime to 24 fps; default: the model's own.",
+    )
+    diffusers_video_native_pixels: int | None = Field(
+        default=None,
+        ge=256,
+        description="Pixels per frame generated, before the resize to the contract's; default: the model's.",
+    )
 
     # -- diffusers engine (docs/engines.md): open-weight models on this machine's GPU
     diffusers_image_model: str = Field(

@@ -97,6 +97,76 @@ FAMILIES: Final[dict[str, ModelFamily]] = {
         steps=40,
         call_kwargs={"true_cfg_scale": 4.0, "negative_prompt": " "},
     ),
+    # -- video (video.py; the frame rates, frame counts and audio are in video_models.py) -------------
+    # LTX-2.3 / LTX-2.5 full checkpoints (first: an LTX-2 directory nanogen cannot tell apart gets the
+    # schedule that works for both): the LTX-2 pipeline with the pipeline's own guidance
+    # (CFG, spatio-temporal and modality guidance: three transformer passes a step), 30 steps.
+    "ltx2": ModelFamily(
+        name="ltx2",
+        label="LTX-2.x (30 steps, audio)",
+        pipeline="LTX2Pipeline",
+        generation_types=frozenset(
+            {GenerationType.TEXT_2_VIDEO, GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO}
+        ),
+        resolutions=frozenset(Resolution),
+        native_pixels=1280 * 720,
+        multiple_of=32,
+        max_input_images=2,
+        steps=30,
+    ),
+    # LTX-2.3 distilled (its hub id, or a directory whose name says 'distilled': video_models.py):
+    # 22B audio+video DiT, 8 trained sigmas without guidance (one transformer call per step);
+    # text-to-video and first/last frames (frame conditions) in one pipeline, with sound.
+    "ltx2-distilled": ModelFamily(
+        name="ltx2-distilled",
+        label="LTX-2.3 distilled (8 steps, audio)",
+        pipeline="LTX2Pipeline",
+        generation_types=frozenset(
+            {GenerationType.TEXT_2_VIDEO, GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO}
+        ),
+        resolutions=frozenset(Resolution),
+        native_pixels=1280 * 720,
+        multiple_of=32,
+        max_input_images=2,
+        steps=8,
+        call_kwargs={
+            "guidance_scale": 1.0,
+            "stg_scale": 0.0,
+            "modality_scale": 1.0,
+            "guidance_rescale": 0.0,
+            "audio_guidance_scale": 1.0,
+            "audio_stg_scale": 0.0,
+            "audio_modality_scale": 1.0,
+            "audio_guidance_rescale": 0.0,
+            "spatio_temporal_guidance_blocks": None,
+        },
+    ),
+    # Wan 2.1 / 2.2 text-to-video (no sound), 16 fps; 1.3B at 480p, 14B at 720p.
+    "wan": ModelFamily(
+        name="wan",
+        label="Wan text-to-video",
+        pipeline="WanPipeline",
+        generation_types=frozenset({GenerationType.TEXT_2_VIDEO}),
+        resolutions=frozenset(Resolution),
+        native_pixels=832 * 480,
+        multiple_of=16,
+        steps=30,
+        call_kwargs={"guidance_scale": 5.0},
+    ),
+    # Wan 2.1 VACE: one model for text, first/last frames (a masked video) and reference images
+    # (subjects to keep: all three of the contract's are used), 16 fps, no sound.
+    "wan-vace": ModelFamily(
+        name="wan-vace",
+        label="Wan VACE",
+        pipeline="WanVACEPipeline",
+        generation_types=frozenset(GenerationType),
+        resolutions=frozenset(Resolution),
+        native_pixels=832 * 480,
+        multiple_of=16,
+        max_input_images=3,
+        steps=30,
+        call_kwargs={"guidance_scale": 5.0},
+    ),
 }
 
 # Hub ids nanogen knows, so a model not yet downloaded is placed (and checked at submit) anyway.
@@ -110,6 +180,15 @@ KNOWN_MODELS: Final[dict[str, str]] = {
     "Qwen/Qwen-Image-2512": "qwen-image",
     "Qwen/Qwen-Image-Edit-2509": "qwen-image-edit-plus",
     "Qwen/Qwen-Image-Edit-2511": "qwen-image-edit-plus",
+    # video
+    "diffusers/LTX-2.3-Distilled-Diffusers": "ltx2-distilled",
+    "diffusers/LTX-2.3-Diffusers": "ltx2",
+    "Lightricks/LTX-2.5-Diffusers": "ltx2",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": "wan",
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan",
+    "Wan-AI/Wan2.1-VACE-1.3B-diffusers": "wan-vace",
+    "Wan-AI/Wan2.1-VACE-14B-diffusers": "wan-vace",
 }
 
 
