@@ -342,3 +342,16 @@ def test_server_makes_a_two_shot_video_and_refuses_or_refunds_what_it_cannot_mak
             "SELECT params FROM nanogen_tasks WHERE id=?", (task_ids[0]["taskId"],)
         ).fetchone()
     assert json.loads(raw)["seed"] == seed_for(task_ids[0]["taskId"])
+
+
+def test_sound_is_fitted_to_the_shot_and_frames_are_blended_between_generated_ones() -> None:
+    # 3 s of a 24 kHz mono tone: resampled to 48 kHz stereo, then 5 s of silence up to 8 s.
+    tone = np.sin(np.arange(3 * 24_000, dtype=np.float32) * 0.05)[None, :]
+    track = video.shot_audio(tone, 24_000, SHOT_SECONDS)
+    assert track.shape == (2, video.AUDIO_RATE * SHOT_SECONDS) and track.dtype == np.float32
+    assert np.abs(track[:, : 2 * video.AUDIO_RATE]).max() > 0.5 and not track[:, 4 * video.AUDIO_RATE :].any()
+    assert not video.shot_audio(None, 0, SHOT_SECONDS).any()
+    # 16 fps to 24: output frame 1 is 2/3 of the way from generated frame 0 to frame 1.
+    frames = np.array([np.zeros((2, 2, 3)), np.full((2, 2, 3), 255)], dtype=np.uint8)
+    assert video.frame_at(frames, 0.0).max() == 0 and video.frame_at(frames, 1.0).min() == 255
+    assert int(video.frame_at(frames, 1 * 16 / 24)[0, 0, 0]) == 170

@@ -257,8 +257,12 @@ def _run(
     )
     frames = _to_uint8(output.frames[0])
     audio, rate = None, 0
-    if traits.makes_audio and getattr(output, "audio", None) is not None:
-        audio = np.asarray(output.audio[0].float().cpu().numpy(), dtype=np.float32)
+    sound = getattr(output, "audio", None)
+    if traits.makes_audio and sound is not None:
+        first = sound[0]
+        if hasattr(first, "detach"):  # a torch tensor (bf16 on a GPU): numpy takes float32 on the CPU
+            first = first.detach().float().cpu().numpy()
+        audio = np.asarray(first, dtype=np.float32)
         rate = int(pipe.vocoder.config.output_sampling_rate)
     return Generated(frames, plan.fps, audio, rate)
 
