@@ -464,6 +464,7 @@ class Outcome:
             for k in (
                 "submissions",
                 "duplicate_submissions",
+                "duplicated_prompts",
                 "image_calls",
                 "duplicate_image_calls",
                 "polls",
