@@ -52,26 +52,34 @@ def to_contract_size(picture: Image.Image, size: tuple[int, int]) -> Image.Image
     return picture if picture.size == size else picture.resize(size, Image.Resampling.LANCZOS)
 
 
+# FLUX.2 refuses references with a side under 64 px: smaller inputs are scaled up to it.
+REFERENCE_MIN_SIDE = 64
+
+
+def _reference(picture: Image.Image, pixels: int) -> Image.Image:
+    scale = min(1.0, (pixels / (picture.width * picture.height)) ** 0.5)
+    scale = max(scale, REFERENCE_MIN_SIDE / min(picture.width, picture.height))
+    if scale == 1.0:
+        return picture
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return picture.resize(size, Image.Resampling.LANCZOS)
+
+
 def reference_images(images: tuple[InputImage, ...], limit: int, pixels: int) -> list[Image.Image]:
-    """The inputs a model gets: each decoded once, at most about ``pixels``; past ``limit``, the
-    last reference is a grid of all the remaining inputs, so every input still reaches the model."""
-    side = max(64, int(pixels**0.5))
+    """The inputs a model gets, each decoded once and brought to at most about ``pixels`` (the
+    model's native size: each reference costs as many tokens per step as the output); past
+    ``limit``, the last reference is a square grid of all the remaining inputs, so every input
+    still reaches the model."""
     decoded: dict[int, Image.Image] = {}
     for image in images:
         if id(image) not in decoded:
-            picture = im.open_rgb(image.data)
-            scale = min(1.0, (pixels / (picture.width * picture.height)) ** 0.5)
-            if scale < 1.0:
-                picture = picture.resize(
-                    (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                    Image.Resampling.LANCZOS,
-                )
-            decoded[id(image)] = picture
+            decoded[id(image)] = _reference(im.open_rgb(image.data), pixels)
     pictures = [decoded[id(image)] for image in images]
     if limit <= 0 or len(pictures) <= limit:
         return pictures
+    side = max(REFERENCE_MIN_SIDE, int(pixels**0.5))
     sheet = Image.new("RGB", (side, side))
-    im.compose_grid(sheet, pictures[limit - 1 :], (0, 0, side, side), max(2, side // 128))
+    im.compose_grid(sheet, pictures[limit - 1 :], (0, 0, side, side), max(1, side // 128))
     return [*pictures[: limit - 1], sheet]
 
 

@@ -258,7 +258,7 @@ class PipelineRuntime:
     def _load(self, model: str, device: Device) -> Any:
         from diffusers import DiffusionPipeline
 
-        kwargs: dict[str, Any] = {"torch_dtype": device.dtype}
+        kwargs: dict[str, Any] = {"dtype": device.dtype}
         if is_local(model):
             root = Path(model).expanduser()
             if not (root / "model_index.json").is_file():
