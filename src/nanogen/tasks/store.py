@@ -304,6 +304,13 @@ def set_provider_cost(conn: sa.Connection, task_id: str, cost_micros: int) -> No
     conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(provider_cost_micros=cost_micros))
 
 
+def record_seed(conn: sa.Connection, task_id: str, seed: int) -> None:
+    """The seed a local engine drew the task's output with, kept in its params ("seed")."""
+    params = _json(conn.execute(sa.select(tasks.c.params).where(tasks.c.id == task_id)).scalar())
+    if isinstance(params, dict):
+        conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(params={**params, "seed": seed}))
+
+
 def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str) -> bool:
     result = conn.execute(
         sa.update(tasks)

@@ -138,6 +138,9 @@ def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         output = _generate(rt, record, scratch, operation)
+        if isinstance(seed := output.metadata.get("seed"), int):  # a local engine's: to make it again
+            with write_transaction(rt.db) as conn:
+                store.record_seed(conn, task_id, seed)
         key = new_key("out", f"{task_id}{Path(output.path).suffix}")
         rt.storage.put_file(key, output.path)
         return {"key": key, "url": rt.storage.url_for(key)}

@@ -53,7 +53,7 @@ async def _generate(
     task_id: str,
     idempotency_key: str | None,
 ) -> Response:
-    check_engine(svc, Product.IMAGE, quality=body.imageQuality.value)
+    check_engine(svc, Product.IMAGE, quality=body.imageQuality.value, mode=body.effective_mode.value)
     webhook_url = await checked_url(svc.fetcher.policy, body.webhookUrl, "webhookUrl")  # before any debit
     price = image_price(body.imageQuality)
     if body.inputImageUrls:
