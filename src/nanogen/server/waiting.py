@@ -32,7 +32,7 @@ OPENAPI_PARAMETER: dict[str, Any] = {
     "name": "Prefer",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "example": "wait=30"},
+    "schema": {"type": "string"},
     "description": f"nanogen: `wait=N` (seconds, at most {MAX_WAIT_S}; more is clamped): answer as soon "
     "as the generation ends, or after N seconds with its state then. Answered with "
     "`Preference-Applied: wait=N`.",
