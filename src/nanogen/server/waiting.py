@@ -45,7 +45,8 @@ def openapi_extra() -> dict[str, Any]:
 
 
 def preferred_wait(request: Request) -> int | None:
-    """The seconds a ``Prefer: wait=N`` asks for (clamped to MAX_WAIT_S), or None when not asked."""
+    """The seconds a ``Prefer: wait=N`` asks for (clamped to MAX_WAIT_S), or None when not asked (then
+    the check-status answers as it always did)."""
     found: int | None = None
     for name, value in request.scope["headers"]:  # raw: no Headers object on every poll
         if name != _PREFER:
@@ -67,17 +68,16 @@ def watcher(request: Request) -> Watcher:
 
 async def respond(
     request: Request,
+    seconds: int,
     answer: Answer,
     generation_ids: Iterable[str],
     rebuild: Callable[[Mapping[str, Snapshot]], Answer],
     current: Callable[[], Awaitable[Answer]],
 ) -> Response:
-    """The check-status response: ``answer`` at once, unless the request prefers to wait and it is not
-    terminal yet. Then ``rebuild(snapshots)`` (the same answer built from the watcher's snapshots of
-    ``generation_ids``) as soon as it is terminal; else ``current()`` (read again) after N seconds."""
-    seconds = preferred_wait(request)
-    if seconds is None:
-        return FastJSONResponse(answer)
+    """The answer of a check-status that prefers to wait ``seconds`` (``preferred_wait``): ``answer`` at
+    once when it is terminal; else ``rebuild(snapshots)`` (the same answer built from the watcher's
+    snapshots of ``generation_ids``) as soon as that is terminal, or ``current()`` (read again) after
+    ``seconds``."""
     if answer.get("status") not in TERMINAL and seconds > 0:
         answer = await _wait(watcher(request), tuple(generation_ids), rebuild, current, seconds)
     return FastJSONResponse(answer, headers={"Preference-Applied": f"wait={seconds}"})

@@ -106,9 +106,13 @@ async def check_status(request: Request) -> Response:
     key_hash, body = await status_body(request, schemas.parse_image_status_request)
     generation_id = body.generationId
     answer = await _status_answer(request, key_hash, generation_id)
-    # nanogen: Prefer: wait=N (server/waiting.py); without it, the answer as it is
+    seconds = waiting.preferred_wait(request)
+    if seconds is None:
+        return FastJSONResponse(answer)
+    # nanogen: Prefer: wait=N (server/waiting.py)
     return await waiting.respond(
         request,
+        seconds,
         answer,
         (generation_id,),
         lambda snapshots: without_none(image_status(snapshots[generation_id].tasks[0])),

@@ -135,12 +135,15 @@ async def check_status(request: Request) -> Response:
     # The key before the body (deps.status_body); the tasks read with the key checked again, one statement.
     key_hash, body = await status_body(request, schemas.parse_video_status_request)
     answer, generation_ids = await _status_answer(request, key_hash, body)
+    seconds = waiting.preferred_wait(request)
+    if seconds is None:
+        return FastJSONResponse(answer)
 
     async def current() -> dict[str, Any]:
         return (await _status_answer(request, key_hash, body))[0]
 
-    # nanogen: Prefer: wait=N (server/waiting.py); without it, the answer as it is
-    return await waiting.respond(request, answer, generation_ids, partial(_rebuilt, body), current)
+    # nanogen: Prefer: wait=N (server/waiting.py)
+    return await waiting.respond(request, seconds, answer, generation_ids, partial(_rebuilt, body), current)
 
 
 async def _status_answer(
