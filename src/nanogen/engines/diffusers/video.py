@@ -21,6 +21,7 @@ stream copy with their sound (media/video.py's concatenation drops audio when th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
@@ -226,6 +227,12 @@ def diagnose(engine: DiffusersEngine) -> list[Check]:
             checks.append(Check(label, False, f"{where}: {why}"))
             continue
         traits = vm.VIDEO_TRAITS[family.name]
+        missing = [m for m in traits.needs if importlib.util.find_spec(m) is None]
+        if missing:  # Wan cleans prompts with ftfy and loads through accelerate: it fails at the first shot
+            checks.append(
+                Check(label, False, f"{where}: {family.label} needs `pip install {' '.join(missing)}`")
+            )
+            continue
         sound = "with sound" if traits.makes_audio else "no sound (a silent AAC track)"
         note = f"; refuses {', '.join(refused)} (400 at submit)" if refused else ""
         checks.append(

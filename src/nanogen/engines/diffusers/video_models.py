@@ -30,6 +30,7 @@ class VideoTraits:
     fps: float  # the frame rate the model was trained at
     frame_multiple: int  # frame counts are k * frame_multiple + 1 (the VAE's temporal compression)
     makes_audio: bool
+    needs: tuple[str, ...] = ()  # modules its pipeline imports only when it runs
 
 
 VIDEO_TRAITS: Final[dict[str, VideoTraits]] = {
@@ -37,8 +38,11 @@ VIDEO_TRAITS: Final[dict[str, VideoTraits]] = {
     # condition pipeline takes the first/last frames and runs plain text-to-video without them.
     "ltx2": VideoTraits("ltx2", "LTX2ConditionPipeline", 24.0, 8, makes_audio=True),
     "ltx2-distilled": VideoTraits("ltx2", "LTX2ConditionPipeline", 24.0, 8, makes_audio=True),
-    "wan": VideoTraits("wan", "WanPipeline", 16.0, 4, makes_audio=False),
-    "wan-vace": VideoTraits("wan-vace", "WanVACEPipeline", 16.0, 4, makes_audio=False),
+    # Wan's pipelines clean prompts with ftfy, and its transformer loads through accelerate.
+    "wan": VideoTraits("wan", "WanPipeline", 16.0, 4, makes_audio=False, needs=("ftfy", "accelerate")),
+    "wan-vace": VideoTraits(
+        "wan-vace", "WanVACEPipeline", 16.0, 4, makes_audio=False, needs=("ftfy", "accelerate")
+    ),
 }
 
 # Wan checkpoints of 14B parameters are trained at 720p; the 1.3B ones at 480p (the family's default).
