@@ -256,7 +256,13 @@ class PipelineRuntime:
                 torch.cuda.empty_cache()
 
     def _load(self, model: str, device: Device) -> Any:
+        import transformers
         from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        # Their progress bars would fill a worker's log; nanogen reports progress itself.
+        diffusers_logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
         kwargs: dict[str, Any] = {"dtype": device.dtype}
         if is_local(model):
