@@ -251,7 +251,9 @@ class DiffusersEngine(Engine):
         if mode not in family.image_modes:
             return Check(label, False, f"{where}: {family.label} cannot {mode.value}")
         inputs = f", uses up to {family.max_input_images} input images" if mode is ImageMode.EDIT else ""
-        return Check(label, True, f"{where}: {family.label}, {family.steps} steps{inputs}")
+        steps = self.settings.diffusers_image_steps
+        chosen = f", {steps} steps (NANOGEN_DIFFUSERS_IMAGE_STEPS)" if steps else ""
+        return Check(label, True, f"{where}: {family.label}{chosen}{inputs}")
 
 
 def _disk_gib(model: str) -> float:
