@@ -108,8 +108,8 @@ async def _events(
         if snapshot is not None and snapshot.number > seen:
             seen = snapshot.number
             yield ServerSentEvent(data=event_data(snapshot), event=EVENT, id=str(seen))
-            if snapshot.ended:
-                return
+        if snapshot is not None and snapshot.ended:  # sent, or (a Last-Event-ID past its end) seen
+            return
         if not await subscription.wait():  # the server is shutting down: the client reconnects
             return
 
