@@ -298,7 +298,10 @@ def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> Non
             format_usd(costs.get(a.id, 0)),
         )
     out.print(table)
-    err.print("provider cost: the providers' list prices of the work done (an estimate, see docs/engines.md)")
+    err.print(
+        "provider cost: the providers' list prices of the work done, and a local engine's GPU-seconds at "
+        "NANOGEN_DIFFUSERS_GPU_HOUR_USD (estimates, see docs/engines.md)"
+    )
 
 
 def _engine_names(settings: Settings) -> dict[str, list[Product]]:

@@ -235,6 +235,17 @@ def test_a_required_gpu_that_is_missing_is_a_message(klein_dir: Path, tmp_path: 
     assert not checks["gpu"].ok
 
 
+def test_the_local_cost_is_the_gpu_seconds_at_the_hour_rate(klein_dir: Path, tmp_path: Path) -> None:
+    engine = DiffusersEngine(settings_for(tmp_path, klein_dir, diffusers_gpu_hour_usd=3.6))
+    job = image_job("task_cost")
+    engine.record_gpu_seconds("task_cost", 2.5)
+    assert engine.cost_micros(job) == 2_500  # 2.5 s of a $3.60 hour: $0.0025
+    assert engine.cost_micros(job) is None  # counted once
+    unpriced = DiffusersEngine(settings_for(tmp_path, klein_dir))
+    unpriced.record_gpu_seconds("task_cost", 2.5)
+    assert unpriced.cost_micros(job) is None
+
+
 # -- capabilities, doctor ------------------------------------------------------------------------------
 def test_options_the_configured_model_cannot_do_are_refused(
     klein_dir: Path, z_image_dir: Path, tmp_path: Path
@@ -328,6 +339,7 @@ def diffusers_server(home: Path, image_model: Path, edit_model: Path) -> Server:
             "NANOGEN_DIFFUSERS_EDIT_MODEL": str(edit_model),
             "NANOGEN_DIFFUSERS_NATIVE_PIXELS": str(NATIVE_PIXELS),
             "NANOGEN_DIFFUSERS_DEVICE": "cpu",
+            "NANOGEN_DIFFUSERS_GPU_HOUR_USD": "3.6",
         },
     )
 
@@ -372,8 +384,11 @@ def test_server_generates_with_the_contract_credits_and_records_the_seed(
         assert picture.size == image_size(ImageAspectRatio.LANDSCAPE, ImageQuality.Q2K)
     assert account.balance() == 92
     with server.db() as db:
-        (raw,) = db.execute("SELECT params FROM nanogen_tasks WHERE id=?", (r.json()["taskId"],)).fetchone()
+        raw, cost = db.execute(
+            "SELECT params, provider_cost_micros FROM nanogen_tasks WHERE id=?", (r.json()["taskId"],)
+        ).fetchone()
     assert json.loads(raw)["seed"] == seed_for(r.json()["taskId"])
+    assert cost > 0  # the seconds it held the device, at $3.60 an hour (nanogen credits show)
 
 
 def test_server_refuses_what_the_model_cannot_do_before_any_debit(

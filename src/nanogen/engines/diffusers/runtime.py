@@ -305,8 +305,8 @@ class PipelineRuntime:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
                 yield Session(job, progress, model, pipe, device.name, device.dtype, seed, generator)
         finally:
-            gc.collect()
-            if device.is_gpu:
+            if device.is_gpu:  # what a stopped or failed job's tensors held goes back to the GPU
+                gc.collect()
                 torch.cuda.empty_cache()
             self._release(device)
 
