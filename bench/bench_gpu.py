@@ -13,9 +13,15 @@ generate and edit at 1K; the video rows are the shot cases) through ``generate_i
 the PNG or MP4 encoding. Each model is time-boxed: its jobs get the remaining budget as their deadline,
 so a model past it stops between two steps (engines/base.py) and the next model starts.
 
+Video models (video_models.py) get their own time box (``--video-budget-s``, 420 s: loading a 22B
+LTX-2 from disk is part of it), one timed shot per case (``--video-repeat``) and no warm-up shot; each
+row says what the model generated (native size, frames, rate, steps, sound). ``--video-steps``,
+``--video-fps`` and ``--video-native-pixels`` are the ``NANOGEN_DIFFUSERS_VIDEO_*`` settings.
+
 Goals on one H200: <= 2 s per 1K image, <= 60 s per 720p 8 s shot. The exit status is 0 unless the bench
-itself fails; a missed goal prints MISS. ``--device cpu --native-pixels 4096`` runs it on the CPU against
-the tests' tiny pipelines (a smoke test of the script, not a figure).
+itself fails; a missed goal prints MISS. ``--device cpu --native-pixels 4096 --video-fps 1
+--video-native-pixels 256`` runs it on the CPU against the tests' tiny pipelines (a smoke test of the
+script, not a figure).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from PIL import Image
 from nanogen.engines.base import ImageJob, InputImage, JobStopped, Output, ShotJob
 from nanogen.engines.diffusers.engine import DiffusersEngine
 from nanogen.engines.diffusers.models import ModelFamily, family_of
+from nanogen.engines.diffusers.video_models import VIDEO_TRAITS, video_family_of
 from nanogen.errors import EngineError
 from nanogen.products import (
     GenerationType,
@@ -65,6 +72,7 @@ class Row:
     runs_s: list[float] = field(default_factory=list)
     peak_gib: float = 0.0
     error: str = ""
+    detail: str = ""  # video: what the model generated (size, frames, rate, steps, sound)
 
     @property
     def median_s(self) -> float | None:
@@ -171,8 +179,22 @@ def settings_for(model: Path, args: argparse.Namespace) -> Settings:
         diffusers_cpu_offload=args.offload,
         diffusers_image_steps=args.steps,
         diffusers_native_pixels=args.native_pixels,
+        diffusers_video_steps=args.video_steps,
+        diffusers_video_fps=args.video_fps,
+        diffusers_video_native_pixels=args.video_native_pixels,
     )
     return Settings(**values)
+
+
+def _shot_detail(output: Output) -> str:
+    """What a video model generated before nanogen's resize and retime (from the shot's metadata)."""
+    meta = output.metadata
+    if "native_frames" not in meta:
+        return ""
+    return (
+        f"{meta['native_width']}x{meta['native_height']}, {meta['native_frames']} frames at "
+        f"{meta['native_fps']:g} fps, {meta['steps']} steps, sound: {meta['audio']}"
+    )
 
 
 def _peak_reset() -> None:
@@ -186,13 +208,16 @@ def _peak_gib() -> float:
 
 
 def bench_model(model: Path, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Row]]:
-    family = family_of(str(model))
+    # A video family first: LTX-2's distilled and full checkpoints share a pipeline class.
+    family = video_family_of(str(model)) or family_of(str(model))
     info: dict[str, Any] = {"model": model.name, "family": family.name if family else None}
     if family is None:
         info["error"] = "nanogen cannot tell this model's family (engines/diffusers/models.py)"
         return info, []
     started = time.monotonic()
-    budget_end = time.time() + args.model_budget_s
+    video_model = family.name in VIDEO_TRAITS
+    budget_s = args.video_budget_s if video_model else args.model_budget_s
+    budget_end = time.time() + budget_s
     engine = DiffusersEngine(settings_for(model, args))
     cases = [c for c in CASES if c.applies(family)]
     rows = [Row(model.name, family.name, c.name, c.kind) for c in cases]
@@ -205,7 +230,8 @@ def bench_model(model: Path, args: argparse.Namespace, out: Path) -> tuple[dict[
             engine.runtime.pipeline(str(model), device)
         info["load_s"] = round(time.monotonic() - load_started, 2)
         warm_started = time.monotonic()
-        if cases:
+        # A video model gets no warm-up shot: a shot is about a minute, its first-run overhead seconds.
+        if cases and not video_model:
             cases[0].run(engine, "task_warmup", budget_end, out)
         info["warmup_s"] = round(time.monotonic() - warm_started, 2)
     except (EngineError, JobStopped) as exc:
@@ -213,14 +239,15 @@ def bench_model(model: Path, args: argparse.Namespace, out: Path) -> tuple[dict[
         return info, rows
     for case, row in zip(cases, rows, strict=True):
         _peak_reset()
-        for i in range(args.repeat):
+        for i in range(args.video_repeat if case.kind == "video" else args.repeat):
             if time.time() >= budget_end:
-                row.error = row.error or f"time box of {args.model_budget_s:.0f} s reached"
+                row.error = row.error or f"time box of {budget_s:.0f} s reached"
                 break
             try:
                 t0 = time.monotonic()
-                case.run(engine, f"task_{i}", budget_end, out)
+                output = case.run(engine, f"task_{i}", budget_end, out)
                 row.runs_s.append(time.monotonic() - t0)
+                row.detail = _shot_detail(output)
             except (EngineError, JobStopped) as exc:
                 row.error = exc.message
                 break
@@ -233,6 +260,16 @@ def bench_model(model: Path, args: argparse.Namespace, out: Path) -> tuple[dict[
         "native_pixels": args.native_pixels or family.native_pixels,
         "call_kwargs": family.call_kwargs,
     }
+    if video_model:
+        traits = VIDEO_TRAITS[family.name]
+        info["settings"].update(
+            # A distilled model keeps its trained schedule whatever --video-steps says.
+            video_steps=family.steps
+            if family.name.endswith("distilled")
+            else args.video_steps or family.steps,
+            video_fps=args.video_fps or traits.fps,
+            video_native_pixels=args.video_native_pixels or family.native_pixels,
+        )
     info["total_s"] = round(time.monotonic() - started, 1)
     del engine
     gc.collect()
@@ -271,6 +308,13 @@ def main() -> int:
     parser.add_argument("--offload", choices=["none", "model", "sequential"], default="none")
     parser.add_argument("--steps", type=int, default=None, help="image steps (default: the model's)")
     parser.add_argument("--native-pixels", type=int, default=None, help="image pixels (default: the model's)")
+    parser.add_argument(
+        "--video-budget-s", type=float, default=420.0, help="time box per video model, loading included"
+    )
+    parser.add_argument("--video-repeat", type=int, default=1, help="timed shots per video case")
+    parser.add_argument("--video-steps", type=int, default=None, help="video steps (default: the model's)")
+    parser.add_argument("--video-fps", type=float, default=None, help="frames generated per second")
+    parser.add_argument("--video-native-pixels", type=int, default=None, help="video pixels per frame")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -291,7 +335,7 @@ def main() -> int:
                 shown = "-" if median is None else f"{median:.2f} s"
                 print(
                     f"{row.model:32} {row.case:48} {shown:>10}  peak {row.peak_gib:6.2f} GiB  "
-                    f"goal <= {goal:.0f} s {verdict} {row.error}",
+                    f"goal <= {goal:.0f} s {verdict} {row.error} {row.detail}",
                     flush=True,
                 )
             results.append({**info, "rows": [{**asdict(r), "median_s": r.median_s} for r in rows]})

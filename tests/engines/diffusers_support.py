@@ -409,3 +409,39 @@ def tiny_wan_vace(directory: Path, *, text_dim: int = 32) -> Path:
     )
     WanVACEPipeline(transformer=transformer, **common).save_pretrained(directory)
     return directory
+
+
+def tiny_wan_i2v(directory: Path) -> Path:
+    """A Wan image-to-video pipeline (WanImageToVideoPipeline, as Wan 2.1 FLF2V is saved): the
+    transformer takes the image latents beside the noise (16 + 16 + 4 mask channels) and a CLIP
+    vision encoder's image embeddings (4 wide)."""
+    import torch
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    common = _wan_common()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        num_layers=1,
+        # FLF2V's image tokens: the first and the last frame's 16 patches + class token, side by side.
+        **{**_WAN_TRANSFORMER, "in_channels": 36, "image_dim": 4, "pos_embed_seq_len": 2 * 17},
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=4,
+            projection_dim=4,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            intermediate_size=16,
+            patch_size=8,
+        )
+    )
+    WanImageToVideoPipeline(
+        transformer=transformer,
+        image_encoder=image_encoder,
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        **common,
+    ).save_pretrained(directory)
+    return directory

@@ -80,6 +80,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ltx2": support.tiny_ltx2(root / "ltx2-distilled"),
         "wan": support.tiny_wan(root / "wan"),
         "vace": support.tiny_wan_vace(root / "wan-vace"),
+        "i2v": support.tiny_wan_i2v(root / "wan-flf2v"),
         "broken": support.tiny_wan_vace(root / "wan-vace-broken", text_dim=24),
     }
 
@@ -204,6 +205,16 @@ def test_wan_text_to_video_and_what_it_cannot_do(models: dict[str, Path], tmp_pa
     assert_contract_shot(output.path, VideoAspectRatio.LANDSCAPE, scale=10)
     assert output.metadata["family"] == "wan" and output.metadata["audio"] == "silent"
     assert any(c.ok and "Wan text-to-video, 16 fps" in c.detail for c in video.diagnose(engine))
+
+
+def test_first_and_last_frames_on_wan_image_to_video(models: dict[str, Path], tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", diffusers_flf2v_model=str(models["i2v"]), **SMALL)
+    engine = DiffusersEngine(settings)
+    for images in [(png((230, 20, 20)), png((20, 20, 230))), (png((230, 20, 20)),)]:  # last frame optional
+        job = shot_job(FLF2V, images=images, scale=10)
+        output = engine.generate_shot(job, tmp_path / f"i2v-{len(images)}.mp4", lambda _: None)
+        assert_contract_shot(output.path, VideoAspectRatio.LANDSCAPE, scale=10)
+        assert output.metadata["family"] == "wan-i2v"
 
 
 def test_a_canceled_shot_stops_between_steps(engine: DiffusersEngine, tmp_path: Path) -> None:

@@ -153,6 +153,19 @@ FAMILIES: Final[dict[str, ModelFamily]] = {
         steps=30,
         call_kwargs={"guidance_scale": 5.0},
     ),
+    # Wan 2.1 FLF2V 14B: image-to-video trained on a first and a last frame, 720p, 16 fps, no sound.
+    "wan-i2v": ModelFamily(
+        name="wan-i2v",
+        label="Wan first/last frames",
+        pipeline="WanImageToVideoPipeline",
+        generation_types=frozenset({GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO}),
+        resolutions=frozenset(Resolution),
+        native_pixels=1280 * 720,
+        multiple_of=16,
+        max_input_images=2,
+        steps=30,
+        call_kwargs={"guidance_scale": 5.0},
+    ),
     # Wan 2.1 VACE: one model for text, first/last frames (a masked video) and reference images
     # (subjects to keep: all three of the contract's are used), 16 fps, no sound.
     "wan-vace": ModelFamily(
@@ -187,6 +200,7 @@ KNOWN_MODELS: Final[dict[str, str]] = {
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan",
     "Wan-AI/Wan2.1-T2V-14B-Diffusers": "wan",
     "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan",
+    "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers": "wan-i2v",
     "Wan-AI/Wan2.1-VACE-1.3B-diffusers": "wan-vace",
     "Wan-AI/Wan2.1-VACE-14B-diffusers": "wan-vace",
 }

@@ -252,6 +252,9 @@ def _run(
     if "sigmas" not in kwargs:
         kwargs["num_inference_steps"] = plan.steps
     kwargs.update(_sequence_length(pipe))
+    pairs = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "pos_embed_seq_len", None)
+    if traits.inputs == "wan-i2v" and "image" in kwargs and kwargs.get("last_image") is None and pairs:
+        pipe = _first_frame_twice(pipe)
     output = pipe(
         prompt=job.prompt,
         height=plan.height,
@@ -286,17 +289,33 @@ def _sequence_length(pipe: Any) -> dict[str, int]:
     return {"max_sequence_length": min(default.default, limit)} if limit < default.default else {}
 
 
-def _as_pipeline(pipe: Any, class_name: str) -> Any:
+def _first_frame_twice(pipe: Any) -> Any:
+    """A first/last-frame Wan (Wan 2.1 FLF2V: its CLIP image tokens come in pairs) given the first
+    frame only: a pipeline object of its own that encodes that frame for both places (the
+    pipeline refuses precomputed embeddings beside the image it still needs for the latents)."""
+    single = _as_pipeline(pipe, type(pipe).__name__, fresh=True)
+    encode = single.encode_image
+
+    def encode_twice(image: Any, device: Any = None) -> Any:
+        return encode([image, image], device)
+
+    single.encode_image = encode_twice
+    return single
+
+
+def _as_pipeline(pipe: Any, class_name: str, *, fresh: bool = False) -> Any:
     """``pipe``'s modules under another pipeline class of the same family (no copy, no dtype change:
-    ``from_pipe`` would cast to float32), or ``pipe`` itself when it already is one."""
-    if type(pipe).__name__ == class_name:
+    ``from_pipe`` would cast to float32), or ``pipe`` itself when it already is one (unless ``fresh``)."""
+    if type(pipe).__name__ == class_name and not fresh:
         return pipe
     import diffusers
 
     cls = getattr(diffusers, class_name)
     expected, optional = cls._get_signature_keys(cls)
     components = {k: v for k, v in pipe.components.items() if k in expected or k in optional}
-    other = cls(**components)
+    # Options kept in the pipeline's config (Wan 2.2's boundary_ratio, expand_timesteps) come along.
+    options = {k: pipe.config[k] for k in optional if k not in components and k in pipe.config}
+    other = cls(**components, **options)
     other.set_progress_bar_config(disable=True)
     return other
 
@@ -316,6 +335,9 @@ def _inputs(traits: vm.VideoTraits, plan: ShotPlan, job: ShotJob) -> dict[str, A
         if rest:
             conditions.append(LTX2VideoCondition(frames=rest[0], index=-1, strength=1.0))
         return {"conditions": conditions}
+    if traits.inputs == "wan-i2v" and job.generation_type is GenerationType.FIRST_AND_LAST_FRAMES_2_VIDEO:
+        first, *rest = [_fitted(image, size) for image in job.images[:2]]
+        return {"image": first, "last_image": rest[0] if rest else None}
     if traits.inputs == "wan-vace":
         if job.generation_type is GenerationType.REFERENCE_2_VIDEO:
             return {"reference_images": [_contained(image, size) for image in job.images[:3]]}

@@ -20,7 +20,7 @@ from nanogen.products import GenerationType, Resolution
 from nanogen.settings import Settings
 
 # How a family's pipeline takes the shot's images.
-Inputs = Literal["ltx2", "wan", "wan-vace"]
+Inputs = Literal["ltx2", "wan", "wan-i2v", "wan-vace"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ VIDEO_TRAITS: Final[dict[str, VideoTraits]] = {
     "ltx2-distilled": VideoTraits("ltx2", "LTX2ConditionPipeline", 24.0, 8, makes_audio=True),
     # Wan's pipelines clean prompts with ftfy, and its transformer loads through accelerate.
     "wan": VideoTraits("wan", "WanPipeline", 16.0, 4, makes_audio=False, needs=("ftfy", "accelerate")),
+    "wan-i2v": VideoTraits(
+        "wan-i2v", "WanImageToVideoPipeline", 16.0, 4, makes_audio=False, needs=("ftfy", "accelerate")
+    ),
     "wan-vace": VideoTraits(
         "wan-vace", "WanVACEPipeline", 16.0, 4, makes_audio=False, needs=("ftfy", "accelerate")
     ),
