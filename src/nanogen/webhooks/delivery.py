@@ -152,7 +152,9 @@ async def _post(
         return None, f"timed out after {timeout:g} s"
     except FetchError as exc:
         return None, f"refused: {exc.reason}"
-    return status, error if status is None else (None if 200 <= status < 300 else f"HTTP {status}")
+    if status is None:
+        return None, error
+    return status, None if 200 <= status < 300 else f"HTTP {status}"
 
 
 async def _send(
