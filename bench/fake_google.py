@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import random
@@ -39,6 +40,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,9 +443,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     raise_open_files_limit()
     fake = FakeGoogle(args)
-    # The 720p clip every default shot gets, encoded before the first request instead of during one.
-    fake.videos[VIDEO_SIZES["720p"]] = mp4(VIDEO_SIZES["720p"], COLOUR)
-    app = Starlette(routes=[Route("/{path:path}", fake.handle, methods=["GET", "POST"])])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The 720p clip every default shot gets, encoded while the fake already answers (a download
+        # that comes first waits for it) rather than during the first download or before listening.
+        encoding = asyncio.create_task(fake.video(VIDEO_SIZES["720p"]))
+        yield
+        encoding.cancel()
+
+    app = Starlette(routes=[Route("/{path:path}", fake.handle, methods=["GET", "POST"])], lifespan=lifespan)
     config = uvicorn.Config(
         app,
         host=HOST,
