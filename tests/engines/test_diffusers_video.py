@@ -1,12 +1,12 @@
-"""The diffusers engine's shots, on the CPU with tiny random pipelines (no download): real LTX-2, Wan
-and Wan VACE pipeline classes, real scheduler loops, real VAE (and LTX-2 audio VAE and vocoder)
-decoding and real MP4 encoding, loaded by path as a deployment loads its weights.
+"""The diffusers engine's shots, on the CPU with tiny random pipelines (no download): real LTX-2, Wan,
+Wan image-to-video and Wan VACE pipeline classes, real scheduler loops, real VAE (and LTX-2 audio VAE
+and vocoder) decoding and real MP4 encoding, loaded by path as a deployment loads its weights.
 
 The models generate a few frames at a few hundred pixels (NANOGEN_DIFFUSERS_VIDEO_FPS=1,
-..._NATIVE_PIXELS=256: 9 frames of 32x32 or 32x16); every shot is still the contract's 8 s at 24 fps
-at the contract's size, which is what the tests check. In-process tests drive the engine (sizes,
-frames, sound, progress, cancellation and the deadline between steps, a pipeline that raises); the
-last runs a real ``nanogen serve`` with ``NANOGEN_ENGINE_VIDEOS=diffusers``."""
+..._NATIVE_PIXELS=256: 9 frames of 32x32 or 32x16); every shot is still 8 s at 24 fps, which is what
+the tests check. In-process tests drive the engine at a tenth of 720p (sizes, frames, sound, progress,
+cancellation and the deadline between steps, a pipeline that raises); the last runs a real ``nanogen
+serve`` with ``NANOGEN_ENGINE_VIDEOS=diffusers`` (1280 x 720 shots joined, credits, refusal, refund)."""
 
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ def shot_job(
     scale: int = 1,
 ) -> ShotJob:
     """A 720p shot; ``scale`` 10 makes it a tenth of the size (128 x 72), the same aspect ratio: the
-    engine writes whatever size the job says (the route gives it the contract's), and encoding 192
-    frames at 720p is most of a tiny model's shot."""
+    engine writes whatever size the job says (the route gives it the contract's, as the server test
+    checks), and encoding 192 frames at 720p is most of a tiny model's shot."""
     width, height = (side // scale for side in video_size(aspect, Resolution.P720))
     return ShotJob(
         task_id=task_id,
@@ -149,10 +149,10 @@ def test_text_to_video_on_ltx2_is_the_contract_shot_with_the_models_sound(
     engine: DiffusersEngine, tmp_path: Path
 ) -> None:
     reports: list[int] = []
-    job = shot_job(task_id="task_t2v")
+    job = shot_job(task_id="task_t2v", scale=10)  # the server test below makes 1280 x 720 ones
     output = engine.generate_shot(job, tmp_path / "shot.mp4", reports.append)
     assert output.content_type == "video/mp4"
-    assert_contract_shot(output.path, VideoAspectRatio.LANDSCAPE)
+    assert_contract_shot(output.path, VideoAspectRatio.LANDSCAPE, scale=10)
     _, samples = audio_track(output.path)
     assert np.abs(samples).max() > 0  # LTX-2's vocoder made it: not the silent track
     meta = output.metadata
