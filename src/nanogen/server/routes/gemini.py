@@ -187,7 +187,9 @@ async def generate_content(request: Request) -> Response:
     svc = services(request)
     ask = dialect.parse_generate_content(await _json_body(request))
     body = schemas.parse_image_request(ask.native)  # the native checks (prompt, length, NUL)
-    check_engine(svc, Product.IMAGE, quality=body.imageQuality.value)
+    check_engine(
+        svc, Product.IMAGE, quality=body.imageQuality.value, mode="edit" if ask.inputs else "generate"
+    )
     price = image_price(body.imageQuality)
     if ask.inputs:
         await precheck_balance(svc, who.account_id, price.total)

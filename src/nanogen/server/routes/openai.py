@@ -224,7 +224,7 @@ async def _image(
     if (_text(data, "output_format") or "png") != "png":
         raise errors.InvalidParameter("output_format must be png", field="output_format")
     aspect_ratio, quality = dialect.image_options(_text(data, "size"), _text(data, "quality"))
-    check_engine(svc, Product.IMAGE, quality=quality.value)
+    check_engine(svc, Product.IMAGE, quality=quality.value, mode="edit" if files else "generate")
     price = image_price(quality)
     if files:
         await precheck_balance(svc, account_id, price.total)
