@@ -265,6 +265,10 @@ def _run(
         output_type="np",
         **kwargs,
     )
+    if pipe is not session.pipe and hasattr(session.pipe, "maybe_free_model_hooks"):
+        # With CPU offload, the loaded pipeline holds the hooks that move the last modules back off
+        # the GPU after a call; the pipeline object made for this call has none of them.
+        session.pipe.maybe_free_model_hooks()
     frames = _to_uint8(output.frames[0])
     audio, rate = None, 0
     sound = getattr(output, "audio", None)
