@@ -179,6 +179,8 @@ def settings_for(model: Path, args: argparse.Namespace) -> Settings:
         diffusers_cpu_offload=args.offload,
         diffusers_image_steps=args.steps,
         diffusers_native_pixels=args.native_pixels,
+        diffusers_attention_backend=args.attention_backend,
+        diffusers_compile=args.compile,
         diffusers_video_steps=args.video_steps,
         diffusers_video_fps=args.video_fps,
         diffusers_video_native_pixels=args.video_native_pixels,
@@ -259,6 +261,8 @@ def bench_model(model: Path, args: argparse.Namespace, out: Path) -> tuple[dict[
         "image_steps": args.steps or family.steps,
         "native_pixels": args.native_pixels or family.native_pixels,
         "call_kwargs": family.call_kwargs,
+        "attention_backend": args.attention_backend or "sdpa",
+        "compile": args.compile,
     }
     if video_model:
         traits = VIDEO_TRAITS[family.name]
@@ -315,6 +319,8 @@ def main() -> int:
     parser.add_argument("--video-steps", type=int, default=None, help="video steps (default: the model's)")
     parser.add_argument("--video-fps", type=float, default=None, help="frames generated per second")
     parser.add_argument("--video-native-pixels", type=int, default=None, help="video pixels per frame")
+    parser.add_argument("--attention-backend", default=None, help="e.g. _native_cudnn, flash, sage")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformers' blocks")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 

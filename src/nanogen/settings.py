@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     diffusers_gpu_hour_usd: float | None = Field(
         default=None, ge=0, description="Cost of one GPU hour, for the local cost estimate (credits show)."
     )
+    diffusers_attention_backend: str | None = Field(
+        default=None,
+        description="Attention backend of the transformers (diffusers' names: _native_cudnn, flash, sage, "
+        "...); default: PyTorch's scaled dot-product attention.",
+    )
+    diffusers_compile: bool = Field(
+        default=False,
+        description="torch.compile the transformers' repeated blocks (the first jobs after a load compile).",
+    )
     diffusers_video_model: str = Field(
         default="diffusers/LTX-2.3-Distilled-Diffusers",
         description="TEXT_2_VIDEO model: a hub id or a local diffusers directory (model_index.json).",
@@ -154,39 +163,6 @@ class Settings(BaseSettings):
         default=None,
         ge=256,
         description="Pixels per frame generated, before the resize to the contract's; default: the model's.",
-    )
-
-    # -- diffusers engine (docs/engines.md): open-weight models on this machine's GPU
-    diffusers_image_model: str = Field(
-        default="black-forest-labs/FLUX.2-klein-4B",
-        description="Image generate model: a hub id or a local diffusers directory (model_index.json).",
-    )
-    diffusers_edit_model: str | None = Field(
-        default=None, description="Image edit model (several input images); default: the image model."
-    )
-    diffusers_device: Literal["auto", "cuda", "cpu"] = Field(
-        default="auto",
-        description="auto: every CUDA GPU if there is one, else the CPU; cuda: a GPU is required.",
-    )
-    diffusers_cpu_offload: Literal["none", "model", "sequential"] = Field(
-        default="none",
-        description="Keep weights in RAM and move them to the GPU as needed (less GPU memory).",
-    )
-    diffusers_memory_budget_gb: float | None = Field(
-        default=None,
-        gt=0,
-        description="Resident pipelines per device (least recently used evicted); default 90% of the device.",
-    )
-    diffusers_image_steps: int | None = Field(
-        default=None, ge=1, le=200, description="Denoising steps per image; default: the model's own."
-    )
-    diffusers_native_pixels: int | None = Field(
-        default=None,
-        ge=4096,
-        description="Pixels generated before the resize to the contract's size; default: the model's.",
-    )
-    diffusers_gpu_hour_usd: float | None = Field(
-        default=None, ge=0, description="Cost of one GPU hour, for the local cost estimate (credits show)."
     )
 
     # -- limits

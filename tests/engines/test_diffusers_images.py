@@ -246,6 +246,22 @@ def test_the_local_cost_is_the_gpu_seconds_at_the_hour_rate(klein_dir: Path, tmp
     assert unpriced.cost_micros(job) is None
 
 
+def test_the_attention_backend_setting_reaches_the_transformer(klein_dir: Path, tmp_path: Path) -> None:
+    engine = DiffusersEngine(settings_for(tmp_path, klein_dir, diffusers_attention_backend="_native_math"))
+    output = engine.generate_image(image_job("task_backend"), tmp_path / "out.png", lambda _: None)
+    assert Image.open(output.path).size == (1376, 768)
+    (resident,) = engine.runtime.devices[0].resident.values()
+    backends = {
+        getattr(m.processor, "_attention_backend", None)
+        for m in resident.pipe.transformer.modules()
+        if hasattr(m, "processor")
+    }
+    assert {getattr(b, "value", b) for b in backends} == {"_native_math"}
+    bogus = DiffusersEngine(settings_for(tmp_path, klein_dir, diffusers_attention_backend="warp-drive"))
+    (check,) = [c for c in bogus.diagnose(frozenset({Product.IMAGE})) if c.name == "attention backend"]
+    assert not check.ok and "_native_cudnn" in check.detail
+
+
 # -- capabilities, doctor ------------------------------------------------------------------------------
 def test_options_the_configured_model_cannot_do_are_refused(
     klein_dir: Path, z_image_dir: Path, tmp_path: Path

@@ -207,6 +207,8 @@ class DiffusersEngine(Engine):
     # -- nanogen doctor: never loads a model -------------------------------------------------------------
     def diagnose(self, products: frozenset[Product]) -> list[Check]:
         checks = [self._check_torch(), *self._check_devices()]
+        if self.settings.diffusers_attention_backend:
+            checks.append(self._check_attention_backend(self.settings.diffusers_attention_backend))
         if Product.IMAGE in products:
             for mode, model in self.models.items():
                 checks.append(self._check_model(f"image {mode.value} model", model, mode))
@@ -225,6 +227,17 @@ class DiffusersEngine(Engine):
         return Check(
             "torch", True, f"torch {torch.__version__}, CUDA {cuda}, diffusers {diffusers.__version__}"
         )
+
+    @staticmethod
+    def _check_attention_backend(backend: str) -> Check:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        names = [b.value for b in AttentionBackendName]
+        if backend not in names:
+            return Check(
+                "attention backend", False, f"{backend!r} is not one of diffusers': {', '.join(names)}"
+            )
+        return Check("attention backend", True, f"{backend} (NANOGEN_DIFFUSERS_ATTENTION_BACKEND)")
 
     def _check_devices(self) -> list[Check]:
         if self.runtime.gpu_missing:

@@ -287,7 +287,20 @@ class PipelineRuntime:
         else:
             pipe.to(device.name)
         pipe.set_progress_bar_config(disable=True)
+        self._tune(pipe)
         return pipe
+
+    def _tune(self, pipe: Any) -> None:
+        """The speed settings, on the denoising transformers only (not the VAE or text encoder):
+        an attention backend, and regional torch.compile of their repeated blocks."""
+        backend, compile_blocks = self.settings.diffusers_attention_backend, self.settings.diffusers_compile
+        for name, component in getattr(pipe, "components", {}).items():
+            if not name.startswith("transformer") or component is None:
+                continue
+            if backend:
+                component.set_attention_backend(backend)
+            if compile_blocks and getattr(component, "_repeated_blocks", None):
+                component.compile_repeated_blocks(fullgraph=True)
 
     # -- one job ------------------------------------------------------------------------------------
     @contextmanager
