@@ -39,6 +39,7 @@ One :class:`PipelineRuntime` per engine instance (one per worker process). Engin
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import logging
@@ -92,9 +93,15 @@ class Device:
     """One device nanogen runs pipelines on: one generation at a time, its pipelines resident."""
 
     name: str  # "cuda:0", "cpu"
-    budget_bytes: int
+    budget_gb: float | None  # the setting; None: 90% of the device (asked on first use)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     resident: OrderedDict[str, Resident] = field(default_factory=OrderedDict, repr=False)
+
+    @functools.cached_property
+    def budget_bytes(self) -> int:
+        """Computed when first needed: asking CUDA about a device creates a context on it, which an
+        API process (it builds the engine only to check requests) should never do."""
+        return _memory_budget(self.budget_gb, self.name)
 
     @property
     def is_gpu(self) -> bool:
@@ -130,9 +137,9 @@ class Session:
         return on_step_end
 
 
-def _memory_budget(settings: Settings, name: str) -> int:
-    if settings.diffusers_memory_budget_gb is not None:
-        return int(settings.diffusers_memory_budget_gb * GIB)
+def _memory_budget(budget_gb: float | None, name: str) -> int:
+    if budget_gb is not None:
+        return int(budget_gb * GIB)
     if name.startswith("cuda"):
         return int(torch.cuda.get_device_properties(torch.device(name)).total_memory * 0.9)
     try:
@@ -179,7 +186,7 @@ class PipelineRuntime:
             names = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         else:
             names = ["cpu"]
-        self.devices = [Device(name, _memory_budget(settings, name)) for name in names]
+        self.devices = [Device(name, settings.diffusers_memory_budget_gb) for name in names]
         self._free = threading.Condition()
 
     # -- devices ------------------------------------------------------------------------------------
