@@ -54,6 +54,11 @@ def broken_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_z_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return support.tiny_z_image(tmp_path_factory.mktemp("z-image-tiny"))
+
+
+@pytest.fixture(scope="session")
 def z_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Only the index of a Z-Image pipeline: enough for what is checked before loading (it cannot edit)."""
     directory = tmp_path_factory.mktemp("z-image")
@@ -137,6 +142,21 @@ def test_edit_passes_the_references_the_model_uses_and_tiles_the_rest(
     with Image.open(output.path) as picture:
         assert picture.size == image_size(ImageAspectRatio.CLASSIC_PORTRAIT, ImageQuality.Q2K)
     assert output.metadata["inputs_used"] == 4  # three inputs, then a grid of the other three
+
+
+def test_z_image_generates_and_cannot_edit(tiny_z_image_dir: Path, tmp_path: Path) -> None:
+    engine = DiffusersEngine(settings_for(tmp_path, tiny_z_image_dir))
+    assert engine.capabilities(Product.IMAGE)["mode"] == {"generate"}
+    reports: list[int] = []
+    job = image_job("task_z", aspect=ImageAspectRatio.CLASSIC_LANDSCAPE)
+    output = engine.generate_image(job, tmp_path / "out.png", reports.append)
+    with Image.open(output.path) as picture:
+        assert picture.size == (1200, 896)
+    assert output.metadata["steps"] == 9  # Z-Image-Turbo: 8 evaluations
+    assert reports == [1, 5, *range(15, 96, 10), 97]
+    edit = image_job("task_z_edit", ImageMode.EDIT, images=(input_image((1, 2, 3)),))
+    with pytest.raises(EngineError, match=r"cannot do this: Z-Image-Turbo .* cannot edit"):
+        engine.generate_image(edit, tmp_path / "edit.png", lambda _: None)
 
 
 def test_reference_images_decode_each_input_once_and_keep_every_input() -> None:
