@@ -252,7 +252,9 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="A receiver that has not answered within this has failed the attempt."
     )
     webhook_queue_polling_interval_s: float = Field(
-        default=0.1, gt=0, description="How often a worker polls the webhook delivery queue."
+        default=0.5,
+        gt=0,
+        description="How often a worker polls the webhook delivery queue (each poll costs a few ms of CPU).",
     )
     webhook_concurrency: int = Field(
         default=1000, ge=1, description="Deliveries one worker has under way at once (waiting retries count)."

@@ -112,6 +112,7 @@ class ShotJob(Job):
     images: tuple[InputImage, ...] = ()
     seconds: int = SHOT_SECONDS
     fps: int = SHOT_FPS
+    started_at: float | None = None  # epoch seconds the task started (a recovered job is older)
 
 
 @dataclass(frozen=True)

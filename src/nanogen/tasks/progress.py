@@ -65,9 +65,7 @@ def _ids(count: int) -> list[sa.BindParameter[str]]:
 @functools.cache  # one per power of two up to CHUNK
 def _numbers(count: int) -> Prepared:
     total = sa.func.coalesce(sa.func.sum(_weight_sql()), sa.literal_column("0", sa.Integer))
-    weights = sa.select(total).where(
-        tasks.c.generation_id == generations.c.id
-    )
+    weights = sa.select(total).where(tasks.c.generation_id == generations.c.id)
     return Prepared(
         sa.select(generations.c.id, generations.c.concat_status, weights.scalar_subquery()).where(
             generations.c.id.in_(_ids(count))
