@@ -8,13 +8,10 @@ Schema changes go through Alembic (``nanogen/migrations``); this module is the m
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import threading
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -211,140 +208,18 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         return sa.create_engine(url, **kwargs)
     # A pool as large as the request thread pool: opening a SQLite connection (pragmas, schema
     # parse) costs more than the query, and churn under load was a quarter of the request CPU.
-    # Workflow threads wait for their turn to write holding a connection (SqliteWriters), so past
-    # the pool connections are opened as needed and closed after use rather than refused.
     kwargs.setdefault("pool_size", 40)
-    kwargs.setdefault("max_overflow", -1)
+    kwargs.setdefault("max_overflow", 24)
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
-    _tune_sqlite(engine, writes_only=True)
+    _tune_sqlite(engine)
     return engine
 
 
-def make_system_engine(url: str) -> sa.Engine | None:
-    """The engine DBOS uses for its system tables: None (DBOS makes its own) except on SQLite, where
-    DBOS's writers and nanogen's take turns through one lock in this process (SqliteWriters)."""
-    if not url.startswith("sqlite"):
-        return None
-    # Every workflow thread may hold a connection while it waits for its turn to write: the pool
-    # never refuses one (connections past the pool are closed after use).
-    engine = sa.create_engine(
-        url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=-1
-    )
-    # DBOS begins a transaction for its reads too and writes in most of them: every one takes a turn.
-    _tune_sqlite(engine, writes_only=False)
-    return engine
-
-
-class WriteTurns:
-    """A lock handed from one holder straight to the next waiter, first come first served, with the
-    requests of the API ahead of those of workflow steps.
-
-    A plain lock's release wakes no one in particular, and a waiter that loses to a newcomer waits
-    again: with a thousand workflow threads asking, the one thread that commits every API submission
-    got a turn a few times a second (1,000 submissions took 100 s). Here each waiter has its own lock
-    to be released on, and the API's queue is served first."""
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._held = False
-        self._urgent: deque[threading.Lock] = deque()
-        self._background: deque[threading.Lock] = deque()
-
-    def acquire(self, timeout: float, *, urgent: bool) -> bool:
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return True
-            waiter = threading.Lock()
-            waiter.acquire()
-            queue = self._urgent if urgent else self._background
-            queue.append(waiter)
-        if waiter.acquire(timeout=timeout):
-            return True
-        with self._mutex:
-            if waiter in queue:
-                queue.remove(waiter)
-                return False
-        return True  # handed over between the timeout and the mutex: the turn is ours
-
-    def release(self) -> None:
-        with self._mutex:
-            queue = self._urgent or self._background
-            if queue:
-                queue.popleft().release()  # still held: handed over
-            else:
-                self._held = False
-
-
-class SqliteWriters:
-    """One SQLite writer at a time per database file, handed over in this process.
-
-    SQLite admits one writer at a time; the others wait in its busy handler, which sleeps (1, 2, 5 ...
-    100 ms) between tries. With hundreds of workflow threads writing (a worker holding thousands of
-    provider jobs), a writer could lose every try for the whole 30 s busy timeout ("database is
-    locked"), and the API's submissions waited seconds behind them. Here the writers of nanogen's
-    engine and of DBOS's (make_system_engine) take turns (WriteTurns): the write lock passes to the next
-    one as soon as it is released, the API's writers (any thread but DBOS's workflow executors) first.
-    SQLite's own lock still guards against other processes (the CLI). A turn not granted within the
-    busy timeout raises "database is locked", as SQLite would, which the steps' retries treat as
-    transient.
-    """
-
-    _turns: ClassVar[dict[str, WriteTurns]] = {}
-    _guard: ClassVar[threading.Lock] = threading.Lock()
-    TIMEOUT_S: ClassVar[float] = 30.0
-
-    def __init__(self, database: str) -> None:
-        with self._guard:
-            self._lock = self._turns.setdefault(os.path.realpath(database), WriteTurns())
-        self._holding: set[int] = set()  # id() of the DBAPI connections whose transaction holds it
-
-    def begin(self, dbapi_conn: Any) -> None:
-        urgent = getattr(_urgency, "urgent", False) or not threading.current_thread().name.startswith(
-            DBOS_EXECUTOR_THREADS
-        )
-        if not self._lock.acquire(self.TIMEOUT_S, urgent=urgent):
-            raise sqlite3.OperationalError("database is locked")
-        self._holding.add(id(_raw(dbapi_conn)))
-
-    def end(self, dbapi_conn: Any) -> None:
-        try:
-            self._holding.remove(id(_raw(dbapi_conn)))
-        except KeyError:
-            return  # a rollback on a connection that held no turn (the pool's reset on check-in)
-        self._lock.release()
-
-
-# The threads DBOS runs workflows on (dbos/_dbos.py names them so).
-DBOS_EXECUTOR_THREADS = "dbos-executor-"
-_urgency = threading.local()
-
-
-@contextmanager
-def urgent_writes() -> Iterator[None]:
-    """A workflow step's write that must not wait behind the others: recording a paid provider
-    operation (until it is recorded, a crash means paying again)."""
-    _urgency.urgent = True
-    try:
-        yield
-    finally:
-        _urgency.urgent = False
-
-
-def _raw(connection: Any) -> Any:
-    """The sqlite3 connection itself: SQLAlchemy hands the dialect its pool's proxy of it."""
-    return getattr(connection, "dbapi_connection", connection)
-
-
-def _tune_sqlite(engine: sa.Engine, *, writes_only: bool) -> None:
-    writers = SqliteWriters(engine.url.database or ":memory:")
-
+def _tune_sqlite(engine: sa.Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # nanogen's engine: pysqlite's own transaction handling cannot do BEGIN IMMEDIATE; take it
-        # over. DBOS's: keep pysqlite's, as DBOS sets it (BEGIN IMMEDIATE before the first write;
-        # DBOS's migrations issue their own BEGIN IMMEDIATE).
-        dbapi_conn.isolation_level = None if writes_only else "IMMEDIATE"
+        # pysqlite's own transaction handling cannot do BEGIN IMMEDIATE; take it over.
+        dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -356,46 +231,8 @@ def _tune_sqlite(engine: sa.Engine, *, writes_only: bool) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         # A writer must take the lock up front: a deferred transaction that reads and then
         # writes fails with "database is locked" instead of waiting its turn.
-        if writes_only and not conn.get_execution_options().get("nanogen_write", False):
-            conn.exec_driver_sql("BEGIN")
-            return
-        dbapi_conn = conn.connection.dbapi_connection
-        writers.begin(dbapi_conn)
-        if not writes_only:
-            return
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            writers.end(dbapi_conn)
-            raise
-
-    # The turn ends once COMMIT or ROLLBACK has run (SQLAlchemy's events fire before them), or when
-    # the connection is thrown away mid-transaction.
-    dialect = engine.dialect
-    commit, rollback = dialect.do_commit, dialect.do_rollback
-
-    def do_commit(dbapi_conn: Any) -> None:
-        try:
-            commit(dbapi_conn)
-        finally:
-            writers.end(dbapi_conn)
-
-    def do_rollback(dbapi_conn: Any) -> None:
-        try:
-            rollback(dbapi_conn)
-        finally:
-            writers.end(dbapi_conn)
-
-    dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign,assignment]
-
-    @event.listens_for(engine, "invalidate")
-    def _on_invalidate(dbapi_conn: Any, _record: Any, _exc: BaseException | None) -> None:
-        writers.end(dbapi_conn)
-
-    @event.listens_for(engine, "close")
-    def _on_close(dbapi_conn: Any, _record: Any) -> None:
-        writers.end(dbapi_conn)
+        immediate = conn.get_execution_options().get("nanogen_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 @contextmanager

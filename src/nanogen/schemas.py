@@ -55,6 +55,16 @@ def _text(value: str) -> str:
 # Ids and names: no control characters. Free text (prompts, memos): no NUL.
 Identifier = Annotated[str, AfterValidator(_identifier)]
 Text = Annotated[str, AfterValidator(_text)]
+# Both generate bodies take it (nanogen's addition to the pages).
+WebhookUrl = Annotated[
+    Identifier | None,
+    Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="nanogen addition: where to POST the signed event when the generation ends "
+        "(docs/api.md, Webhooks); default: the account's webhook URL, if set",
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -76,13 +86,7 @@ class ImageGenerateRequest(_Request):
     inputImageUrls: list[str] = Field(
         default_factory=list, description="Public image URLs for edit mode (max 14). Required in edit."
     )
-    webhookUrl: Identifier | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_URL_CHARS,
-        description="nanogen addition: where to POST the signed event when the generation ends "
-        "(docs/api.md, Webhooks); default: the account's webhook URL, if set",
-    )
+    webhookUrl: WebhookUrl = None
 
     @property
     def effective_mode(self) -> ImageMode:
@@ -131,13 +135,7 @@ class Shot(_Request):
 class VideoGenerateRequest(_Request):
     shots: list[Shot] = Field(min_length=1, max_length=MAX_SHOTS)
     resolution: str = Field(default=DEFAULT_RESOLUTION.value, description="720p (default), 1080p or 4k (4K)")
-    webhookUrl: Identifier | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_URL_CHARS,
-        description="nanogen addition: where to POST the signed event when the generation ends "
-        "(docs/api.md, Webhooks); default: the account's webhook URL, if set",
-    )
+    webhookUrl: WebhookUrl = None
 
     @property
     def parsed_resolution(self) -> Resolution:

@@ -146,7 +146,10 @@ def test_a_thousand_concurrent_submits_from_several_processes_exactly_100_accept
                     base_url=server.base_url,
                     headers={"Authorization": f"Bearer {account.key}"},
                     timeout=120,
-                    limits=httpx.Limits(max_connections=64),
+                    # Idle connections are dropped before the server's keep-alive timeout (5 s) would
+                    # close them: reusing one the server is closing just then reads a reset, on a
+                    # machine loaded enough that a connection sits idle that long.
+                    limits=httpx.Limits(max_connections=64, keepalive_expiry=2),
                 ) as c,
                 ThreadPoolExecutor(32) as pool,
             ):

@@ -15,13 +15,7 @@ from dataclasses import dataclass, field
 from dbos import DBOS, DBOSClient
 
 from nanogen import metrics
-from nanogen.db import (
-    CLIENT_POOL_SIZE,
-    make_engine,
-    make_system_engine,
-    read_connection,
-    write_transaction,
-)
+from nanogen.db import CLIENT_POOL_SIZE, make_engine, read_connection, write_transaction
 from nanogen.engines.base import DEADLINE_MESSAGE, Engine
 from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
@@ -162,7 +156,6 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             "application_version": settings.application_version,
             "executor_id": settings.executor_id_for(role),
             "max_executor_threads": executor_threads(settings, queues),
-            "system_database_engine": make_system_engine(settings.resolved_database_url),
             **(
                 {"sys_db_pool_size": settings.db_system_pool_size}
                 if not settings.resolved_database_url.startswith("sqlite")

@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 from dbos import DBOS
 
 from nanogen import metrics
-from nanogen.db import read_connection, transient, urgent_writes, write_transaction
+from nanogen.db import read_connection, transient, write_transaction
 from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
@@ -120,7 +120,7 @@ def submit_step(task_id: str) -> dict[str, str]:
     except Exception:
         log.exception("task %s: engine %s raised while submitting", task_id, record.engine)
         return {"error": FAILED_MESSAGE[record.product]}
-    with urgent_writes(), write_transaction(rt.db) as conn:
+    with write_transaction(rt.db) as conn:
         return {"operation": store.record_operation(conn, task_id, operation, engine.cost_micros(job))}
 
 
