@@ -93,11 +93,26 @@ class Server:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.process.kill()  # not left running for the rest of the session
+        self.process.wait()
         raise RuntimeError(f"server did not start:\n{self.log_tail()}")
 
     def log_tail(self) -> str:
         path = self.home / "server.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def log_size(self) -> int:
+        path = self.home / "server.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        """What the server logged after ``offset`` (log_size()): a shared server also logs other tests'."""
+        path = self.home / "server.log"
+        if not path.exists():
+            return ""
+        with path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -33,7 +33,7 @@ def submit(account: Account, body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def poll(account: Account, accepted: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+def poll(account: Account, accepted: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
     task_ids = [{"shotId": s["shotId"], "taskId": s["taskId"]} for s in accepted["shots"]]
 
     def done() -> dict[str, Any] | None:
