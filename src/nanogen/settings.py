@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from nanogen import __version__
 from nanogen.db import PG_POOL_SIZE, READ_CONNECTIONS, SYSTEM_POOL_SIZE
 
+# Bumped when a workflow's steps change (see application_version).
+WORKFLOWS_REVISION = 2
+
 # Webhook retries (docs/api.md): after 1 s, 5 s, 30 s, 2 min, 10 min, then hourly for 24 h.
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (1.0, 5.0, 30.0, 120.0, 600.0, *(3600.0,) * 24)
 # An admin token grants credits: one shorter than this is refused at start rather than guessed later.
@@ -49,8 +52,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="At most this many of one account's tasks run at once, per product, across workers. "
-        "Default: the engine's concurrency. Videos never get fewer than 21, so one request's shots run "
-        "together.",
+        "Default: no cap. Videos never get fewer than 21, so one request's shots run together.",
     )
     worker_engines: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -264,7 +266,10 @@ class Settings(BaseSettings):
     executor_id: str | None = Field(
         default=None, description="Stable id of this process for DBOS recovery; default <role>-<hostname>."
     )
-    application_version: str = Field(default=f"nanogen-{__version__}")
+    # DBOS replays a recovered workflow's recorded steps by position, so a release whose workflows
+    # take other steps gets another version (WORKFLOWS_REVISION): processes of the old one finish
+    # the old workflows (docs/deploy.md, "Upgrading").
+    application_version: str = Field(default=f"nanogen-{__version__}-w{WORKFLOWS_REVISION}")
     # Every poll costs a few queries (and GIL time in an API process) whether or not work waits:
     # images are polled often (a sandbox or hosted image takes seconds), video shots, which take
     # minutes on a real engine, less.

@@ -1,12 +1,16 @@
 """DBOS workflows that drive engines. A task's workflow id is the task id.
 
-Each workflow is a few steps whose effects are idempotent: ``start`` and the terminal transitions
-are conditional on the task's current status (store.py), and a failure refunds in the transaction
-that fails the task. A step interrupted by a crash runs again on recovery (DBOS steps are at-least-once):
-for the sandbox that means rendering again. Engines whose jobs are a provider's long-running
-operation (video on Google) get a ``submit`` step between start and render: it starts the paid work
-and records the operation on the task row, and DBOS records the step's result, so a recovered
-workflow replays that operation name and the render step polls it instead of paying twice.
+A task's workflow is one step: start the task, run the engine, store the output, end the task. For
+engines whose jobs are a provider's long-running operation (video on Google), the engine's job is
+submitted first and the operation written to the task row the moment the provider answers, before
+anything waits on it: that row, not DBOS's step record, is what a re-run of the step (after a crash
+or a database outage) finds, so it polls the same operation again and never pays twice.
+
+Every effect is idempotent: starting and the terminal transitions are conditional on the task's
+status (store.py), a failure refunds in the transaction that fails the task, and a step interrupted
+by a crash runs again on recovery (DBOS steps are at-least-once): for the sandbox that means
+rendering again. The end of a task is written with its own retries (``_settle``), so a database
+outage at that moment does not run the engine again.
 """
 
 from __future__ import annotations
@@ -58,102 +62,100 @@ def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 @DBOS.workflow(name=RUN_TASK)
 def run_task(task_id: str) -> str:
-    started = start_step(task_id)
-    if started is None:
-        return "ended"
-    operation: str | None = None
-    if started.get("submit"):
-        submitted = submit_step(task_id)
-        if "error" in submitted:
-            fail_step(task_id, submitted["error"])
-            return TaskStatus.FAILED.value
-        operation = submitted["operation"]
-    outcome = render_step(task_id, operation)
-    if "error" in outcome:
-        fail_step(task_id, outcome["error"])
-        return TaskStatus.FAILED.value
-    if not complete_step(task_id, outcome["url"], outcome["key"]):
-        return "ended"
-    if started["concatenate"]:
-        request_concat_step(started["generation_id"])
-    return TaskStatus.COMPLETED.value
+    ended = run_step(task_id)
+    if ended["status"] == COMPLETED and ended.get("concatenate"):
+        request_concat_step(ended["generation_id"])
+    return str(ended["status"])
 
 
-@database_step("nanogen.start")
-def start_step(task_id: str) -> dict[str, Any] | None:
+COMPLETED = TaskStatus.COMPLETED.value
+FAILED = TaskStatus.FAILED.value
+ENDED = "ended"  # ended elsewhere meanwhile (canceled, its deadline): nothing more to do
+
+
+# One step per task: every DBOS step costs a checkpoint read and a write in DBOS's tables, which were
+# most of what a job waiting on a provider cost this process (docs/engines.md, "At load").
+@database_step("nanogen.run")
+def run_step(task_id: str) -> dict[str, Any]:
+    """Start the task, run the engine, store the output and end the task: {"status", ...}.
+
+    For a provider's long-running operation the engine's job is submitted first and the operation
+    recorded on the task row before anything waits on it; a re-run of this step (after a crash, or a
+    database outage) finds it there and awaits it again instead of paying twice."""
     rt = current()
     with write_transaction(rt.db) as conn:
-        record = store.start(conn, task_id)
-        if record is None:
-            return None
-        generation = store.get_generation(conn, record.generation_id)
-    metrics.task_started(record)
-    return {
-        "generation_id": record.generation_id,
+        started = store.start(conn, task_id) and store.count_attempt(conn, task_id)
+        if started is None:
+            return {"status": ENDED}
+        generation = store.get_generation(conn, started.generation_id)
+    metrics.task_started(started)
+    shape = {
+        "generation_id": started.generation_id,
         "concatenate": generation is not None and generation.concat_status is not None,
-        "submit": record.product in rt.engines[record.product].long_running,
     }
+    operation = None
+    if started.product in rt.engines[started.product].long_running:
+        submitted = _submit(rt, started)
+        if "operation" not in submitted:
+            return shape | submitted
+        operation = submitted["operation"]
+    return shape | _run(rt, started, operation)
 
 
-@DBOS.step(name="nanogen.submit")
-def submit_step(task_id: str) -> dict[str, str]:
-    """Start the job at the provider and record its operation. Returns {"operation"} or {"error"}.
-
-    The operation is written to the task row as soon as the provider answers, and DBOS records this
-    step's result; a re-run (a crash before DBOS recorded it) finds the row's operation and returns it
-    instead of submitting again. Only a crash between the provider's answer and that row's commit
-    (milliseconds) can leave an operation nanogen does not know about."""
-    rt = current()
-    with read_connection(rt.db) as conn:
-        record = store.get_task(conn, task_id)
-    if record is None or record.status.is_terminal:
-        return {"error": "Task ended before it ran"}
-    if record.provider_operation:
+def _submit(rt: Runtime, record: store.TaskRecord) -> dict[str, str]:
+    """Start the job at the provider and record its operation: {"operation"}, or the task's end.
+    Only a crash between the provider's answer and the commit that records it (milliseconds) can
+    leave an operation nanogen does not know about."""
+    if record.provider_operation:  # a re-run: submitted before
         return {"operation": record.provider_operation}
     engine = rt.engines[record.product]
     try:
         job = _shot_job(rt, record)
         operation = engine.submit_shot(job)
     except EngineError as exc:
-        log.info("task %s: %s refused the job: %s", task_id, record.engine, exc.message)
-        return {"error": exc.message}
+        log.info("task %s: %s refused the job: %s", record.id, record.engine, exc.message)
+        return _fail(rt, record.id, exc.message)
     except Exception:
-        log.exception("task %s: engine %s raised while submitting", task_id, record.engine)
-        return {"error": FAILED_MESSAGE[record.product]}
-    with write_transaction(rt.db) as conn:
-        return {"operation": store.record_operation(conn, task_id, operation, engine.cost_micros(job))}
+        log.exception("task %s: engine %s raised while submitting", record.id, record.engine)
+        return _fail(rt, record.id, FAILED_MESSAGE[record.product])
+
+    def write() -> str:
+        with write_transaction(rt.db) as conn:
+            return store.record_operation(conn, record.id, operation, engine.cost_micros(job))
+
+    try:
+        return {"operation": _settle(write)}
+    except Exception as exc:
+        # Paid for, not recorded: never submit again (a re-run of this step would). The task is
+        # failed and refunded at its deadline; the operation is in the log for the operator.
+        log.error("task %s: Veo operation %s could not be recorded: %s", record.id, operation, exc)
+        raise UnrecordedOperation(f"operation {operation} of task {record.id} not recorded") from exc
 
 
-@database_step("nanogen.render")
-def render_step(task_id: str, operation: str | None = None) -> dict[str, str]:
-    """Run the engine (or await the submitted ``operation``) and store its output. Returns
-    {"key", "url"} or {"error"}; never raises, so the outcome is recorded as this step's result and a
-    replay sees the same one."""
-    rt = current()
-    with write_transaction(rt.db) as conn:
-        record = store.count_attempt(conn, task_id)
-    if record is None:
-        return {"error": "Task ended before it ran"}
-    scratch = rt.settings.scratch_dir / task_id
+class UnrecordedOperation(RuntimeError):
+    """Not a database outage: the step that raises it must not run again."""
+
+
+def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[str, str]:
+    """Run the engine (or await the submitted ``operation``), store its output and end the task."""
+    scratch = rt.settings.scratch_dir / record.id
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        output = _generate(rt, record, scratch, operation)
-        if isinstance(seed := output.metadata.get("seed"), int):  # a local engine's: to make it again
-            with write_transaction(rt.db) as conn:
-                store.record_seed(conn, task_id, seed)
-        key = new_key("out", f"{task_id}{Path(output.path).suffix}")
+        output, cost = _generate(rt, record, scratch, operation)
+        key = new_key("out", f"{record.id}{Path(output.path).suffix}")
         rt.storage.put_file(key, output.path)
-        return {"key": key, "url": rt.storage.url_for(key)}
     except EngineError as exc:
-        log.info("task %s failed in engine %s: %s", task_id, record.engine, exc.message)
-        return {"error": exc.message}
+        log.info("task %s failed in engine %s: %s", record.id, record.engine, exc.message)
+        return _fail(rt, record.id, exc.message)
     except Exception as exc:
         if transient(exc):  # not the engine's fault: the step runs again once the database is back
             raise
-        log.exception("task %s: engine %s raised", task_id, record.engine)
-        return {"error": FAILED_MESSAGE[record.product]}
+        log.exception("task %s: engine %s raised", record.id, record.engine)
+        return _fail(rt, record.id, FAILED_MESSAGE[record.product])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    seed = output.metadata.get("seed")
+    return _complete(rt, record.id, key, cost, seed if isinstance(seed, int) else None)
 
 
 def _shot_job(rt: Runtime, record: store.TaskRecord, stop: threading.Event | None = None) -> ShotJob:
@@ -164,9 +166,13 @@ def _shot_job(rt: Runtime, record: store.TaskRecord, stop: threading.Event | Non
     )
 
 
-def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path, operation: str | None) -> Output:
+def _generate(
+    rt: Runtime, record: store.TaskRecord, scratch: Path, operation: str | None
+) -> tuple[Output, int | None]:
+    """The engine's output, and what the provider charged for a synchronous call (None: nothing
+    known, or paid at submission)."""
     engine = rt.engines[record.product]
-    progress = _progress_reporter(rt, record.id)
+    progress = _progress_reporter(rt, record.id, every_s=PROGRESS_EVERY_S if operation is None else 5.0)
     # The job's stop signal is this process's handle on it: the watchdog sets it when the task ends
     # (its deadline, or failed or canceled by any process), and the engine's waits end at once.
     running = metrics.JOBS_RUNNING.labels(record.product.value, record.engine)
@@ -177,31 +183,88 @@ def _generate(rt: Runtime, record: store.TaskRecord, scratch: Path, operation: s
                 jobs.image_job(record.id, record.params, images), deadline=record.deadline_at, stop=stop
             )
             output = engine.generate_image(job, scratch / "image.png", progress)
-            _record_cost(rt, engine, job, record)
-            return output
+            return output, _paid(engine, job, record)
         shot = _shot_job(rt, record, stop)
         if operation is not None:
-            return engine.await_shot(shot, operation, scratch / "shot.mp4", progress)
+            return engine.await_shot(shot, operation, scratch / "shot.mp4", progress), None
         output = engine.generate_shot(shot, scratch / "shot.mp4", progress)
-        _record_cost(rt, engine, shot, record)
-        return output
+        return output, _paid(engine, shot, record)
 
 
-def _record_cost(rt: Runtime, engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> None:
+def _paid(engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> int | None:
     """A synchronous provider call is paid once per attempt (a re-run after a crash calls again)."""
     cost = engine.cost_micros(job)
-    if cost is not None:
+    return None if cost is None else cost * max(1, record.attempts)
+
+
+def _complete(rt: Runtime, task_id: str, key: str, cost: int | None, seed: int | None) -> dict[str, str]:
+    def write() -> tuple[bool, store.TaskRecord | None]:
         with write_transaction(rt.db) as conn:
-            store.set_provider_cost(conn, record.id, cost * max(1, record.attempts))
+            before = store.get_task(conn, task_id)
+            if cost is not None:
+                store.set_provider_cost(conn, task_id, cost)
+            if seed is not None:  # a local engine's: to make it again
+                store.record_seed(conn, task_id, seed)
+            done = store.complete(conn, task_id, rt.storage.url_for(key), key)
+            if done and before is not None:
+                webhook_events.generation_ended(rt, conn, before.generation_id)
+        return done, before
+
+    done, before = _settle(write)
+    if done and before is not None:
+        metrics.task_completed(before)
+    elif before is not None and before.output_key == key:
+        # An earlier try of this write committed although its connection broke (PostgreSQL can
+        # lose the answer to a COMMIT): the output is recorded, so it is kept.
+        done = True
+    else:  # failed meanwhile (deadline, cancel): the late output is nobody's
+        _discard(rt, key)
+    return {"status": COMPLETED if done else ENDED}
+
+
+def _fail(rt: Runtime, task_id: str, error: str) -> dict[str, str]:
+    def write() -> tuple[bool, store.TaskRecord | None]:
+        with write_transaction(rt.db) as conn:
+            before = store.get_task(conn, task_id)
+            failed = store.fail_and_refund(conn, task_id, error)
+            if failed and before is not None:
+                webhook_events.generation_ended(rt, conn, before.generation_id)
+        return failed, before
+
+    failed, before = _settle(write)
+    if failed and before is not None:
+        metrics.task_failed(before, "engine")
+    return {"status": FAILED if failed else ENDED}
+
+
+# The end of a task is written with the same patience as a database step (about two minutes in
+# all), but without running the engine again: a write that finds the database briefly gone retries
+# alone. Past that the step fails and DBOS runs it again.
+SETTLE_ATTEMPTS = 10
+
+
+def _settle(write: Callable[[], R]) -> R:
+    delay = 1.0
+    for attempt in range(1, SETTLE_ATTEMPTS + 1):
+        try:
+            return write()
+        except Exception as exc:
+            if not transient(exc) or attempt == SETTLE_ATTEMPTS:
+                raise
+            log.warning("a task's write failed (%s); again in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay *= 1.5
+    raise AssertionError("unreachable")
 
 
 # After its first report (written at once: "the request is in flight"), a task's progress is written
 # at most this often: clients poll every few seconds, and each write is a transaction in the one
-# database (a sandbox image reported five steps in its 50 ms, five write transactions).
+# database (a sandbox image reported five steps in its 50 ms, five write transactions). A provider's
+# long-running operation reports an estimate at each poll: written every 5 s at most.
 PROGRESS_EVERY_S = 0.25
 
 
-def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
+def _progress_reporter(rt: Runtime, task_id: str, every_s: float = PROGRESS_EVERY_S) -> ProgressFn:
     last = 0
     due = 0.0
 
@@ -211,7 +274,7 @@ def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
         now = time.monotonic()
         if value <= last or now < due:
             return
-        last, due = value, now + PROGRESS_EVERY_S
+        last, due = value, now + every_s
         try:
             with write_transaction(rt.db) as conn:
                 store.set_progress(conn, task_id, value)
@@ -221,34 +284,6 @@ def _progress_reporter(rt: Runtime, task_id: str) -> ProgressFn:
             log.debug("progress of %s not recorded: %s", task_id, exc)
 
     return report
-
-
-@database_step("nanogen.complete")
-def complete_step(task_id: str, url: str, key: str) -> bool:
-    rt = current()
-    with write_transaction(rt.db) as conn:
-        before = store.get_task(conn, task_id)
-        done = store.complete(conn, task_id, url, key)
-        if done and before is not None:
-            webhook_events.generation_ended(rt, conn, before.generation_id)
-    if done and before is not None:
-        metrics.task_completed(before)
-    if not done:  # failed meanwhile (deadline): the late output is nobody's
-        rt.storage.delete(key)
-    return done
-
-
-@database_step("nanogen.fail")
-def fail_step(task_id: str, error: str) -> bool:
-    rt = current()
-    with write_transaction(rt.db) as conn:
-        before = store.get_task(conn, task_id)
-        failed = store.fail_and_refund(conn, task_id, error)
-        if failed and before is not None:
-            webhook_events.generation_ended(rt, conn, before.generation_id)
-    if failed and before is not None:
-        metrics.task_failed(before, "engine")
-    return failed
 
 
 @database_step("nanogen.request_concat")
