@@ -18,8 +18,8 @@ e. a's run with a ``kill -9`` of the server at L/2 (30 s) and a restart on the s
    GET /api/account/ledger and GET /api/account: balance = start - credits of completed shots, no refund
    of completed work).
 
-Requests are spread over accounts of at most ``--shots-per-account`` shots each (default 21, under the
-default NANOGEN_ACCOUNT_CONCURRENCY of 32, which caps one account on purpose; 0: one account for all).
+Requests are spread over accounts of at most ``--shots-per-account`` shots each (default 21, as many
+accounts as a real burst would come from; 0: one account for all).
 The bench watches completion in the server's SQLite file (no check-status load on the server), except d.
 After each load case it checks every account's credits through the API, as in e.
 Every provider latency, quota and fault is an argument here (passed on to the fake); ``--server-env

@@ -89,11 +89,18 @@ def concurrency(rt: Runtime, product: Product) -> int:
     return configured or rt.engines[product].default_concurrency
 
 
-def account_concurrency(rt: Runtime, product: Product) -> int:
-    """The per-account cap of a product's queue: the setting, by default the engine's concurrency.
-    A video request's shots (up to 21) always fit in it, so the cap never splits one request into
-    waves; what it holds back is an account's other requests."""
-    cap = rt.settings.account_concurrency or concurrency(rt, product)
+def account_concurrency(rt: Runtime, product: Product) -> int | None:
+    """The per-account cap of a product's queue (None: no cap, the setting's default). A video
+    request's shots (up to 21) always fit in it, so the cap never splits one request into waves;
+    what it holds back is an account's other requests.
+
+    A capped queue is partitioned by account, and DBOS dequeues it one partition at a time: every
+    poll runs a few queries per account with queued work (at 48 accounts, most of a waiting
+    worker's CPU), where an uncapped queue runs one for all. Without the setting, one account may
+    use every slot, as it may anyway with one worker whose slots match the cap."""
+    cap = rt.settings.account_concurrency
+    if cap is None:
+        return None
     return max(cap, MAX_SHOTS) if product is Product.VIDEO else cap
 
 

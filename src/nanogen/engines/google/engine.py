@@ -198,11 +198,11 @@ class GoogleEngine(Engine):
         return operation
 
     def await_shot(self, job: ShotJob, operation: str, dest: Path, progress: ProgressFn) -> Output:
-        started = time.monotonic()
-        # A recovered operation has been running since its task started: poll it as soon as that age
-        # says it may be done, not a whole first wait after the restart.
-        age = time.time() - job.started_at if job.started_at else 0.0
-        delay = max(0.0, self._polls.first_delay() - age)
+        # The operation's age counts from its task's start (just before the submission), so a
+        # recovered operation is polled as soon as its age says it may be done, not a whole first
+        # wait after the restart.
+        submitted = job.started_at or time.time()
+        delay = self._polls.delay(time.time() - submitted, first=True)
         while True:
             if time.time() + delay >= job.deadline:
                 raise EngineError(
@@ -216,11 +216,12 @@ class GoogleEngine(Engine):
                 job,
                 idempotent=True,
             )
+            age = time.time() - submitted
             if finished is not None:
                 break
-            progress(shot_progress(time.monotonic() - started))
-            delay = self._polls.next_delay()
-        self._polls.finished(time.monotonic() - started)
+            progress(shot_progress(age))
+            delay = self._polls.delay(age)
+        self._polls.finished(age)
         self._retry(
             lambda: self._backend.veo.fetch(finished, dest, self._timeout(job)),
             "downloading the video",

@@ -2,11 +2,17 @@
 
 Google's guidance is to poll a video operation about every 10 seconds; a shot takes from about half
 a minute to several minutes, so polling a young operation mostly asks a question whose answer is
-known. The schedule waits before the first poll for most of the time operations have recently taken
-here (4/5 of the median of the last ones seen finishing; twice the interval until there are any),
-then polls every ``NANOGEN_GOOGLE_POLL_INTERVAL_S``. Each delay is jittered by a tenth, so that a
-burst of shots submitted together does not poll in step. A shot is seen done at most one interval
-(and its jitter) after Veo finishes it.
+known, and polling every 10 s sees a finished shot up to 10 s late. The schedule learns from the
+operations this process saw finish (their ages when seen done, the last ``HISTORY``): it polls every
+``NANOGEN_GOOGLE_POLL_INTERVAL_S`` (10 s) except in the window where most of them finished (from
+just before the 10th percentile to the 90th, plus one interval), where it polls every fifth of that
+(2 s); before the window it waits for the window, three intervals at most at a time. Until
+anything has finished, the first poll comes after two intervals. Every delay is jittered by a
+tenth, so that a burst of shots submitted together does not poll in step.
+
+So a shot that takes about as long as recent ones is seen done within about 2 s, for a few more
+polls than every 10 s would make; one that takes much longer, within 10 s, and one much quicker than
+the recent ones, within 30 s.
 """
 
 from __future__ import annotations
@@ -16,34 +22,49 @@ import statistics
 import threading
 from collections import deque
 
-# How many recent operations the median is taken over.
+# How many recent operations the window is learned from.
 HISTORY = 100
-FIRST_POLL_SHARE = 0.8  # of the median: the first poll comes shortly before most operations finish
+EARLY = 0.9  # the window opens at this share of the 10th percentile
+DENSE = 5  # polls per interval inside the window
+MIN_DENSE_S = 1.0
+MAX_WAIT = 3  # intervals: a shot much quicker than the recent ones is seen at most this late
 JITTER = 0.1
 
 
 class PollSchedule:
     def __init__(self, interval_s: float, history: int = HISTORY) -> None:
         self.interval_s = interval_s
-        self._durations: deque[float] = deque(maxlen=history)
+        self._ages: deque[float] = deque(maxlen=history)
+        self._window: tuple[float, float] | None = None
         self._lock = threading.Lock()
 
-    def first_delay(self) -> float:
-        """Seconds from submission (or recovery) to the first poll."""
+    def delay(self, age_s: float, *, first: bool = False) -> float:
+        """Seconds to wait before polling an operation ``age_s`` old (0: just submitted). ``first``:
+        this process has not polled it yet (a recovered operation past its window is polled now)."""
         with self._lock:
-            typical = statistics.median(self._durations) if self._durations else None
-        if typical is None:
-            return _jittered(2 * self.interval_s)
-        return _jittered(max(self.interval_s, FIRST_POLL_SHARE * typical))
+            window = self._window
+        # Until an operation has finished here: the first poll after two intervals, then every one.
+        opens, closes = window or (2 * self.interval_s, 0.0)
+        if age_s < opens:  # young: wait for the window, but never more than MAX_WAIT intervals at once
+            wait = min(opens - age_s, MAX_WAIT * self.interval_s)
+        elif first:
+            wait = 0.0
+        elif age_s < closes:
+            wait = max(MIN_DENSE_S, self.interval_s / DENSE)
+        else:
+            wait = self.interval_s
+        return _jittered(wait)
 
-    def next_delay(self) -> float:
-        """Seconds between later polls."""
-        return _jittered(self.interval_s)
-
-    def finished(self, waited_s: float) -> None:
-        """An operation was seen done ``waited_s`` after its wait began."""
+    def finished(self, age_s: float) -> None:
+        """An operation was seen done ``age_s`` after it was submitted."""
         with self._lock:
-            self._durations.append(waited_s)
+            self._ages.append(age_s)
+            if len(self._ages) >= 2:
+                deciles = statistics.quantiles(self._ages, n=10, method="inclusive")
+                low, high = deciles[0], deciles[-1]
+            else:
+                low = high = self._ages[0]
+            self._window = (EARLY * low, high + self.interval_s)
 
 
 def _jittered(seconds: float) -> float:
