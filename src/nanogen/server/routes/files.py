@@ -11,7 +11,11 @@ of the file is 416 RANGE_NOT_SATISFIABLE.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import BinaryIO
 
+import anyio
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
@@ -44,34 +48,46 @@ def _expired(svc: Services, key: str) -> bool:
 
 
 class _File(FileResponse):
-    """A FileResponse that sees ``byte_range`` as the request's Range header (None: no header), so
-    that it serves exactly the ranges checked here (its own parser answers 400 to what RFC 9110 says
-    to ignore)."""
+    """A FileResponse of a file opened before its headers were sent: retention may delete the file
+    meanwhile, and the open file is still read whole (rather than a 200 whose body never comes).
+    It sees ``byte_range`` as the request's Range header (None: no header), so that it serves
+    exactly the ranges checked here (its own parser answers 400 to what RFC 9110 says to ignore)."""
 
-    def __init__(
-        self, path: os.PathLike[str], key: str, byte_range: str | None, stat: os.stat_result
-    ) -> None:
+    def __init__(self, file: BinaryIO, key: str, byte_range: str | None, stat: os.stat_result) -> None:
         headers = {"Cache-Control": CACHE_CONTROL}
-        super().__init__(path, headers=headers, media_type=content_type_for(key), stat_result=stat)
+        super().__init__(file.name, headers=headers, media_type=content_type_for(key), stat_result=stat)
         self.byte_range = byte_range
+        self._file = file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
         if self.byte_range is not None:
             headers.append((b"range", self.byte_range.encode()))
-        await super().__call__({**scope, "headers": headers}, receive, send)
+        try:
+            await super().__call__({**scope, "headers": headers}, receive, send)
+        finally:
+            self._file.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        yield anyio.wrap_file(self._file)  # closed by __call__ once the response is sent
 
 
 def _local(path: os.PathLike[str], key: str, header: str | None) -> Response:
     try:
-        stat = os.stat(path)
+        file = open(path, "rb")  # noqa: SIM115 - closed by the response once it is sent
     except FileNotFoundError:
         raise FileMissing(key) from None
-    ranges = parse_range(header)
-    selected = satisfiable(ranges, stat.st_size) if ranges is not None else None
-    if selected == []:
-        raise errors.RangeNotSatisfiable(stat.st_size)
-    return _File(path, key, range_header(selected) if selected else None, stat)
+    try:
+        stat = os.fstat(file.fileno())
+        ranges = parse_range(header)
+        selected = satisfiable(ranges, stat.st_size) if ranges is not None else None
+        if selected == []:
+            raise errors.RangeNotSatisfiable(stat.st_size)
+        return _File(file, key, range_header(selected) if selected else None, stat)
+    except BaseException:
+        file.close()
+        raise
 
 
 @router.get(
