@@ -6,6 +6,7 @@ DBOS is a process-wide singleton, so every server runs in its own process.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import signal
@@ -67,8 +68,11 @@ class Server:
             NANOGEN_EXECUTOR_ID="test-serve",
             NANOGEN_LOG_LEVEL="warning",
             NANOGEN_WATCHDOG_INTERVAL_S="0.5",
-            # Shots dispatched as fast as images: the tests wait for many videos.
+            # Shots dispatched about as fast as images (the tests wait for many videos), and images
+            # polled every 0.1 s rather than the sandbox's 0.05 s: an idle server's polling is most
+            # of its CPU, and a run has several servers up at any time.
             NANOGEN_VIDEO_QUEUE_POLLING_INTERVAL_S="0.1",
+            NANOGEN_IMAGE_QUEUE_POLLING_INTERVAL_S="0.1",
         )
         if self.database_url:
             env["NANOGEN_DATABASE_URL"] = self.database_url
@@ -195,24 +199,40 @@ def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
         time.sleep(interval)
 
 
-def _uses_postgres(item: pytest.Item, sources: dict[Path, bool]) -> bool:
+def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
+    """Whether a test touches PostgreSQL: it is the postgres case of a fixture parametrised over both
+    databases, or it (or a fixture it uses) opens a PostgreSQL database of its own."""
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "postgres" in callspec.id.split("-"):
         return True
-    path = Path(str(item.fspath))
-    if path not in sources:
-        sources[path] = "postgres" in path.read_text()
-    return sources[path]
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        for defs in info.name2fixturedefs.values():
+            # A fixture parametrised over the databases is the callspec's to decide (above).
+            functions.extend(d.func for d in defs if not d.params)
+    for function in functions:
+        if function is None:
+            continue
+        if function not in memo:
+            try:
+                memo[function] = "postgres" in inspect.getsource(function)
+            except (OSError, TypeError):
+                memo[function] = False
+        if memo[function]:
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (scripts/test), every test that starts servers on the
-    shared PostgreSQL runs on one worker, one at a time as before: each server holds up to 17
-    connections, a fault test's cluster several times that, and the server's default max_connections
-    (100) is shared with whatever else runs on the machine. The SQLite tests spread over the other workers."""
-    sources: dict[Path, bool] = {}
+    """Under ``pytest -n N --dist loadgroup`` (scripts/test), every test that touches the shared
+    PostgreSQL runs on one worker, one at a time: each server holds up to 15 connections, a fault
+    test's cluster several times that, and the server's default max_connections (100) is shared
+    with whatever else runs on the machine. Every other test, including the SQLite cases of the same
+    files, spreads over the workers."""
+    memo: dict[Any, bool] = {}
     for item in items:
-        if _uses_postgres(item, sources):
+        if _uses_postgres(item, memo):
             item.add_marker(pytest.mark.xdist_group("postgres"))
 
 
