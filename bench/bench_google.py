@@ -434,6 +434,7 @@ class Outcome:
     refused: int
     submit_s: float
     wall_s: float | None  # None: not all done within the timeout
+    first_refusals: list[str]
     shots_done_s: float | None
     completed: int
     failed: int
@@ -485,6 +486,7 @@ class Outcome:
             "requests": self.requests,
             "shots": self.shots,
             "refused_submits": self.refused,
+            "first_refusals": self.first_refusals,
             "submit_s": round(self.submit_s, 2),
             "wall_s": None if self.wall_s is None else round(self.wall_s, 2),
             "shots_done_s": None if self.shots_done_s is None else round(self.shots_done_s, 2),
@@ -578,6 +580,7 @@ def run_case(
         requests=len(shots_per_request),
         shots=sum(max(1, s) for s in shots_per_request),
         refused=len(submitted.refused),
+        first_refusals=submitted.refused[:5],
         submit_s=submitted.seconds,
         wall_s=seen - t0 if state.done else None,
         shots_done_s=(state.last_finished_at - t0) if state.done and state.last_finished_at else None,

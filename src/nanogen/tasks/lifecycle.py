@@ -104,6 +104,12 @@ def account_concurrency(rt: Runtime, product: Product) -> int | None:
     return max(cap, MAX_SHOTS) if product is Product.VIDEO else cap
 
 
+# Concatenations a worker runs at once. A stream-copy join takes a fraction of a second, and DBOS
+# starts queued work only at its polls (every 0.5 s): with 2 at once, 48 videos whose shots ended
+# together waited ~20 s for their joins.
+MEDIA_CONCURRENCY = 4
+
+
 # Threads beyond the queues' slots: DBOS's own housekeeping, and the recovery of workflows that
 # were running when the process stopped, which start before the queues are polled.
 SPARE_EXECUTOR_THREADS = 16
@@ -144,7 +150,7 @@ def worker_queues(rt: Runtime) -> dict[str, QueueSettings]:
         for product, engine in rt.engine_names.items()
         if engine in wanted
     }
-    queues[MEDIA_QUEUE] = QueueSettings(2, settings.media_queue_polling_interval_s)
+    queues[MEDIA_QUEUE] = QueueSettings(MEDIA_CONCURRENCY, settings.media_queue_polling_interval_s)
     return queues
 
 

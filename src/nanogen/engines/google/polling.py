@@ -5,14 +5,15 @@ a minute to several minutes, so polling a young operation mostly asks a question
 known, and polling every 10 s sees a finished shot up to 10 s late. The schedule learns from the
 operations this process saw finish (their ages when seen done, the last ``HISTORY``): it polls every
 ``NANOGEN_GOOGLE_POLL_INTERVAL_S`` (10 s) except in the window where most of them finished (from
-just before the 10th percentile to the 90th, plus one interval), where it polls every fifth of that
-(2 s); before the window it waits for the window, three intervals at most at a time. Until
-anything has finished, the first poll comes after two intervals. Every delay is jittered by a
-tenth, so that a burst of shots submitted together does not poll in step.
+just before the 10th percentile to just after the 90th), where it polls up to ten times across the
+window, never more often than every fifth of an interval (2 s). Before the window it waits for the
+window, three intervals at most at a time. Until anything has finished, the first poll comes after
+two intervals. Every delay is jittered by a tenth, so that a burst of shots submitted together does
+not poll in step.
 
-So a shot that takes about as long as recent ones is seen done within about 2 s, for a few more
-polls than every 10 s would make; one that takes much longer, within 10 s, and one much quicker than
-the recent ones, within 30 s.
+So where recent shots took about the same time, one of that length is seen done within about 2 s,
+for a few more polls than every 10 s would make; where they varied widely, or a shot takes much
+longer, within 10 s; one much quicker than the recent ones, within 30 s.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import deque
 HISTORY = 100
 EARLY = 0.9  # the window opens at this share of the 10th percentile
 DENSE = 5  # polls per interval inside the window
-MIN_DENSE_S = 1.0
+WINDOW_POLLS = 10  # at most this many polls across the window
 MAX_WAIT = 3  # intervals: a shot much quicker than the recent ones is seen at most this late
 JITTER = 0.1
 
@@ -35,7 +36,7 @@ class PollSchedule:
     def __init__(self, interval_s: float, history: int = HISTORY) -> None:
         self.interval_s = interval_s
         self._ages: deque[float] = deque(maxlen=history)
-        self._window: tuple[float, float] | None = None
+        self._window: tuple[float, float, float] | None = None  # opens, closes, the polls' spacing
         self._lock = threading.Lock()
 
     def delay(self, age_s: float, *, first: bool = False) -> float:
@@ -44,13 +45,13 @@ class PollSchedule:
         with self._lock:
             window = self._window
         # Until an operation has finished here: the first poll after two intervals, then every one.
-        opens, closes = window or (2 * self.interval_s, 0.0)
+        opens, closes, dense = window or (2 * self.interval_s, 0.0, self.interval_s)
         if age_s < opens:  # young: wait for the window, but never more than MAX_WAIT intervals at once
             wait = min(opens - age_s, MAX_WAIT * self.interval_s)
         elif first:
             wait = 0.0
         elif age_s < closes:
-            wait = max(MIN_DENSE_S, self.interval_s / DENSE)
+            wait = dense
         else:
             wait = self.interval_s
         return _jittered(wait)
@@ -64,7 +65,10 @@ class PollSchedule:
                 low, high = deciles[0], deciles[-1]
             else:
                 low = high = self._ages[0]
-            self._window = (EARLY * low, high + self.interval_s)
+            # At most WINDOW_POLLS polls across the window, never closer than a fifth of the interval:
+            # where durations vary widely, every interval (Google's guidance) is as good as it gets.
+            dense = min(self.interval_s, max(self.interval_s / DENSE, (high - low) / WINDOW_POLLS))
+            self._window = (EARLY * low, high + dense, dense)
 
 
 def _jittered(seconds: float) -> float:
