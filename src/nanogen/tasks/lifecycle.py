@@ -104,10 +104,10 @@ def account_concurrency(rt: Runtime, product: Product) -> int | None:
     return max(cap, MAX_SHOTS) if product is Product.VIDEO else cap
 
 
-# Concatenations a worker runs at once. A stream-copy join takes a fraction of a second, and DBOS
-# starts queued work only at its polls (every 0.5 s): with 2 at once, 48 videos whose shots ended
-# together waited ~20 s for their joins.
-MEDIA_CONCURRENCY = 4
+# Concatenations a worker runs at once. Joins are CPU work (PyAV), so more at once does not finish a
+# burst sooner on a small machine: 48 videos whose shots ended together took 22.6 s to join with 4 at
+# once, against 18.2 s with 2 (bench/bench_google.py, case b, 2 cores).
+MEDIA_CONCURRENCY = 2
 
 
 # Threads beyond the queues' slots: DBOS's own housekeeping, and the recovery of workflows that
