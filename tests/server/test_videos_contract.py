@@ -44,8 +44,32 @@ def poll(account: Account, accepted: dict[str, Any], timeout: float = 240) -> di
         assert body["status"] in ("processing", "completed", "failed")
         return body if body["status"] != "processing" else None
 
-    result: dict[str, Any] = wait_for(done, timeout)
+    try:
+        result: dict[str, Any] = wait_for(done, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_where_the_shots_are(account, accepted)}") from None
     return result
+
+
+def _where_the_shots_are(account: Account, accepted: dict[str, Any]) -> str:
+    """The shots' task rows and their DBOS workflows, for a generation that never ended (seen on a
+    loaded machine's shared PostgreSQL server and not yet explained: this says where it stopped)."""
+    ids = [s["taskId"] for s in accepted["shots"]]
+    marks = ", ".join("?" * len(ids))
+    dbos = "dbos.workflow_status" if account.server.database_url else "workflow_status"
+    task_sql = f"SELECT id, status, attempts, progress, error FROM nanogen_tasks WHERE id IN ({marks})"
+    generation_sql = "SELECT concat_status, concat_error FROM nanogen_generations WHERE id = ?"
+    workflow_sql = (
+        f"SELECT workflow_uuid, status, queue_name, executor_id, started_at_epoch_ms FROM {dbos} "
+        f"WHERE workflow_uuid IN ({marks}, ?)"
+    )
+    with account.server.db() as db:
+        tasks = db.execute(task_sql, tuple(ids)).fetchall()
+        generation = db.execute(generation_sql, (accepted["generationId"],)).fetchall()
+        workflows = db.execute(workflow_sql, (*ids, f"concat_{accepted['generationId']}")).fetchall()
+        queued = db.execute(f"SELECT queue_name, status, COUNT(*) FROM {dbos} GROUP BY 1, 2").fetchall()
+    log = account.server.log_tail()[-1500:]
+    return f"tasks {tasks}\ngeneration {generation}\nworkflows {workflows}\nby queue {queued}\nlog {log}"
 
 
 def probe(account: Account, url: str, tmp_path: Path) -> tuple[int, int, float, int, float]:
