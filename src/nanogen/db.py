@@ -265,6 +265,13 @@ def unavailable(exc: BaseException) -> bool:
     )
 
 
+# How work that failed on a transient database error is tried again (DBOS database steps, and a
+# task's end written in place): up to 10 tries, 1 s apart and half as long again each time (75 s).
+RETRY_ATTEMPTS = 10
+RETRY_INTERVAL_S = 1.0
+RETRY_BACKOFF = 1.5
+
+
 def transient(exc: BaseException) -> bool:
     """Worth running the same work again: a conflict, or a database briefly unreachable."""
     return conflict(exc) or unavailable(exc)

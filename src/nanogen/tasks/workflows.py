@@ -27,7 +27,14 @@ from typing import Any, ParamSpec, TypeVar
 from dbos import DBOS
 
 from nanogen import metrics
-from nanogen.db import read_connection, transient, write_transaction
+from nanogen.db import (
+    RETRY_ATTEMPTS,
+    RETRY_BACKOFF,
+    RETRY_INTERVAL_S,
+    read_connection,
+    transient,
+    write_transaction,
+)
 from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
@@ -48,14 +55,14 @@ FAILED_MESSAGE = {Product.IMAGE: "Image generation failed", Product.VIDEO: "Vide
 def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A step whose effects are idempotent, retried with backoff (about a minute in all) after a
     conflict or while the database is unreachable (a restart, a failover) instead of failing the
-    task. The provider submit step is not one: re-running it after an unrecorded submission could
-    pay twice."""
+    task. A paid submission in it is made once: it is recorded before the step can end, and a
+    re-run finds it (run_step)."""
     return DBOS.step(
         name=name,
         retries_allowed=True,
-        interval_seconds=1.0,
-        max_attempts=10,
-        backoff_rate=1.5,
+        interval_seconds=RETRY_INTERVAL_S,
+        max_attempts=RETRY_ATTEMPTS,
+        backoff_rate=RETRY_BACKOFF,
         should_retry=transient,
     )
 
@@ -172,7 +179,8 @@ def _generate(
     """The engine's output, and what the provider charged for a synchronous call (None: nothing
     known, or paid at submission)."""
     engine = rt.engines[record.product]
-    progress = _progress_reporter(rt, record.id, every_s=PROGRESS_EVERY_S if operation is None else 5.0)
+    every_s = PROGRESS_EVERY_S if operation is None else OPERATION_PROGRESS_EVERY_S
+    progress = _progress_reporter(rt, record.id, every_s)
     # The job's stop signal is this process's handle on it: the watchdog sets it when the task ends
     # (its deadline, or failed or canceled by any process), and the engine's waits end at once.
     running = metrics.JOBS_RUNNING.labels(record.product.value, record.engine)
@@ -237,23 +245,20 @@ def _fail(rt: Runtime, task_id: str, error: str) -> dict[str, str]:
     return {"status": FAILED if failed else ENDED}
 
 
-# The end of a task is written with the same patience as a database step (about two minutes in
-# all), but without running the engine again: a write that finds the database briefly gone retries
-# alone. Past that the step fails and DBOS runs it again.
-SETTLE_ATTEMPTS = 10
-
-
 def _settle(write: Callable[[], R]) -> R:
-    delay = 1.0
-    for attempt in range(1, SETTLE_ATTEMPTS + 1):
+    """``write()``, retried as a database step is (about a minute in all), but without running the
+    engine again: a write that finds the database briefly gone retries alone. Past that the step
+    fails and DBOS runs it again."""
+    delay = RETRY_INTERVAL_S
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return write()
         except Exception as exc:
-            if not transient(exc) or attempt == SETTLE_ATTEMPTS:
+            if not transient(exc) or attempt == RETRY_ATTEMPTS:
                 raise
             log.warning("a task's write failed (%s); again in %.1fs", exc, delay)
             time.sleep(delay)
-            delay *= 1.5
+            delay *= RETRY_BACKOFF
     raise AssertionError("unreachable")
 
 
@@ -262,6 +267,7 @@ def _settle(write: Callable[[], R]) -> R:
 # database (a sandbox image reported five steps in its 50 ms, five write transactions). A provider's
 # long-running operation reports an estimate at each poll: written every 5 s at most.
 PROGRESS_EVERY_S = 0.25
+OPERATION_PROGRESS_EVERY_S = 5.0
 
 
 def _progress_reporter(rt: Runtime, task_id: str, every_s: float = PROGRESS_EVERY_S) -> ProgressFn:

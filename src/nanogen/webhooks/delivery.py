@@ -23,7 +23,14 @@ import httpx
 from dbos import DBOS
 
 from nanogen import __version__, metrics
-from nanogen.db import read_connection, transient, write_transaction
+from nanogen.db import (
+    RETRY_ATTEMPTS,
+    RETRY_BACKOFF,
+    RETRY_INTERVAL_S,
+    read_connection,
+    transient,
+    write_transaction,
+)
 from nanogen.errors import FetchError
 from nanogen.media.fetch import CheckedTarget, FetchPolicy, check_target
 from nanogen.tasks.runtime import Runtime, current
@@ -49,9 +56,9 @@ async def deliver(delivery_id: str) -> str:
 @DBOS.step(
     name="nanogen.webhook_attempt",
     retries_allowed=True,
-    interval_seconds=1.0,
-    max_attempts=10,
-    backoff_rate=1.5,
+    interval_seconds=RETRY_INTERVAL_S,
+    max_attempts=RETRY_ATTEMPTS,
+    backoff_rate=RETRY_BACKOFF,
     should_retry=transient,  # the database briefly unreachable: the attempt again, later
 )
 async def attempt_step(delivery_id: str, number: int) -> dict[str, Any]:
