@@ -172,6 +172,18 @@ def test_a_malformed_answer_fails_once_and_refunds(fake: FakeGoogle, account: Ac
     account.assert_books_balance()
 
 
+def test_a_png_cut_short_fails_once_and_refunds(fake: FakeGoogle, account: Account) -> None:
+    """nanogen checks Google's PNG to its end (every chunk's checksum) before storing it."""
+    prompt = "A kite over the dunes [google:corrupt]"
+    accepted = generate_image(account, {"prompt": prompt})
+    final, _ = wait_image(account, accepted["generationId"])
+    assert final["status"] == "failed"
+    assert final["error"].startswith("Google returned a malformed response (the image does not decode")
+    assert len(fake.requests_for(prompt, ":generateContent")) == 1, "a paid call is not repeated"
+    assert account.balance() == 1000
+    account.assert_books_balance()
+
+
 def test_the_output_is_what_google_returned(fake: FakeGoogle, server: Server, account: Account) -> None:
     """Byte for byte: nanogen stores Google's PNG (the final part, not the thought parts before it)."""
     prompt = "A bowl of ramen, top view"

@@ -19,6 +19,7 @@ Behaviour comes from markers in the prompt, so tests running side by side never 
 ``[google:429xN]``         the first N calls with this prompt get 429 RESOURCE_EXHAUSTED (with RetryInfo)
 ``[google:500xN]``         the first N calls with this prompt get 500 INTERNAL
 ``[google:malformed]``     an image answer that is not JSON; a video file that is not an MP4
+``[google:corrupt]``       an image answer whose PNG is cut short (its last chunks missing)
 ``[google:poll500xN]``     the first N polls of the operation answer 500
 ``[google:poll429xN]``     the first N polls of the operation answer 429 RESOURCE_EXHAUSTED (with RetryInfo)
 ``[google:filtered]``      the operation ends with ``raiMediaFilteredReasons`` and no video
@@ -458,6 +459,8 @@ class FakeGoogle:
             return self._json(200, {"candidates": [candidate], "usageMetadata": usage})
         inputs = [data for data, _ in inline_parts(parts)]
         final = picture(IMAGE_SIZES[ratio][quality], r.prompt, inputs)
+        if "corrupt" in wanted:
+            final = final[: len(final) // 2]
         with self.lock:
             self.images[r.prompt] = final
         draft = png(Image.new("RGB", (64, 64), (128, 128, 128)))

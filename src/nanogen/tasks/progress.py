@@ -3,7 +3,7 @@
 A generation's **state number** sums what only moves forward: per task, ``pending`` 0, ``generating``
 1 + its progress (0-100), ended (completed or failed) 102; plus 1 once a multi-shot video's
 concatenation has settled (completed or failed), plus 1. Status and progress never move back (the
-transitions are conditional, ``store.set_progress`` only raises it, a failure's progress of 0 counts
+transitions are conditional, ``store.set_progress_many`` only raises it, a failure's progress of 0 counts
 as ended), so the number grows whenever anything a check-status answer shows changes, and two reads
 with the same number show the same state. It is the events' ``id`` (no column of its own).
 

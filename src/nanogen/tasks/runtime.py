@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from nanogen.products import Product
+from nanogen.tasks.progress_writer import ProgressWriter
 
 if TYPE_CHECKING:
     from dbos import DBOSClient
@@ -67,6 +68,10 @@ class Runtime:
     dbos_client: DBOSClient
     engine_names: dict[Product, str] = field(default_factory=dict)
     running: RunningJobs = field(default_factory=RunningJobs)
+    progress: ProgressWriter = field(init=False)  # the jobs' progress reports, written in batches
+
+    def __post_init__(self) -> None:
+        self.progress = ProgressWriter(self.db)
 
     def queue_for(self, product: Product) -> str:
         return queue_name(product, self.engine_names[product])

@@ -275,17 +275,27 @@ def count_attempt(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     return None if record is None or record.status.is_terminal else record
 
 
-def set_progress(conn: sa.Connection, task_id: str, progress: int) -> None:
-    """Progress only moves forward, and only while the task runs."""
-    conn.execute(
-        sa.update(tasks)
-        .where(
-            tasks.c.id == task_id,
-            tasks.c.status == TaskStatus.GENERATING.value,
-            tasks.c.progress < progress,
-        )
-        .values(progress=min(100, max(0, progress)))
+_RAISE_PROGRESS = Prepared(
+    sa.update(tasks)
+    .where(
+        tasks.c.id == sa.bindparam("task_id"),
+        tasks.c.status == sa.bindparam("running"),
+        tasks.c.progress < sa.bindparam("value"),
     )
+    .values(progress=sa.bindparam("value"))
+)
+
+
+def set_progress_many(conn: sa.Connection, progress: dict[str, int]) -> None:
+    """Raise the progress of many tasks (task id: 0-100) in one statement. Progress only moves
+    forward, and only while the task runs. Rows are taken in id order (writers in several
+    processes then lock rows in one order)."""
+    running = TaskStatus.GENERATING.value
+    rows = [
+        {"task_id": t, "value": min(100, max(0, v)), "running": running} for t, v in sorted(progress.items())
+    ]
+    if rows:
+        _RAISE_PROGRESS.run_many(conn, rows)
 
 
 def record_operation(conn: sa.Connection, task_id: str, operation: str, cost_micros: int | None) -> str:

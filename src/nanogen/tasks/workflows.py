@@ -262,10 +262,10 @@ def _settle(write: Callable[[], R]) -> R:
     raise AssertionError("unreachable")
 
 
-# After its first report (written at once: "the request is in flight"), a task's progress is written
-# at most this often: clients poll every few seconds, and each write is a transaction in the one
-# database (a sandbox image reported five steps in its 50 ms, five write transactions). A provider's
-# long-running operation reports an estimate at each poll: written every 5 s at most.
+# A task's progress is reported at most this often (its first report at once: "the request is in
+# flight"): clients poll every few seconds, and a sandbox image reports five steps in its 50 ms. A
+# provider's long-running operation reports an estimate at each poll: every 5 s at most. The reports
+# of every job are written together (progress_writer.py).
 PROGRESS_EVERY_S = 0.25
 OPERATION_PROGRESS_EVERY_S = 5.0
 
@@ -281,13 +281,7 @@ def _progress_reporter(rt: Runtime, task_id: str, every_s: float = PROGRESS_EVER
         if value <= last or now < due:
             return
         last, due = value, now + every_s
-        try:
-            with write_transaction(rt.db) as conn:
-                store.set_progress(conn, task_id, value)
-        except Exception as exc:  # progress is advisory: a write lost to an outage is skipped
-            if not transient(exc):
-                raise
-            log.debug("progress of %s not recorded: %s", task_id, exc)
+        rt.progress.report(task_id, value)
 
     return report
 
