@@ -471,6 +471,7 @@ class Outcome:
                 "polls",
                 "polls_per_operation",
                 "done_seen_after_ready_s",
+                "submit_span_s",
                 "sent_429_total",
                 "sent_503",
                 "rejected",

@@ -383,6 +383,8 @@ class FakeGoogle:
                 "p50": round(lags[len(lags) // 2], 3) if lags else None,
                 "max": round(lags[-1], 3) if lags else None,
             },
+            # Where a wave's wall time goes: its submissions' spread, then the latency and the lag.
+            "submit_span_s": round(s.submit_times[-1] - s.submit_times[0], 3) if s.submit_times else None,
             "downloads": s.downloads,
             "signed_downloads": s.signed_downloads,
             "model_gets": s.model_gets,

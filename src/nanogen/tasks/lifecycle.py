@@ -77,6 +77,7 @@ class Process:
         # stays with this executor id (recovered on restart) or goes to the deadline watchdog.
         DBOS.destroy(workflow_completion_timeout_sec=self.runtime.settings.shutdown_grace_s)
         self.runtime.progress.stop()
+        self.runtime.task_writes.stop()
         self.runtime.dbos_client.destroy()
         self.runtime.db.dispose()
         runtime_module.install(None)

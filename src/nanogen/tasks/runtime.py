@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from nanogen.products import Product
 from nanogen.tasks.progress_writer import ProgressWriter
+from nanogen.tasks.task_writer import TaskWriter
 
 if TYPE_CHECKING:
     from dbos import DBOSClient
@@ -69,9 +70,11 @@ class Runtime:
     engine_names: dict[Product, str] = field(default_factory=dict)
     running: RunningJobs = field(default_factory=RunningJobs)
     progress: ProgressWriter = field(init=False)  # the jobs' progress reports, written in batches
+    task_writes: TaskWriter = field(init=False)  # the jobs' task transitions, committed in groups
 
     def __post_init__(self) -> None:
         self.progress = ProgressWriter(self.db)
+        self.task_writes = TaskWriter(self.db)
 
     def queue_for(self, product: Product) -> str:
         return queue_name(product, self.engine_names[product])

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import sqlalchemy as sa
 from dbos import DBOS
 
 from nanogen import metrics
@@ -90,11 +91,14 @@ def run_step(task_id: str) -> dict[str, Any]:
     recorded on the task row before anything waits on it; a re-run of this step (after a crash, or a
     database outage) finds it there and awaits it again instead of paying twice."""
     rt = current()
-    with write_transaction(rt.db) as conn:
+
+    def start(conn: sa.Connection) -> tuple[store.TaskRecord | None, store.GenerationRecord | None]:
         started = store.start(conn, task_id) and store.count_attempt(conn, task_id)
-        if started is None:
-            return {"status": ENDED}
-        generation = store.get_generation(conn, started.generation_id)
+        return started, started and store.get_generation(conn, started.generation_id)
+
+    started, generation = rt.task_writes.write(start)
+    if started is None:
+        return {"status": ENDED}
     metrics.task_started(started)
     shape = {
         "generation_id": started.generation_id,
@@ -127,8 +131,8 @@ def _submit(rt: Runtime, record: store.TaskRecord) -> dict[str, str]:
         return _fail(rt, record.id, FAILED_MESSAGE[record.product])
 
     def write() -> str:
-        with write_transaction(rt.db) as conn:
-            return store.record_operation(conn, record.id, operation, engine.cost_micros(job))
+        cost = engine.cost_micros(job)
+        return rt.task_writes.write(lambda conn: store.record_operation(conn, record.id, operation, cost))
 
     try:
         return {"operation": _settle(write)}
@@ -206,19 +210,20 @@ def _paid(engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> 
 
 
 def _complete(rt: Runtime, task_id: str, key: str, cost: int | None, seed: int | None) -> dict[str, str]:
-    def write() -> tuple[bool, store.TaskRecord | None]:
-        with write_transaction(rt.db) as conn:
-            before = store.get_task(conn, task_id)
-            if cost is not None:
-                store.set_provider_cost(conn, task_id, cost)
-            if seed is not None:  # a local engine's: to make it again
-                store.record_seed(conn, task_id, seed)
-            done = store.complete(conn, task_id, rt.storage.url_for(key), key)
-            if done and before is not None:
-                webhook_events.generation_ended(rt, conn, before.generation_id)
+    url = rt.storage.url_for(key)
+
+    def write(conn: sa.Connection) -> tuple[bool, store.TaskRecord | None]:
+        before = store.get_task(conn, task_id)
+        if cost is not None:
+            store.set_provider_cost(conn, task_id, cost)
+        if seed is not None:  # a local engine's: to make it again
+            store.record_seed(conn, task_id, seed)
+        done = store.complete(conn, task_id, url, key)
+        if done and before is not None:
+            webhook_events.generation_ended(rt, conn, before.generation_id)
         return done, before
 
-    done, before = _settle(write)
+    done, before = _settle(lambda: rt.task_writes.write(write))
     if done and before is not None:
         metrics.task_completed(before)
     elif before is not None and before.output_key == key:
@@ -231,15 +236,14 @@ def _complete(rt: Runtime, task_id: str, key: str, cost: int | None, seed: int |
 
 
 def _fail(rt: Runtime, task_id: str, error: str) -> dict[str, str]:
-    def write() -> tuple[bool, store.TaskRecord | None]:
-        with write_transaction(rt.db) as conn:
-            before = store.get_task(conn, task_id)
-            failed = store.fail_and_refund(conn, task_id, error)
-            if failed and before is not None:
-                webhook_events.generation_ended(rt, conn, before.generation_id)
+    def write(conn: sa.Connection) -> tuple[bool, store.TaskRecord | None]:
+        before = store.get_task(conn, task_id)
+        failed = store.fail_and_refund(conn, task_id, error)
+        if failed and before is not None:
+            webhook_events.generation_ended(rt, conn, before.generation_id)
         return failed, before
 
-    failed, before = _settle(write)
+    failed, before = _settle(lambda: rt.task_writes.write(write))
     if failed and before is not None:
         metrics.task_failed(before, "engine")
     return {"status": FAILED if failed else ENDED}

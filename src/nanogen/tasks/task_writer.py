@@ -1,0 +1,133 @@
+"""Group commit for the jobs' task writes: a task's start, its recorded provider operation, its end.
+
+Each job used to write in a transaction of its own. With a thousand jobs starting at once on SQLite
+(one writer at a time), dozens of threads queued for the write lock and each holder, one thread
+among a thousand on one interpreter lock, kept it long; on PostgreSQL every one of them held a
+connection. Here a job hands its write (a function of the connection) to one thread, which runs
+every write waiting at that moment in one transaction and hands each job its result once that
+transaction has committed: a job never goes on believing a write was kept that was not.
+
+A write that raises rolls the whole batch back, and then each write of the batch runs again in a
+transaction of its own, so one job's failure never touches another's (the SubmitWriter does the
+same). Every write given here is a conditional transition of the task (store.py), safe to run again
+after a rollback. A conflict the database resolved by rolling the batch back is retried; a database
+that cannot be reached fails every write of the batch, and the jobs retry as they would their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+
+from nanogen.db import conflict, write_transaction
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+# Writes per transaction at most: a batch holds SQLite's write lock (PostgreSQL: its rows' locks) for
+# as long as its writes take, about a millisecond each.
+MAX_BATCH = 64
+CONFLICT_ATTEMPTS = 3
+
+
+@dataclass
+class _Write(Generic[R]):
+    write: Callable[[sa.Connection], R]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class TaskWriter:
+    """``write(fn)`` runs ``fn(conn)`` in a transaction shared with the other jobs' writes of the
+    moment and returns its result once committed (or raises what it, or the commit, raised).
+    The thread starts with the first write; after ``stop()`` a write runs in its own transaction."""
+
+    def __init__(self, db: sa.Engine, max_batch: int = MAX_BATCH) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def write(self, fn: Callable[[sa.Connection], R]) -> R:
+        with self._lock:
+            alone = self._stopped
+            if not alone and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nanogen-task-writer", daemon=True)
+                self._thread.start()
+        if alone:  # the process is stopping: the jobs still finishing write on their own
+            with write_transaction(self._db) as conn:
+                return fn(conn)
+        item: _Write[R] = _Write(fn)
+        self._queue.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        result: R = item.result
+        return result
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Write[Any]] = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a job waiting
+                log.exception("task writes failed")
+                for item in batch:
+                    if not item.done.is_set():
+                        item.error = exc
+                        item.done.set()
+
+    def _commit(self, batch: list[_Write[Any]], attempts: int = CONFLICT_ATTEMPTS) -> None:
+        results: list[Any] = []
+        try:
+            with write_transaction(self._db) as conn:
+                for item in batch:
+                    results.append(item.write(conn))
+        except Exception as exc:
+            if conflict(exc) and attempts > 1:
+                self._commit(batch, attempts - 1)
+                return
+            if len(batch) > 1 and len(results) < len(batch):  # a write raised: each on its own
+                for item in batch:
+                    self._commit([item], attempts)
+                return
+            for item in batch:  # the database (the commit, or one write alone): the job hears of it
+                item.error = exc
+                item.done.set()
+            return
+        for item, result in zip(batch, results, strict=True):
+            item.result = result
+            item.done.set()
