@@ -68,13 +68,18 @@ def _open(url: str, schema: str | None) -> Iterator[Database]:
         engine.dispose()
 
 
+def open_database(kind: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Database]:
+    """A migrated database of ``kind`` ("sqlite": a file; "postgres": one made for this run)."""
+    if kind == "sqlite":
+        yield from _open(f"sqlite:///{tmp_path_factory.mktemp(name) / 'nanogen.sqlite'}", None)
+        return
+    with postgres_database(name) as url:
+        yield from _open(url, "dbos")
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    if request.param == "sqlite":
-        yield from _open(f"sqlite:///{tmp_path_factory.mktemp('submit') / 'nanogen.sqlite'}", None)
-        return
-    with postgres_database("submit") as url:
-        yield from _open(url, "dbos")
+    yield from open_database(request.param, tmp_path_factory, "submit")
 
 
 def _account(db: Database, credits: int) -> str:

@@ -14,17 +14,12 @@ from nanogen.db import read_connection
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.task_writer import TaskWriter
-from tests.databases import postgres_database
-from tests.test_submit_writer import Database, _account, _open, _run, _submission
+from tests.test_submit_writer import Database, _account, _run, _submission, open_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    if request.param == "sqlite":
-        yield from _open(f"sqlite:///{tmp_path_factory.mktemp('task-writes') / 'nanogen.sqlite'}", None)
-        return
-    with postgres_database("task_writes") as url:
-        yield from _open(url, "dbos")
+    yield from open_database(request.param, tmp_path_factory, "task_writes")
 
 
 def _tasks(db: Database, count: int) -> tuple[str, list[str]]:

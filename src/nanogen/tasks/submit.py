@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from nanogen.errors import (
 )
 from nanogen.products import Product
 from nanogen.tasks import store
+from nanogen.tasks.batches import BatchQueue
 from nanogen.tasks.enqueue import PreparedEnqueue
 from nanogen.tasks.runtime import RUN_TASK
 from nanogen.tasks.status import TaskStatus
@@ -193,17 +193,13 @@ class _Pending:
     error: APIError | None = field(default=None)
 
 
-_STOP = object()
-
-
 class SubmitWriter:
     """One thread that commits submissions in batches. ``await submit(...)`` returns once committed."""
 
     def __init__(self, engine: sa.Engine, enqueue: Enqueue, max_batch: int = 64) -> None:
         self._engine = engine
         self._enqueue = enqueue
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._batches: BatchQueue[_Pending] = BatchQueue(max_batch)
         self._thread = threading.Thread(target=self._run, name="nanogen-submit-writer", daemon=True)
 
     def start(self) -> None:
@@ -211,7 +207,7 @@ class SubmitWriter:
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._batches.close()
             self._thread.join(timeout=30)
 
     async def submit(self, submission: Submission) -> None:
@@ -219,25 +215,11 @@ class SubmitWriter:
         or IdempotencyKeyInUse."""
         loop = asyncio.get_running_loop()
         pending = _Pending(submission, loop, loop.create_future())
-        self._queue.put(pending)
+        self._batches.put(pending)
         await pending.future
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch: list[_Pending] = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
+        while (batch := self._batches.take()) is not None:
             self._write(batch)
 
     def _write(self, batch: list[_Pending], attempts: int = 3) -> None:

@@ -17,7 +17,6 @@ that cannot be reached fails every write of the batch, and the jobs retry as the
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 
 from nanogen.db import conflict, write_transaction
+from nanogen.tasks.batches import BatchQueue
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -44,9 +44,6 @@ class _Write(Generic[R]):
     error: BaseException | None = None
 
 
-_STOP = object()
-
-
 class TaskWriter:
     """``write(fn)`` runs ``fn(conn)`` in a transaction shared with the other jobs' writes of the
     moment and returns its result once committed (or raises what it, or the commit, raised).
@@ -54,8 +51,7 @@ class TaskWriter:
 
     def __init__(self, db: sa.Engine, max_batch: int = MAX_BATCH) -> None:
         self._db = db
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._batches: BatchQueue[_Write[Any]] = BatchQueue(max_batch)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -70,7 +66,7 @@ class TaskWriter:
             with write_transaction(self._db) as conn:
                 return fn(conn)
         item: _Write[R] = _Write(fn)
-        self._queue.put(item)
+        self._batches.put(item)
         item.done.wait()
         if item.error is not None:
             raise item.error
@@ -82,25 +78,11 @@ class TaskWriter:
             self._stopped = True
             thread = self._thread
         if thread is not None:
-            self._queue.put(_STOP)
+            self._batches.close()
             thread.join(timeout=30)
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch: list[_Write[Any]] = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
+        while (batch := self._batches.take()) is not None:
             try:
                 self._commit(batch)
             except BaseException as exc:  # never leave a job waiting
