@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dbos import DBOS
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -109,17 +108,12 @@ def _cancel(rt: Runtime, account_id: str, generation_id: str, shot_ids: list[str
     if not canceled:
         raise errors.AlreadyEnded(f"Generation {generation_id} has already ended: nothing left to cancel")
     for task in canceled:
-        # The money is settled; now the work stops. A job running here stops at once, and its workflow
-        # then ends by itself (its remaining steps are conditional no-ops): canceling it too would only
-        # make DBOS log the cancellation as an error. Any other workflow is canceled: a queued one is
-        # taken off its queue, one in another process stops at its next step, and that process's
-        # watchdog stops its job.
-        if rt.running.stop(task.id):
-            continue
-        try:
-            DBOS.cancel_workflow(task.id)
-        except Exception:  # the watchdogs stop the job anyway; the task stays failed and refunded
-            log.warning("could not cancel workflow %s", task.id, exc_info=True)
+        # The money is settled; now the work stops. A job running here stops at once; one in another
+        # process is stopped by that process's watchdog. Either way its workflow then ends by itself,
+        # as a queued one does when it is dequeued (its steps are conditional no-ops on an ended task).
+        # Its DBOS workflow is not canceled: a workflow canceled while it runs (dequeued, its job not
+        # yet started) makes DBOS log the cancellation as an error with a traceback.
+        rt.running.stop(task.id)
     log.info("generation %s: %d task(s) canceled", generation_id, len(canceled))
     return _answer(rt, generation_id, canceled)
 
