@@ -57,16 +57,17 @@ class TaskWriter:
         self._stopped = False
 
     def write(self, fn: Callable[[sa.Connection], R]) -> R:
-        with self._lock:
+        item: _Write[R] = _Write(fn)
+        with self._lock:  # queued before stop() closes the queue, or not at all
             alone = self._stopped
-            if not alone and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nanogen-task-writer", daemon=True)
-                self._thread.start()
+            if not alone:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="nanogen-task-writer", daemon=True)
+                    self._thread.start()
+                self._batches.put(item)
         if alone:  # the process is stopping: the jobs still finishing write on their own
             with write_transaction(self._db) as conn:
                 return fn(conn)
-        item: _Write[R] = _Write(fn)
-        self._batches.put(item)
         item.done.wait()
         if item.error is not None:
             raise item.error
