@@ -95,19 +95,23 @@ class TaskWriter:
 
     def _commit(self, batch: list[_Write[Any]], attempts: int = CONFLICT_ATTEMPTS) -> None:
         results: list[Any] = []
+        writing = False  # past the connection and BEGIN: an error now may be one write's
         try:
             with write_transaction(self._db) as conn:
+                writing = True
                 for item in batch:
                     results.append(item.write(conn))
         except Exception as exc:
             if conflict(exc) and attempts > 1:
                 self._commit(batch, attempts - 1)
                 return
-            if len(batch) > 1 and len(results) < len(batch):  # a write raised: each on its own
+            if writing and len(batch) > 1 and len(results) < len(batch):  # a write raised: each alone
                 for item in batch:
                     self._commit([item], attempts)
                 return
-            for item in batch:  # the database (the commit, or one write alone): the job hears of it
+            # The database (no connection, BEGIN or the commit failed, or one write alone raised):
+            # every job of the batch hears of it at once, rather than each after a try of its own.
+            for item in batch:
                 item.error = exc
                 item.done.set()
             return
