@@ -106,10 +106,11 @@ def account_concurrency(rt: Runtime, product: Product) -> int | None:
     return max(cap, MAX_SHOTS) if product is Product.VIDEO else cap
 
 
-# Concatenations a worker runs at once. Joins are CPU work (PyAV), so more at once does not finish a
-# burst sooner on a small machine: 48 videos whose shots ended together took 22.6 s to join with 4 at
-# once, against 18.2 s with 2 (bench/bench_google.py, case b, 2 cores).
-MEDIA_CONCURRENCY = 2
+# Concatenations a worker takes from the queue at once. The queue is polled every 0.5 s and fills only
+# its free slots per poll, so with 2 slots a burst of 48 joins of 0.1 s each took 18-25 s (4 a second);
+# with 16 a poll takes the burst in a few rounds. The CPU they share is bounded apart, in
+# workflows.JOINS_AT_ONCE: the other slots wait there, each holding a blocked thread.
+MEDIA_CONCURRENCY = 16
 
 
 # Threads beyond the queues' slots: DBOS's own housekeeping, and the recovery of workflows that
