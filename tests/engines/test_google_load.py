@@ -147,3 +147,31 @@ def test_polls_begin_near_the_time_operations_take() -> None:
         varied.finished(age)
     low, high = statistics.quantiles(spread, n=10, method="inclusive")[::8]
     assert 9 <= varied.delay((low + high) / 2) <= 11, "at most ten polls across a wide window"
+
+
+def test_a_wave_waiting_before_any_window_polls_once_the_first_operations_finish() -> None:
+    schedule = PollSchedule(interval_s=1)  # looks for a window every 0.2 s while none is known
+    submitted = time.monotonic() - 60  # an operation a minute old, due for its next poll in 60 s
+    job = Job(deadline=time.time() + 600)
+    waited: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        schedule.wait(job, 60, lambda: time.monotonic() - submitted)
+        waited.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    schedule.finished(59)  # another operation of the wave, seen done at about its age
+    waiter.join(timeout=45)
+    assert not waiter.is_alive() and waited[0] < 45, "polled now, not after the 60 s it was told"
+
+    plain = PollSchedule(interval_s=1)
+    started = time.monotonic()
+    plain.wait(job, 0.5, lambda: 0.0)
+    assert time.monotonic() - started >= 0.5, "nothing learned: the wait is the one it was given"
+
+    stopped = Job(deadline=time.time() + 600)
+    stopped.stop.set()
+    with pytest.raises(JobStopped, match="task ended"):
+        schedule.wait(stopped, 60, lambda: 0.0)

@@ -208,7 +208,8 @@ class GoogleEngine(Engine):
                 raise EngineError(
                     "Generation timed out (deadline exceeded): Google's video operation had not finished"
                 )
-            job.wait(delay)  # ends early when the task ends: the operation is abandoned, not awaited
+            # Ends early when the task ends: the operation is abandoned, not awaited.
+            self._polls.wait(job, delay, lambda: time.time() - submitted)
             self._polls_made.inc()
             finished = self._retry(
                 lambda: self._backend.veo.poll(operation, self._timeout(job)),
