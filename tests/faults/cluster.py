@@ -177,11 +177,19 @@ def check_invariants(db: Database, *, allow_open: bool = False) -> Books:
 
 
 def all_terminal(db_factory: Any, timeout: float = 180) -> None:
+    """Every task ended, and every generation whose shots all completed has its concatenation
+    settled (asked for by the shot that ended last, whatever crashed meanwhile)."""
+
     def done() -> bool:
         with db_factory() as db:
             (n,) = db.execute(
                 "SELECT COUNT(*) FROM nanogen_tasks WHERE status IN ('pending', 'generating')"
             ).fetchone()
-        return int(n) == 0
+            (joins,) = db.execute(
+                "SELECT COUNT(*) FROM nanogen_generations g WHERE g.concat_status = 'pending'"
+                " AND NOT EXISTS (SELECT 1 FROM nanogen_tasks t"
+                " WHERE t.generation_id = g.id AND t.status <> 'completed')"
+            ).fetchone()
+        return int(n) == 0 and int(joins) == 0
 
     wait_for(done, timeout, interval=0.5)

@@ -8,7 +8,8 @@ point (``nanogen serve`` / ``nanogen worker``), never at import.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -60,6 +61,28 @@ class RunningJobs:
         return True
 
 
+class OncePerKey:
+    """Runs an idempotent action once per key in this process, remembering the last ``remember``
+    keys. Callers for a key take turns: the first runs it, the others find it done; if it raised, the
+    next one runs it again. Across processes the action's own idempotency is what holds."""
+
+    def __init__(self, remember: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
+
+    def run(self, key: str, action: Callable[[], object]) -> bool:
+        """Run ``action`` unless it ran for ``key`` here; True when it ran now."""
+        with self._lock:  # a short action (an insert): one lock for all keys is simplest
+            if key in self._done:
+                return False
+            action()
+            self._done[key] = None
+            if len(self._done) > self._remember:
+                self._done.popitem(last=False)
+            return True
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -69,6 +92,9 @@ class Runtime:
     dbos_client: DBOSClient
     engine_names: dict[Product, str] = field(default_factory=dict)
     running: RunningJobs = field(default_factory=RunningJobs)
+    # Concatenations this process enqueued: a generation's shots often end in one group commit, and
+    # each asks; one enqueue (a write) per generation, not one per shot.
+    concat_requests: OncePerKey = field(default_factory=OncePerKey)
     progress: ProgressWriter = field(init=False)  # the jobs' progress reports, written in batches
     task_writes: TaskWriter = field(init=False)  # the jobs' task transitions, committed in groups
 

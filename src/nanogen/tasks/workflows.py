@@ -71,7 +71,9 @@ def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 @DBOS.workflow(name=RUN_TASK)
 def run_task(task_id: str) -> str:
     ended = run_step(task_id)
-    if ended["status"] == COMPLETED and ended.get("concatenate"):
+    # Only a shot that saw its generation's shots all completed asks (a step: a checkpoint write
+    # each); a result recorded before "shots_done" existed asks as every shot used to.
+    if ended["status"] == COMPLETED and ended.get("concatenate") and ended.get("shots_done", True):
         request_concat_step(ended["generation_id"])
     return str(ended["status"])
 
@@ -98,7 +100,7 @@ def run_step(task_id: str) -> dict[str, Any]:
 
     started, generation = rt.task_writes.write(start)
     if started is None:
-        return {"status": ENDED}
+        return _ended_before(rt, task_id)
     metrics.task_started(started)
     shape = {
         "generation_id": started.generation_id,
@@ -110,7 +112,43 @@ def run_step(task_id: str) -> dict[str, Any]:
         if "operation" not in submitted:
             return shape | submitted
         operation = submitted["operation"]
-    return shape | _run(rt, started, operation)
+    return _with_shots_done(rt, shape | _run(rt, started, operation))
+
+
+def _ended_before(rt: Runtime, task_id: str) -> dict[str, Any]:
+    """A task that could not start: ended elsewhere (failed, canceled), or completed by an earlier
+    run of this step whose end committed just before a crash, before the step's result was
+    recorded. That one still asks for its generation's concatenation, if it was the last shot."""
+    with read_connection(rt.db) as conn:
+        record = store.get_task(conn, task_id)
+        generation = record and store.get_generation(conn, record.generation_id)
+    if record is None or record.status is not TaskStatus.COMPLETED or generation is None:
+        return {"status": ENDED}
+    ended = {
+        "status": COMPLETED,
+        "generation_id": record.generation_id,
+        "concatenate": generation.concat_status is not None,
+    }
+    return _with_shots_done(rt, ended)
+
+
+def _with_shots_done(rt: Runtime, ended: dict[str, Any]) -> dict[str, Any]:
+    """A completed shot of a multi-shot generation: whether every shot has completed, read after
+    this one's end committed, so that of shots ending together at least the last to commit sees
+    them all (the others may too: the concatenation's fixed id makes extra asks harmless)."""
+    if ended["status"] == COMPLETED and ended.get("concatenate"):
+        ended["shots_done"] = _settle(lambda: _concat_due(rt, ended["generation_id"]))
+    return ended
+
+
+def _concat_due(rt: Runtime, generation_id: str) -> bool:
+    """Every shot of the generation completed and its concatenation is still pending."""
+    with read_connection(rt.db) as conn:
+        generation = store.get_generation(conn, generation_id)
+        shots = store.generation_tasks(conn, generation_id)
+    if generation is None or generation.concat_status != store.CONCAT_PENDING:
+        return False
+    return all(s.status is TaskStatus.COMPLETED for s in shots)
 
 
 def _submit(rt: Runtime, record: store.TaskRecord) -> dict[str, str]:
@@ -293,23 +331,22 @@ def _progress_reporter(rt: Runtime, task_id: str, every_s: float = PROGRESS_EVER
 @database_step("nanogen.request_concat")
 def request_concat_step(generation_id: str) -> bool:
     """Start the concatenation once every shot completed and it is still pending. Every shot asks
-    after completing; the fixed workflow id makes the concatenation run once however many ask."""
+    after completing; the fixed workflow id makes the concatenation run once however many ask, and
+    this process enqueues it once (the others find it done, or retry it if that enqueue failed)."""
     rt = current()
-    with read_connection(rt.db) as conn:
-        generation = store.get_generation(conn, generation_id)
-        shots = store.generation_tasks(conn, generation_id)
-    if generation is None or generation.concat_status != store.CONCAT_PENDING:
+    if not _concat_due(rt, generation_id):
         return False
-    if not all(s.status is TaskStatus.COMPLETED for s in shots):
-        return False
-    rt.dbos_client.enqueue(
-        {
-            "workflow_name": CONCATENATE,
-            "queue_name": MEDIA_QUEUE,
-            "workflow_id": f"concat_{generation_id}",
-            "app_version": rt.settings.application_version,
-        },
+    rt.concat_requests.run(
         generation_id,
+        lambda: rt.dbos_client.enqueue(
+            {
+                "workflow_name": CONCATENATE,
+                "queue_name": MEDIA_QUEUE,
+                "workflow_id": f"concat_{generation_id}",
+                "app_version": rt.settings.application_version,
+            },
+            generation_id,
+        ),
     )
     return True
 
