@@ -179,6 +179,28 @@ def generation_tasks(conn: sa.Connection, generation_id: str) -> list[TaskRecord
     return [_task(r) for r in _GENERATION_TASKS.all(conn, {"generation_id": generation_id})]
 
 
+_CONCAT_DUE = Prepared(
+    sa.select(generations.c.id).where(
+        generations.c.id == sa.bindparam("generation_id"),
+        generations.c.concat_status == sa.bindparam("pending"),
+        ~sa.exists().where(
+            tasks.c.generation_id == generations.c.id, tasks.c.status != sa.bindparam("completed")
+        ),
+    )
+)
+
+
+def concat_due(conn: sa.Connection, generation_id: str) -> bool:
+    """Every shot of the generation completed and its concatenation is still pending (one indexed
+    read: every shot of a burst asks it as it ends)."""
+    values = {
+        "generation_id": generation_id,
+        "pending": CONCAT_PENDING,
+        "completed": TaskStatus.COMPLETED.value,
+    }
+    return bool(_CONCAT_DUE.all(conn, values))
+
+
 def get_generation(conn: sa.Connection, generation_id: str) -> GenerationRecord | None:
     rows = _GENERATION_BY_ID.all(conn, {"generation_id": generation_id})
     return _generation(rows[0]) if rows else None

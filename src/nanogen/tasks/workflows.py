@@ -144,11 +144,7 @@ def _with_shots_done(rt: Runtime, ended: dict[str, Any]) -> dict[str, Any]:
 def _concat_due(rt: Runtime, generation_id: str) -> bool:
     """Every shot of the generation completed and its concatenation is still pending."""
     with read_connection(rt.db) as conn:
-        generation = store.get_generation(conn, generation_id)
-        shots = store.generation_tasks(conn, generation_id)
-    if generation is None or generation.concat_status != store.CONCAT_PENDING:
-        return False
-    return all(s.status is TaskStatus.COMPLETED for s in shots)
+        return store.concat_due(conn, generation_id)
 
 
 def _submit(rt: Runtime, record: store.TaskRecord) -> dict[str, str]:
