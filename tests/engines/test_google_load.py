@@ -4,6 +4,7 @@ poll schedule. End-to-end figures at load are measured by bench/bench_google.py,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import threading
@@ -147,6 +148,24 @@ def test_polls_begin_near_the_time_operations_take() -> None:
         varied.finished(age)
     low, high = statistics.quantiles(spread, n=10, method="inclusive")[::8]
     assert 9 <= varied.delay((low + high) / 2) <= 11, "at most ten polls across a wide window"
+
+
+def test_before_any_window_a_large_wave_polls_once_a_second_between_its_operations() -> None:
+    schedule = PollSchedule(interval_s=10)
+    with contextlib.ExitStack() as stack:
+        for _ in range(1000):
+            stack.enter_context(schedule.awaiting())
+        firsts = [schedule.delay(0, first=True) for _ in range(2000)]
+        nexts = [schedule.delay(40) for _ in range(2000)]
+    # 1,000 operations each every 30 s on average (three intervals, the most): about 33 polls a second
+    # between them, spread evenly instead of in step.
+    assert min(firsts) >= 15 and max(firsts) <= 45 and 28 <= statistics.mean(firsts) <= 32
+    assert min(nexts) >= 15 and max(nexts) <= 45 and 28 <= statistics.mean(nexts) <= 32
+    assert sum(1 for d in firsts if d < 25) >= 400, "spread over the whole spacing, not in step"
+    assert schedule.delay(50, first=True) == 0, "a recovered operation past the first poll: now"
+    assert 18 <= schedule.delay(0, first=True) <= 22, "the wave ended: back to Google's pace"
+    with schedule.awaiting():
+        assert 9 <= schedule.delay(40) <= 11, "one awaited: every interval"
 
 
 def test_a_wave_waiting_before_any_window_polls_once_the_first_operations_finish() -> None:

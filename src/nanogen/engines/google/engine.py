@@ -201,27 +201,28 @@ class GoogleEngine(Engine):
         # The operation's age counts from its task's start (just before the submission), so a
         # recovered operation is polled as soon as its age says it may be done, not a whole first
         # wait after the restart.
-        submitted = job.started_at or time.time()
-        delay = self._polls.delay(time.time() - submitted, first=True)
-        while True:
-            if time.time() + delay >= job.deadline:
-                raise EngineError(
-                    "Generation timed out (deadline exceeded): Google's video operation had not finished"
+        with self._polls.awaiting():  # before any window, how many poll between them sets the spacing
+            submitted = job.started_at or time.time()
+            delay = self._polls.delay(time.time() - submitted, first=True)
+            while True:
+                if time.time() + delay >= job.deadline:
+                    raise EngineError(
+                        "Generation timed out (deadline exceeded): Google's video operation had not finished"
+                    )
+                # Ends early when the task ends: the operation is abandoned, not awaited.
+                self._polls.wait(job, delay, lambda: time.time() - submitted)
+                self._polls_made.inc()
+                finished = self._retry(
+                    lambda: self._backend.veo.poll(operation, self._timeout(job)),
+                    "polling the video operation",
+                    job,
+                    idempotent=True,
                 )
-            # Ends early when the task ends: the operation is abandoned, not awaited.
-            self._polls.wait(job, delay, lambda: time.time() - submitted)
-            self._polls_made.inc()
-            finished = self._retry(
-                lambda: self._backend.veo.poll(operation, self._timeout(job)),
-                "polling the video operation",
-                job,
-                idempotent=True,
-            )
-            age = time.time() - submitted
-            if finished is not None:
-                break
-            progress(shot_progress(age))
-            delay = self._polls.delay(age)
+                age = time.time() - submitted
+                if finished is not None:
+                    break
+                progress(shot_progress(age))
+                delay = self._polls.delay(age)
         self._polls.finished(age)
         self._retry(
             lambda: self._backend.veo.fetch(finished, dest, self._timeout(job)),

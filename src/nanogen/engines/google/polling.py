@@ -7,12 +7,16 @@ operations this process saw finish (their ages when seen done, the last ``HISTOR
 ``NANOGEN_GOOGLE_POLL_INTERVAL_S`` (10 s) except in the window where most of them finished (from
 just before the 10th percentile to just after the 90th), where it polls up to ten times across the
 window, never more often than every fifth of an interval (2 s). Before the window it waits for the
-window, three intervals at most at a time. Until anything has finished, the first poll comes after
-two intervals, then one every interval; meanwhile a waiting operation looks every fifth of an
-interval whether a window was learned, and once one is, polls as if it had just been recovered (now,
-when it is in or past the window): the first operations of a burst seen done say where the rest of
-their wave will finish, so the wave is not seen up to an interval late. Every delay is jittered by a
-tenth, so that a burst of shots submitted together does not poll in step.
+window, three intervals at most at a time.
+
+Until anything has finished here, the operations awaited together poll about once a second between
+them: each every interval when there are few, up to three intervals apart (each delay drawn from half to
+one and a half times that spacing) when there are many, the first after two intervals at least.
+Meanwhile a waiting operation looks every fifth of an interval whether a window was learned, and once
+one is, polls as if it had just been recovered (now, when it is in or past the window): the first
+operation of a burst seen done says where the rest of its wave will finish, so a thousand shots cost
+about two polls each before it, and none is seen up to an interval late. Other delays are jittered by
+a tenth, so that a burst of shots submitted together does not poll in step.
 
 So where recent shots took about the same time, one of that length is seen done within about 2 s,
 for a few more polls than every 10 s would make; where they varied widely, or a shot takes much
@@ -26,7 +30,8 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from nanogen.engines.base import Job
 
@@ -37,6 +42,8 @@ DENSE = 5  # polls per interval inside the window
 WINDOW_POLLS = 10  # at most this many polls across the window
 MAX_WAIT = 3  # intervals: a shot much quicker than the recent ones is seen at most this late
 JITTER = 0.1
+# Before any window: the awaited operations' polls between them, about one per this many seconds.
+WAVE_POLL_GAP_S = 1.0
 
 
 class PollSchedule:
@@ -44,15 +51,28 @@ class PollSchedule:
         self.interval_s = interval_s
         self._ages: deque[float] = deque(maxlen=history)
         self._window: tuple[float, float, float] | None = None  # opens, closes, the polls' spacing
+        self._awaited = 0  # operations being awaited in this process
         self._lock = threading.Lock()
+
+    @contextmanager
+    def awaiting(self) -> Iterator[None]:
+        """Count an operation as awaited while the block runs (the spacing before any window)."""
+        with self._lock:
+            self._awaited += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._awaited -= 1
 
     def delay(self, age_s: float, *, first: bool = False) -> float:
         """Seconds to wait before polling an operation ``age_s`` old (0: just submitted). ``first``:
         this process has not polled it yet (a recovered operation past its window is polled now)."""
         with self._lock:
-            window = self._window
-        # Until an operation has finished here: the first poll after two intervals, then every one.
-        opens, closes, dense = window or (2 * self.interval_s, 0.0, self.interval_s)
+            window, awaited = self._window, self._awaited
+        if window is None:
+            return self._before_window(age_s, first=first, awaited=awaited)
+        opens, closes, dense = window
         if age_s < opens:  # young: wait for the window, but never more than MAX_WAIT intervals at once
             wait = min(opens - age_s, MAX_WAIT * self.interval_s)
         elif first:
@@ -61,6 +81,18 @@ class PollSchedule:
             wait = dense
         else:
             wait = self.interval_s
+        return _jittered(wait)
+
+    def _before_window(self, age_s: float, *, first: bool, awaited: int) -> float:
+        """Nothing finished here yet: poll every interval, or spread wider when many are awaited
+        (a wave of N polls about N times in its spacing)."""
+        spacing = min(MAX_WAIT * self.interval_s, max(self.interval_s, awaited * WAVE_POLL_GAP_S))
+        start = max(2 * self.interval_s, spacing)  # the first poll of a fresh operation
+        if first and age_s >= start:  # a recovered one, due: now
+            return 0.0
+        wait = start - age_s if first else spacing
+        if spacing > self.interval_s:  # spread: a burst submitted together polls all through its spacing
+            return wait * random.uniform(0.5, 1.5)
         return _jittered(wait)
 
     def wait(self, job: Job, delay_s: float, age_s: Callable[[], float]) -> None:
