@@ -78,6 +78,7 @@ class Process:
         DBOS.destroy(workflow_completion_timeout_sec=self.runtime.settings.shutdown_grace_s)
         self.runtime.progress.stop()
         self.runtime.task_writes.stop()
+        self.runtime.media.stop()
         self.runtime.dbos_client.destroy()
         self.runtime.db.dispose()
         runtime_module.install(None)
@@ -108,8 +109,9 @@ def account_concurrency(rt: Runtime, product: Product) -> int | None:
 
 # Concatenations a worker takes from the queue at once. The queue is polled every 0.5 s and fills only
 # its free slots per poll, so with 2 slots a burst of 48 joins of 0.1 s each took 18-25 s (4 a second);
-# with 16 a poll takes the burst in a few rounds. The CPU they share is bounded apart, in
-# workflows.JOINS_AT_ONCE: the other slots wait there, each holding a blocked thread.
+# with 16 a poll takes the burst in a few rounds. The CPU they share is bounded apart, by the child
+# processes that run them (runtime.JOINS_AT_ONCE): the other slots wait there, each holding a
+# blocked thread.
 MEDIA_CONCURRENCY = 16
 
 

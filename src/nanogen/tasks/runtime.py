@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from nanogen.media.processes import MediaProcesses
 from nanogen.products import Product
 from nanogen.tasks.progress_writer import ProgressWriter
 from nanogen.tasks.task_writer import TaskWriter
@@ -83,6 +84,9 @@ class OncePerKey:
             return True
 
 
+JOINS_AT_ONCE = 2
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -95,6 +99,10 @@ class Runtime:
     # Concatenations this process enqueued: a generation's shots often end in one group commit, and
     # each asks; one enqueue (a write) per generation, not one per shot.
     concat_requests: OncePerKey = field(default_factory=OncePerKey)
+    # Joins run in child processes, this many at once: CPU work, so more at once does not finish a
+    # burst sooner on a small machine (the queue's slots, lifecycle.MEDIA_CONCURRENCY, only set
+    # how fast they are taken); fewer would leave a core idle while joins wait.
+    media: MediaProcesses = field(default_factory=lambda: MediaProcesses(JOINS_AT_ONCE))
     progress: ProgressWriter = field(init=False)  # the jobs' progress reports, written in batches
     task_writes: TaskWriter = field(init=False)  # the jobs' task transitions, committed in groups
 

@@ -347,13 +347,6 @@ def request_concat_step(generation_id: str) -> bool:
     return True
 
 
-# Joins that run at once in this process. A join is CPU work (PyAV), so more at once does not finish a
-# burst sooner on a small machine (48 joins: 22.6 s with 4 at once, 18.2 s with 2, bench/bench_google.py
-# case b on 2 cores); the queue's slots (lifecycle.MEDIA_CONCURRENCY) only set how fast they are taken.
-JOINS_AT_ONCE = 2
-_joins = threading.BoundedSemaphore(JOINS_AT_ONCE)
-
-
 @DBOS.workflow(name=CONCATENATE)
 def concatenate(generation_id: str) -> str:
     return concat_step(generation_id)
@@ -376,9 +369,8 @@ def concat_step(generation_id: str) -> str:
     try:
         inputs = [_local_copy(rt, s.output_key, scratch / f"{i:02d}.mp4") for i, s in enumerate(shots)]
         dest = scratch / "concatenated.mp4"
-        with _joins:
-            started = time.monotonic()
-            result = concat_videos(inputs, dest)
+        started = time.monotonic()
+        result = rt.media.run(concat_videos, inputs, dest)  # in a child process: CPU work
         key = new_key("out", f"{generation_id}.mp4")
         rt.storage.put_file(key, dest)
         with write_transaction(rt.db) as conn:
