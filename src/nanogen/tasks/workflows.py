@@ -326,9 +326,11 @@ def _progress_reporter(rt: Runtime, task_id: str, every_s: float = PROGRESS_EVER
 
 @database_step("nanogen.request_concat")
 def request_concat_step(generation_id: str) -> bool:
-    """Start the concatenation once every shot completed and it is still pending. Every shot asks
-    after completing; the fixed workflow id makes the concatenation run once however many ask, and
-    this process enqueues it once (the others find it done, or retry it if that enqueue failed)."""
+    """Start the concatenation once every shot completed and it is still pending. A shot asks when
+    it read, after its end committed, that every shot had completed (several of a burst may); the
+    fixed workflow id makes the concatenation run once however many ask, and this process enqueues
+    it once (the others find it done, or retry it if that enqueue failed). The check is read again
+    here: the step also runs for results recorded before run_step read it."""
     rt = current()
     if not _concat_due(rt, generation_id):
         return False
