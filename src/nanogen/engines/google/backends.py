@@ -23,6 +23,7 @@ from google import genai
 from google.genai import types
 
 from nanogen.engines.base import Check, EngineConfigError
+from nanogen.engines.google.images import ImageCaller, ImagesRest, ImagesSdk
 from nanogen.engines.google.veo import VeoBackend, VeoRest, VeoVertex
 from nanogen.settings import Settings
 
@@ -33,7 +34,8 @@ CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 @dataclass(frozen=True)
 class Backend:
     description: str
-    images: genai.Client  # generate_content and models.get
+    images: genai.Client  # models.get for the image model
+    image_calls: ImageCaller  # generateContent
     videos: genai.Client  # models.get for the video model (and generate_videos on Vertex AI)
     veo: VeoBackend
     check_credentials: Callable[[], Check]
@@ -69,6 +71,7 @@ def gemini(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
     return Backend(
         description=f"Gemini API with an API key at {base}",
         images=client,
+        image_calls=ImagesRest(http, base, key),
         videos=client,
         veo=VeoRest(http, base, key, video_model),
         check_credentials=lambda: Check("credentials", True, "API key set (Google checks it below)"),
@@ -89,13 +92,15 @@ def vertex(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
         )
 
     videos = client(settings.google_video_location)
+    images = client(settings.google_location)
     return Backend(
         description=(
             f"Vertex AI, project {project}, images in {settings.google_location}, videos in "
             f"{settings.google_video_location}"
             + (f", at {settings.google_base_url}" if settings.google_base_url else "")
         ),
-        images=client(settings.google_location),
+        images=images,
+        image_calls=ImagesSdk(images),
         videos=videos,
         veo=VeoVertex(videos, video_model),
         check_credentials=_application_default_credentials,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import httpx
-from google.genai import types
 
 from nanogen import metrics
 from nanogen.engines.base import Check, Engine, ImageJob, Job, Output, ProgressFn, ShotJob
@@ -165,27 +164,23 @@ class GoogleEngine(Engine):
 
     # -- images: one synchronous call ---------------------------------------------------------------------
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
-        contents, config = images.request(job)
+        call = images.request(job)
+        model = self.models[Product.IMAGE]
         progress(10)  # the request is on its way; nothing else is known until Google answers
 
-        def call() -> types.GenerateContentResponse:
+        def send() -> images.Answer:
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
-            config.http_options = types.HttpOptions(timeout=int(timeout * 1000))
-            return sdk(
-                lambda: self._backend.images.models.generate_content(
-                    model=self.models[Product.IMAGE], contents=contents, config=config
-                )
-            )
+            return self._backend.image_calls.generate(call, model, timeout)
 
-        response = self._retry(call, "image generation", job, idempotent=False)
+        answer = self._retry(send, "image generation", job, idempotent=False)
         try:
-            png = images.png_from(response)
+            png = images.png_from(answer)
         except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
             count_refusal(CALL_LABELS["image generation"], exc)
             raise
         dest.write_bytes(png)
         progress(90)
-        return Output(dest, "image/png", {"model": self.models[Product.IMAGE]})
+        return Output(dest, "image/png", {"model": model})
 
     # -- shots: a long-running operation, submitted once -----------------------------------------------
     def submit_shot(self, job: ShotJob) -> str:
