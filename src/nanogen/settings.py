@@ -17,7 +17,7 @@ from nanogen import __version__
 from nanogen.db import PG_POOL_SIZE, READ_CONNECTIONS, SYSTEM_POOL_SIZE
 
 # Bumped when a workflow's steps change (see application_version).
-WORKFLOWS_REVISION = 2
+WORKFLOWS_REVISION = 3
 
 # Webhook retries (docs/api.md): after 1 s, 5 s, 30 s, 2 min, 10 min, then hourly for 24 h.
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (1.0, 5.0, 30.0, 120.0, 600.0, *(3600.0,) * 24)

@@ -273,26 +273,26 @@ def ended_task_ids(conn: sa.Connection, task_ids: list[str]) -> list[str]:
 
 
 # -- transitions -------------------------------------------------------------------------------------
+_START = Prepared(
+    sa.update(tasks)
+    .where(
+        tasks.c.id == sa.bindparam("task_id"),
+        tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
+    )
+    .values(
+        status=sa.bindparam("generating"),
+        started_at=sa.func.coalesce(tasks.c.started_at, sa.bindparam("now")),
+        attempts=tasks.c.attempts + sa.literal_column("1"),
+    )
+)
+
+
 def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
-    """pending -> generating; the task as it now is, or None once terminal."""
-    conn.execute(
-        sa.update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
-        .values(
-            status=TaskStatus.GENERATING.value, started_at=sa.func.coalesce(tasks.c.started_at, time.time())
-        )
-    )
-    record = get_task(conn, task_id)
-    return None if record is None or record.status.is_terminal else record
-
-
-def count_attempt(conn: sa.Connection, task_id: str) -> TaskRecord | None:
-    """Record that the engine is about to run for an open task (a re-run after a crash counts again)."""
-    conn.execute(
-        sa.update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
-        .values(attempts=tasks.c.attempts + 1)
-    )
+    """pending -> generating, counting the engine's attempt (a re-run after a crash counts again):
+    the task as it now is, or None once terminal. One prepared statement: every job's start goes
+    through the task writer's one thread, so its cost sets how fast a burst of jobs can start."""
+    values = {"task_id": task_id, "now": time.time(), "generating": TaskStatus.GENERATING.value}
+    _START.run(conn, values | {f"open_{s}": s for s in OPEN}).close()
     record = get_task(conn, task_id)
     return None if record is None or record.status.is_terminal else record
 
@@ -332,8 +332,15 @@ def record_operation(conn: sa.Connection, task_id: str, operation: str, cost_mic
     return str(recorded or operation)
 
 
+_SET_PROVIDER_COST = Prepared(
+    sa.update(tasks)
+    .where(tasks.c.id == sa.bindparam("task_id"))
+    .values(provider_cost_micros=sa.bindparam("cost"))
+)
+
+
 def set_provider_cost(conn: sa.Connection, task_id: str, cost_micros: int) -> None:
-    conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(provider_cost_micros=cost_micros))
+    _SET_PROVIDER_COST.run(conn, {"task_id": task_id, "cost": cost_micros}).close()
 
 
 def record_seed(conn: sa.Connection, task_id: str, seed: int) -> None:
@@ -343,19 +350,36 @@ def record_seed(conn: sa.Connection, task_id: str, seed: int) -> None:
         conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(params={**params, "seed": seed}))
 
 
-def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str) -> bool:
-    result = conn.execute(
-        sa.update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.status.in_(OPEN))
-        .values(
-            status=TaskStatus.COMPLETED.value,
-            progress=100,
-            output_url=output_url,
-            output_key=output_key,
-            finished_at=time.time(),
-        )
+_COMPLETE = Prepared(
+    sa.update(tasks)
+    .where(
+        tasks.c.id == sa.bindparam("task_id"),
+        tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
     )
-    return result.rowcount == 1
+    .values(
+        status=sa.bindparam("completed"),
+        progress=sa.bindparam("progress"),
+        output_url=sa.bindparam("output_url"),
+        output_key=sa.bindparam("output_key"),
+        finished_at=sa.bindparam("now"),
+    )
+)
+
+
+def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str) -> bool:
+    values = {
+        "task_id": task_id,
+        "completed": TaskStatus.COMPLETED.value,
+        "progress": 100,
+        "output_url": output_url,
+        "output_key": output_key,
+        "now": time.time(),
+    }
+    cursor = _COMPLETE.run(conn, values | {f"open_{s}": s for s in OPEN})
+    try:
+        return bool(cursor.rowcount == 1)
+    finally:
+        cursor.close()
 
 
 def clip(text: str, column: sa.Column[Any]) -> str:

@@ -1,16 +1,20 @@
 """DBOS workflows that drive engines. A task's workflow id is the task id.
 
-A task's workflow is one step: start the task, run the engine, store the output, end the task. For
-engines whose jobs are a provider's long-running operation (video on Google), the engine's job is
-submitted first and the operation written to the task row the moment the provider answers, before
-anything waits on it: that row, not DBOS's step record, is what a re-run of the step (after a crash
-or a database outage) finds, so it polls the same operation again and never pays twice.
+A task's workflow runs the task in its own body, not in a DBOS step: start the task, run the engine,
+store the output, end the task. Every DBOS step costs a checkpoint read and a checkpoint write in
+DBOS's tables (at 2,000 image calls in flight, the read alone was a sixth of the worker's interpreter
+lock while jobs started), and the task's row already is the record a re-run needs. For engines whose
+jobs are a provider's long-running operation (video on Google), the engine's job is submitted first
+and the operation written to the task row the moment the provider answers, before anything waits on
+it: that row is what a re-run (after a crash or a database outage) finds, so it polls the same
+operation again and never pays twice.
 
 Every effect is idempotent: starting and the terminal transitions are conditional on the task's
-status (store.py), a failure refunds in the transaction that fails the task, and a step interrupted
-by a crash runs again on recovery (DBOS steps are at-least-once): for the sandbox that means
-rendering again. The end of a task is written with its own retries (``_settle``), so a database
-outage at that moment does not run the engine again.
+status (store.py), a failure refunds in the transaction that fails the task, and a run interrupted
+by a crash runs again when DBOS recovers the workflow: for the sandbox that means rendering again.
+A database outage during a run makes it run again in place, with backoff (``_retried``, about a
+minute in all, as a database step would); the end of a task is written with its own retries
+(``_settle``), so an outage at that moment does not run the engine again.
 """
 
 from __future__ import annotations
@@ -55,9 +59,7 @@ FAILED_MESSAGE = {Product.IMAGE: "Image generation failed", Product.VIDEO: "Vide
 
 def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A step whose effects are idempotent, retried with backoff (about a minute in all) after a
-    conflict or while the database is unreachable (a restart, a failover) instead of failing the
-    task. A paid submission in it is made once: it is recorded before the step can end, and a
-    re-run finds it (run_step)."""
+    conflict or while the database is unreachable (a restart, a failover) instead of failing."""
     return DBOS.step(
         name=name,
         retries_allowed=True,
@@ -70,10 +72,9 @@ def database_step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 @DBOS.workflow(name=RUN_TASK)
 def run_task(task_id: str) -> str:
-    ended = run_step(task_id)
-    # Only a shot that saw its generation's shots all completed asks (a step: a checkpoint write
-    # each); a result recorded before "shots_done" existed asks as every shot used to.
-    if ended["status"] == COMPLETED and ended.get("concatenate") and ended.get("shots_done", True):
+    ended = _retried(lambda: execute(task_id))
+    # Only a shot that saw its generation's shots all completed asks (a step: a checkpoint write each).
+    if ended["status"] == COMPLETED and ended.get("concatenate") and ended.get("shots_done"):
         request_concat_step(ended["generation_id"])
     return str(ended["status"])
 
@@ -83,19 +84,16 @@ FAILED = TaskStatus.FAILED.value
 ENDED = "ended"  # ended elsewhere meanwhile (canceled, its deadline): nothing more to do
 
 
-# One step per task: every DBOS step costs a checkpoint read and a write in DBOS's tables, which were
-# most of what a job waiting on a provider cost this process (docs/engines.md, "At load").
-@database_step("nanogen.run")
-def run_step(task_id: str) -> dict[str, Any]:
+def execute(task_id: str) -> dict[str, Any]:
     """Start the task, run the engine, store the output and end the task: {"status", ...}.
 
     For a provider's long-running operation the engine's job is submitted first and the operation
-    recorded on the task row before anything waits on it; a re-run of this step (after a crash, or a
-    database outage) finds it there and awaits it again instead of paying twice."""
+    recorded on the task row before anything waits on it; a re-run (after a crash, or a database
+    outage) finds it there and awaits it again instead of paying twice."""
     rt = current()
 
     def start(conn: sa.Connection) -> tuple[store.TaskRecord | None, store.GenerationRecord | None]:
-        started = store.start(conn, task_id) and store.count_attempt(conn, task_id)
+        started = store.start(conn, task_id)
         return started, started and store.get_generation(conn, started.generation_id)
 
     started, generation = rt.task_writes.write(start)
@@ -117,8 +115,8 @@ def run_step(task_id: str) -> dict[str, Any]:
 
 def _ended_before(rt: Runtime, task_id: str) -> dict[str, Any]:
     """A task that could not start: ended elsewhere (failed, canceled), or completed by an earlier
-    run of this step whose end committed just before a crash, before the step's result was
-    recorded. That one still asks for its generation's concatenation, if it was the last shot."""
+    run whose end committed just before a crash, before its workflow finished. That one still asks
+    for its generation's concatenation, if it was the last shot."""
     with read_connection(rt.db) as conn:
         record = store.get_task(conn, task_id)
         generation = record and store.get_generation(conn, record.generation_id)
@@ -171,14 +169,14 @@ def _submit(rt: Runtime, record: store.TaskRecord) -> dict[str, str]:
     try:
         return {"operation": _settle(write)}
     except Exception as exc:
-        # Paid for, not recorded: never submit again (a re-run of this step would). The task is
+        # Paid for, not recorded: never submit again (a re-run would). The task is
         # failed and refunded at its deadline; the operation is in the log for the operator.
         log.error("task %s: Veo operation %s could not be recorded: %s", record.id, operation, exc)
         raise UnrecordedOperation(f"operation {operation} of task {record.id} not recorded") from exc
 
 
 class UnrecordedOperation(RuntimeError):
-    """Not a database outage: the step that raises it must not run again."""
+    """Not a database outage: the run that raises it must not run again."""
 
 
 def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[str, str]:
@@ -193,7 +191,7 @@ def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[s
         log.info("task %s failed in engine %s: %s", record.id, record.engine, exc.message)
         return _fail(rt, record.id, exc.message)
     except Exception as exc:
-        if transient(exc):  # not the engine's fault: the step runs again once the database is back
+        if transient(exc):  # not the engine's fault: the run starts again once the database is back
             raise
         log.exception("task %s: engine %s raised", record.id, record.engine)
         return _fail(rt, record.id, FAILED_MESSAGE[record.product])
@@ -284,17 +282,23 @@ def _fail(rt: Runtime, task_id: str, error: str) -> dict[str, str]:
 
 
 def _settle(write: Callable[[], R]) -> R:
-    """``write()``, retried as a database step is (about a minute in all), but without running the
-    engine again: a write that finds the database briefly gone retries alone. Past that the step
-    fails and DBOS runs it again."""
+    """``write()``, retried as a whole run is (about a minute in all), but without running the
+    engine again: a write that finds the database briefly gone retries alone. Past that the run
+    fails and starts again."""
+    return _retried(write, "a task's write")
+
+
+def _retried(call: Callable[[], R], what: str = "a task's run") -> R:
+    """``call()``, again with backoff (about a minute in all) while it fails on a conflict or an
+    unreachable database (a restart, a failover), instead of failing the task."""
     delay = RETRY_INTERVAL_S
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
-            return write()
+            return call()
         except Exception as exc:
             if not transient(exc) or attempt == RETRY_ATTEMPTS:
                 raise
-            log.warning("a task's write failed (%s); again in %.1fs", exc, delay)
+            log.warning("%s failed (%s); again in %.1fs", what, exc, delay)
             time.sleep(delay)
             delay *= RETRY_BACKOFF
     raise AssertionError("unreachable")
@@ -330,7 +334,7 @@ def request_concat_step(generation_id: str) -> bool:
     it read, after its end committed, that every shot had completed (several of a burst may); the
     fixed workflow id makes the concatenation run once however many ask, and this process enqueues
     it once (the others find it done, or retry it if that enqueue failed). The check is read again
-    here: the step also runs for results recorded before run_step read it."""
+    here, in the step: a recovered workflow replays a recorded step instead."""
     rt = current()
     if not _concat_due(rt, generation_id):
         return False

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from nanogen.db import generations, webhook_accounts, webhook_deliveries
+from nanogen.db import Prepared, generations, webhook_accounts, webhook_deliveries
 from nanogen.tasks import store as tasks_store
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -92,27 +92,33 @@ class Target(NamedTuple):
     url: str | None
 
 
+_LOCK_GENERATION = Prepared(
+    sa.select(generations.c.account_id, generations.c.product, generations.c.webhook_url)
+    .where(generations.c.id == sa.bindparam("generation_id"))
+    .with_for_update()
+)
+_ACCOUNT_URL = Prepared(sa.select(_A.url).where(_A.account_id == sa.bindparam("account_id")))
+_HAS_DELIVERY = Prepared(sa.select(sa.exists().where(_D.generation_id == sa.bindparam("generation_id"))))
+
+
+# Prepared statements: every task's end runs these on the task writer's one thread.
 def lock_generation_target(conn: sa.Connection, generation_id: str) -> Target | None:
     """The generation's account, product and webhook URL (its own, else the account's default), its
     row locked until the caller's transaction ends. The lock orders the transactions that end a
     video's shots at once on PostgreSQL: each reads its siblings after the one before committed,
     so exactly one of them sees the generation ended. (SQLite: writers are serial already.)"""
-    row = conn.execute(
-        sa.select(generations.c.account_id, generations.c.product, generations.c.webhook_url)
-        .where(generations.c.id == generation_id)
-        .with_for_update()
-    ).first()
-    if row is None:
+    rows = _LOCK_GENERATION.all(conn, {"generation_id": generation_id})
+    if not rows:
         return None
-    url = row.webhook_url
+    account_id, product, url = rows[0]
     if url is None:
-        url = conn.execute(sa.select(_A.url).where(_A.account_id == row.account_id)).scalar()
-    return Target(row.account_id, row.product, url)
+        found = _ACCOUNT_URL.all(conn, {"account_id": account_id})
+        url = found[0][0] if found else None
+    return Target(account_id, product, url)
 
 
 def has_delivery(conn: sa.Connection, generation_id: str) -> bool:
-    found = conn.execute(sa.select(_D.id).where(_D.generation_id == generation_id).limit(1)).first()
-    return found is not None
+    return bool(_HAS_DELIVERY.all(conn, {"generation_id": generation_id})[0][0])
 
 
 def insert_delivery(
