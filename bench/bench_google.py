@@ -375,6 +375,32 @@ def progress(home: Path) -> Progress:
     return Progress(tasks, completed, failed, concat_open, last)
 
 
+def phases(home: Path, t0: float, latency_s: float) -> dict[str, Any]:
+    """Where the wall time went, from the task rows (seconds from the first request): when the last
+    task was accepted, how long tasks waited to start, and how far past the provider's latency they
+    ended once started (the operation's own wait, polling and the output's download and write)."""
+    with contextlib.closing(sqlite3.connect(home / "nanogen.sqlite", timeout=10)) as db:
+        rows = db.execute(
+            "SELECT created_at, started_at, finished_at FROM nanogen_tasks"
+            " WHERE started_at IS NOT NULL AND finished_at IS NOT NULL"
+        ).fetchall()
+    if not rows:
+        return {}
+
+    def dist(values: list[float]) -> dict[str, float]:
+        values = sorted(values)
+        at = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+        return {"p50": round(at(0.5), 2), "p90": round(at(0.9), 2), "max": round(values[-1], 2)}
+
+    return {
+        "last_accepted_s": round(max(r[0] for r in rows) - t0, 2),
+        "last_started_s": round(max(r[1] for r in rows) - t0, 2),
+        "last_finished_s": round(max(r[2] for r in rows) - t0, 2),
+        "start_delay_s": dist([r[1] - r[0] for r in rows]),
+        "past_latency_s": dist([r[2] - r[1] - latency_s for r in rows]),
+    }
+
+
 def log_errors(server: Service) -> list[str]:
     text = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
     return [line for line in text.splitlines() if ERROR_LINE.search(line)]
@@ -460,6 +486,7 @@ class Outcome:
     timeout_s: float
     kill: dict[str, Any] | None = None
     credits: dict[str, Any] | None = None
+    phases: dict[str, Any] | None = None
 
     @property
     def cpu_ms_per_shot(self) -> float:
@@ -501,6 +528,7 @@ class Outcome:
             "refused_submits": self.refused,
             "first_refusals": self.first_refusals,
             "submit_s": round(self.submit_s, 2),
+            "phases": self.phases,
             "wall_s": None if self.wall_s is None else round(self.wall_s, 2),
             "shots_done_s": None if self.shots_done_s is None else round(self.shots_done_s, 2),
             "completed": self.completed,
@@ -584,6 +612,7 @@ def run_case(
             fake_cpu = fake.cpu_s() - fake_cpu0
         credits = ledger_check(server, accounts, submitted.accepted, home)
         fake_stats = fake.stats()
+        timeline = phases(home, t0, latency_s) if kill_at_s is None else None
     finally:
         server.stop()
         fake.stop()
@@ -609,6 +638,7 @@ def run_case(
         timeout_s=args.timeout_s,
         kill=kill,
         credits=credits,
+        phases=timeline,
     )
 
 
@@ -723,6 +753,18 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
     report.add(Row("   duplicate submissions at the fake", str(dup), f"{calls} calls", "", "0", dup == 0))
     running = o.fake.get("peak_running_operations") or o.fake.get("peak_open_image_calls")
     report.add(Row("   peak at the fake / server threads", f"{running} / {o.peak_threads}", "", "", ""))
+    if o.phases:
+        ph = o.phases
+        report.add(
+            Row(
+                "   last accepted / start wait p90 / past latency p90",
+                f"{ph['last_accepted_s']:.1f} / {ph['start_delay_s']['p90']:.1f} / "
+                f"{ph['past_latency_s']['p90']:.1f} s",
+                "",
+                "",
+                "",
+            )
+        )
 
 
 def credits_row(report: Report, credits: dict[str, Any]) -> None:

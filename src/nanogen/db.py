@@ -8,12 +8,13 @@ Schema changes go through Alembic (``nanogen/migrations``); this module is the m
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import sqlalchemy as sa
@@ -214,7 +215,42 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     kwargs.setdefault("max_overflow", 24)
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
     _tune_sqlite(engine)
-    _SQLITE_WRITERS[engine] = threading.RLock()
+    _SQLITE_WRITERS[engine] = _file_writer_lock(engine.url)
+    return engine
+
+
+# DBOS's engine on SQLite, sized as DBOS sizes its own (pool of 20, no overflow).
+SQLITE_SYSTEM_POOL_SIZE = 20
+
+
+def make_system_engine(url: str) -> sa.Engine | None:
+    """The engine DBOS is given for its tables on SQLite (None on PostgreSQL: DBOS makes its own).
+
+    It is made as DBOS makes its own (a BEGIN IMMEDIATE before a transaction's first write, a 30 s
+    busy timeout, foreign keys on), except that its writers take turns with this process's other
+    writers on the file's writer lock (``_writer``): DBOS records every workflow's end, and every
+    dequeue, in a write transaction of its own, and with thousands of jobs ending at once those
+    writers and nanogen's sat in SQLite's busy handler (sleeps of up to 100 ms) while the file's lock
+    was free, stalling every completion for a second or more. And no pre-ping: a file is not a
+    connection that a server can drop."""
+    if not url.startswith("sqlite"):
+        return None
+    lock = _file_writer_lock(sa.make_url(url))
+    factory = type("TurnTakingConnection", (_TurnTakingConnection,), {"writer_lock": lock})
+    engine = sa.create_engine(
+        url,
+        pool_size=SQLITE_SYSTEM_POOL_SIZE,
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_S,
+        connect_args={"timeout": 30, "check_same_thread": False, "factory": factory},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = "IMMEDIATE"  # pysqlite: BEGIN IMMEDIATE before a write
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
     return engine
 
 
@@ -251,6 +287,81 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
 # BEGIN IMMEDIATE. This process's writers take turns on a lock of its own instead, woken the moment
 # it is free.
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[sa.Engine, threading.RLock] = weakref.WeakKeyDictionary()
+# One lock per database file, shared by every engine of this process on it (nanogen's and DBOS's).
+_FILE_WRITER_LOCKS: dict[str, threading.RLock] = {}
+_FILE_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _file_writer_lock(url: sa.URL) -> threading.RLock:
+    database = url.database or ""
+    key = database if database in ("", ":memory:") else os.path.realpath(database)
+    with _FILE_WRITER_LOCKS_GUARD:
+        return _FILE_WRITER_LOCKS.setdefault(key, threading.RLock())
+
+
+# pysqlite begins a transaction (BEGIN IMMEDIATE here) before these statements and no others.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+class _TurnTakingConnection(sqlite3.Connection):
+    """A pysqlite connection that takes ``writer_lock`` before the statement that begins a write
+    transaction and gives it back once the transaction has ended (COMMIT, ROLLBACK or close), so the
+    file's lock is handed from one writer of the process to the next without a busy-handler sleep."""
+
+    writer_lock: threading.RLock
+    _holding = False
+
+    # Every cursor of the connection is a turn-taking one (what SQLAlchemy asks for is a plain one).
+    def cursor(self, factory: Any = None) -> Any:
+        return super().cursor(factory or _TurnTakingCursor)
+
+    def take_turn(self, statement: str) -> None:
+        if not self._holding and not self.in_transaction and statement.lstrip().upper().startswith(_WRITES):
+            self.writer_lock.acquire()
+            self._holding = True
+
+    def give_back(self) -> None:
+        if self._holding and not self.in_transaction:
+            self._holding = False
+            self.writer_lock.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.give_back()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.give_back()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._holding:
+                self._holding = False
+                self.writer_lock.release()
+
+
+class _TurnTakingCursor(sqlite3.Cursor):
+    connection: _TurnTakingConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
+        self.connection.take_turn(sql)
+        try:
+            return super().execute(sql, parameters)
+        finally:
+            self.connection.give_back()  # only if no transaction began (the write failed)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Self:
+        self.connection.take_turn(sql)
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        finally:
+            self.connection.give_back()
 
 
 def _writer(engine: sa.Engine) -> AbstractContextManager[object]:

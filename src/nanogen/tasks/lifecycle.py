@@ -9,13 +9,15 @@ are set here: a pinned ``application_version``, one stable
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dbos import DBOS, DBOSClient
 
 from nanogen import metrics
-from nanogen.db import CLIENT_POOL_SIZE, make_engine, read_connection, write_transaction
+from nanogen.db import CLIENT_POOL_SIZE, make_engine, make_system_engine, read_connection, write_transaction
 from nanogen.engines.base import DEADLINE_MESSAGE, Engine
 from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
@@ -45,6 +47,7 @@ def build_runtime(settings: Settings) -> Runtime:
     url = settings.resolved_database_url
     postgres = not url.startswith("sqlite")  # the connection budget (docs/deploy.md); SQLite keeps its own
     settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    system_db = make_system_engine(url)  # SQLite: DBOS's writers take turns with nanogen's
     return Runtime(
         settings=settings,
         db=make_engine(url, pool_size=settings.db_pool_size) if postgres else make_engine(url),
@@ -54,8 +57,10 @@ def build_runtime(settings: Settings) -> Runtime:
             system_database_url=url,
             lazy=True,
             system_database_pool_size=CLIENT_POOL_SIZE if postgres else None,
+            system_database_engine=system_db,
         ),
         engine_names=names,
+        system_db=system_db,
     )
 
 
@@ -80,6 +85,8 @@ class Process:
         self.runtime.task_writes.stop()
         self.runtime.media.stop()
         self.runtime.dbos_client.destroy()
+        if self.runtime.system_db is not None:  # given to DBOS, which leaves it to its maker
+            self.runtime.system_db.dispose()
         self.runtime.db.dispose()
         runtime_module.install(None)
 
@@ -128,6 +135,54 @@ def executor_threads(settings: Settings, queues: dict[str, QueueSettings]) -> in
     return sum(q.concurrency for q in queues.values()) + SPARE_EXECUTOR_THREADS
 
 
+def _dbos_executor() -> ThreadPoolExecutor:
+    from dbos._dbos import _get_dbos_instance  # DBOS has no public handle on its thread pool
+
+    return _get_dbos_instance()._executor
+
+
+def start_threads_ahead(executor: ThreadPoolExecutor, count: int) -> threading.Thread:
+    """Start ``count`` threads of ``executor`` now, from a thread of their own, instead of one at a
+    time as a burst of work arrives. A ThreadPoolExecutor starts a thread when a job finds none
+    idle, and ``Thread.start`` waits until the new thread has run, which under load means waiting
+    for the interpreter lock: DBOS starts every dequeued workflow from one queue thread, so with
+    2,000 image calls dequeued at once that wait, once per workflow, held starts to ~450 a second
+    (py-spy dumps: the queue thread in ``Thread.start`` in 10 of 11). Idle, the threads cost memory
+    only (4,000 threads: ~75 MB, 0.8 s to start, no CPU).
+
+    Each thread is started by a job that holds it until all have started, so that none is reused;
+    work that arrives meanwhile waits behind them (about a second). Threads that are busy (a
+    workflow recovered at launch) cannot take one: after ``THREADS_AHEAD_WAIT_S`` the holds end
+    anyway, with the threads started so far."""
+    started = threading.Semaphore(0)
+    go = threading.Event()
+
+    def hold() -> None:
+        started.release()
+        go.wait(THREADS_AHEAD_WAIT_S)
+
+    def warm() -> None:
+        deadline = time.monotonic() + THREADS_AHEAD_WAIT_S
+        try:
+            for _ in range(count):
+                executor.submit(hold)
+            for _ in range(count):
+                if not started.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    log.info("DBOS's worker threads: not all started ahead (some are busy)")
+                    break
+        except RuntimeError:  # shut down meanwhile
+            pass
+        finally:
+            go.set()
+
+    thread = threading.Thread(target=warm, name="nanogen-threads-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
+THREADS_AHEAD_WAIT_S = 5.0
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     concurrency: int  # per worker process
@@ -171,6 +226,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
         config={
             "name": "nanogen",
             "system_database_url": settings.resolved_database_url,
+            **({"system_database_engine": rt.system_db} if rt.system_db is not None else {}),
             "application_version": settings.application_version,
             "executor_id": settings.executor_id_for(role),
             "max_executor_threads": executor_threads(settings, queues),
@@ -189,6 +245,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     # whose slots are counted in threads above.
     DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
     DBOS.launch()
+    if work:
+        start_threads_ahead(_dbos_executor(), executor_threads(settings, queues))
     # Queue settings live in the database, shared by every worker of the queue: only workers set
     # them (an API process enqueues by name), and the last worker to start wins.
     for name, queue in queues.items():

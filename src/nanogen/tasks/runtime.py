@@ -95,6 +95,7 @@ class Runtime:
     engines: dict[Product, Engine]
     dbos_client: DBOSClient
     engine_names: dict[Product, str] = field(default_factory=dict)
+    system_db: sa.Engine | None = None  # DBOS's engine, made here on SQLite (db.make_system_engine)
     running: RunningJobs = field(default_factory=RunningJobs)
     # Concatenations this process enqueued: a generation's shots often end in one group commit, and
     # each asks; one enqueue (a write) per generation, not one per shot.

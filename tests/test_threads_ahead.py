@@ -1,0 +1,38 @@
+"""lifecycle.start_threads_ahead: a worker's DBOS thread pool is started before a burst needs it."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from nanogen.tasks import lifecycle
+
+
+def pool_threads(prefix: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith(prefix))
+
+
+def test_every_thread_is_started_and_then_free() -> None:
+    with ThreadPoolExecutor(max_workers=40, thread_name_prefix="ahead-all") as executor:
+        lifecycle.start_threads_ahead(executor, 40).join(timeout=30)
+        assert pool_threads("ahead-all") == 40
+        # All free again: 40 jobs that wait for each other all run at once.
+        barrier = threading.Barrier(40)
+        results = [executor.submit(barrier.wait, 30) for _ in range(40)]
+        assert sorted(f.result(timeout=30) for f in results) == list(range(40))
+
+
+def test_busy_threads_do_not_hold_up_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lifecycle, "THREADS_AHEAD_WAIT_S", 0.5)
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="ahead-busy") as executor:
+        busy = executor.submit(release.wait, 30)  # a workflow recovered at launch, running for long
+        warm = lifecycle.start_threads_ahead(executor, 8)
+        warm.join(timeout=30)
+        assert not warm.is_alive()
+        assert executor.submit(lambda: "ran").result(timeout=30) == "ran"
+        assert pool_threads("ahead-busy") == 8
+        release.set()
+        assert busy.result(timeout=30) is True
