@@ -265,9 +265,24 @@ def idle_cpu_rate(pid: int, seconds: float) -> float:
     of every figure per shot, and more of it the longer a run takes."""
     if seconds <= 0:
         return 0.0
+    settled(pid)
     before = tree_cpu_s(pid)
     time.sleep(seconds)
     return (tree_cpu_s(pid) - before) / seconds
+
+
+def settled(pid: int, timeout_s: float = 30.0) -> None:
+    """Wait until the server has started its worker threads (a worker starts them all at launch, from
+    a background thread, in about a second): not idle time, nor the load's."""
+    deadline = time.monotonic() + timeout_s
+    last, same_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        threads = status_fields(pid).get("Threads", 0)
+        if threads != last:
+            last, same_since = threads, time.monotonic()
+        elif time.monotonic() - same_since >= 1.0:
+            return
+        time.sleep(0.2)
 
 
 def spread(shots_per_request: list[int], shots_per_account: int) -> list[int]:
