@@ -166,7 +166,7 @@ def record_attempt(
     next_attempt_at: float | None,
 ) -> bool:
     """Record attempt ``number`` of a pending delivery and its new state. Conditional on the attempt
-    not being recorded yet (a step re-run after a crash records once). False if it was."""
+    not being recorded yet (a workflow re-run after a crash records once). False if it was."""
     result = conn.execute(
         sa.update(webhook_deliveries)
         .where(_D.id == delivery_id, _D.state == PENDING, _D.attempts < number)
