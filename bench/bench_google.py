@@ -188,6 +188,12 @@ def tree_cpu_s(pid: int) -> float:
     return total / CLK_TCK
 
 
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of the process alone: the gateway's own CPU, the joins' child processes apart."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields is not None else 0.0
+
+
 def status_fields(pid: int) -> dict[str, int]:
     """VmHWM and VmRSS in bytes, and Threads, from /proc/<pid>/status."""
     found: dict[str, int] = {}
@@ -492,6 +498,7 @@ class Outcome:
     completed: int
     failed: int
     server_cpu_s: float
+    process_cpu_s: float  # the server process alone (the joins' child processes excluded)
     peak_rss: int
     peak_threads: int
     log_errors: list[str]
@@ -506,6 +513,10 @@ class Outcome:
     @property
     def cpu_ms_per_shot(self) -> float:
         return self.server_cpu_s / max(1, self.completed) * 1e3
+
+    @property
+    def process_ms_per_shot(self) -> float:
+        return self.process_cpu_s / max(1, self.completed) * 1e3
 
     @property
     def idle_ms_per_shot(self) -> float:
@@ -549,6 +560,8 @@ class Outcome:
             "completed": self.completed,
             "failed": self.failed,
             "server_cpu_s": round(self.server_cpu_s, 2),
+            "server_process_cpu_s": round(self.process_cpu_s, 2),
+            "server_process_cpu_ms_per_shot": round(self.process_ms_per_shot, 2),
             "server_cpu_ms_per_shot": round(self.cpu_ms_per_shot, 2),
             "server_idle_cpu_per_s": round(self.idle_cpu_per_s, 4),
             "idle_share_ms_per_shot": round(self.idle_ms_per_shot, 2),
@@ -588,10 +601,11 @@ def run_case(
         ]
         assert server.process is not None
         kill: dict[str, Any] | None = None
-        cpu_before_kill = 0.0
+        cpu_before_kill = own_before_kill = 0.0
         idle = idle_cpu_rate(server.process.pid, args.idle_s)
         with Watch(server.process.pid) as watch:
             cpu0, fake_cpu0 = tree_cpu_s(server.process.pid), fake.cpu_s()
+            own0 = process_cpu_s(server.process.pid)
             t0 = time.time()
             submitted = asyncio.run(submit_all(server, accounts, owners, bodies, args.client_concurrency))
             deadline = t0 + args.timeout_s
@@ -601,6 +615,7 @@ def run_case(
                 state = progress(home)
                 watch.sample()
                 cpu_before_kill = tree_cpu_s(server.process.pid) - cpu0
+                own_before_kill = process_cpu_s(server.process.pid) - own0
                 orphans = descendants(server.process.pid)
                 killed_at = time.time() - t0
                 server.process.send_signal(signal.SIGKILL)  # kill -9: no shutdown code runs
@@ -613,6 +628,7 @@ def run_case(
                 server.start()  # same home, port and NANOGEN_EXECUTOR_ID: DBOS recovers the workflows
                 watch.follow(server.process.pid)
                 cpu0 = tree_cpu_s(server.process.pid)  # the restarted process, from its start
+                own0 = process_cpu_s(server.process.pid)
                 kill = {
                     "killed_at_s": round(killed_at, 2),
                     "done_before_kill": before,
@@ -624,6 +640,7 @@ def run_case(
             seen = time.time()
             watch.sample()
             cpu = cpu_before_kill + tree_cpu_s(server.process.pid) - cpu0
+            own = own_before_kill + process_cpu_s(server.process.pid) - own0
             fake_cpu = fake.cpu_s() - fake_cpu0
         credits = ledger_check(server, accounts, submitted.accepted, home)
         fake_stats = fake.stats()
@@ -644,6 +661,7 @@ def run_case(
         completed=state.completed,
         failed=state.failed,
         server_cpu_s=cpu,
+        process_cpu_s=own,
         peak_rss=watch.peak_rss,
         peak_threads=watch.peak_threads,
         log_errors=log_errors(server),
@@ -750,14 +768,16 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
     report.add(
         Row("   server RSS peak", f"{o.peak_rss / 2**20:.0f} MB", "", "", "<= 1024 MB", o.peak_rss <= 2**30)
     )
+    # The goal is the gateway's own CPU, concatenation excluded: the server process alone (the joins
+    # run in its child processes); with the children, for the record.
     report.add(
         Row(
-            "   server CPU per shot",
-            f"{o.cpu_ms_per_shot:.1f} ms",
-            f"{o.server_cpu_s:.1f} s; idle {o.idle_ms_per_shot:.1f} ms",
+            "   server CPU per shot (process; joins apart)",
+            f"{o.process_ms_per_shot:.1f} ms",
+            f"with joins {o.cpu_ms_per_shot:.1f} ms; idle {o.idle_ms_per_shot:.1f} ms",
             "",
             "<= 20 ms",
-            o.completed > 0 and o.cpu_ms_per_shot <= 20,
+            o.completed > 0 and o.process_ms_per_shot <= 20,
         )
     )
     report.add(Row("   ERROR/Traceback log lines", str(len(o.log_errors)), "", "", "0", not o.log_errors))
