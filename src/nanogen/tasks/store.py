@@ -273,13 +273,18 @@ def ended_task_ids(conn: sa.Connection, task_ids: list[str]) -> list[str]:
 
 
 # -- transitions -------------------------------------------------------------------------------------
-_START = Prepared(
-    sa.update(tasks)
-    .where(
+def _open_task_update() -> sa.Update:
+    """An UPDATE of task ``task_id`` while it is open (pending or generating): bind ``_OPEN_BINDS`` too."""
+    return sa.update(tasks).where(
         tasks.c.id == sa.bindparam("task_id"),
         tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
     )
-    .values(
+
+
+_OPEN_BINDS = {f"open_{s}": s for s in OPEN}
+
+_START = Prepared(
+    _open_task_update().values(
         status=sa.bindparam("generating"),
         started_at=sa.func.coalesce(tasks.c.started_at, sa.bindparam("now")),
         attempts=tasks.c.attempts + sa.literal_column("1"),
@@ -292,7 +297,7 @@ def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     the task as it now is, or None once terminal. One prepared statement: every job's start goes
     through the task writer's one thread, so its cost sets how fast a burst of jobs can start."""
     values = {"task_id": task_id, "now": time.time(), "generating": TaskStatus.GENERATING.value}
-    _START.run(conn, values | {f"open_{s}": s for s in OPEN}).close()
+    _START.run(conn, values | _OPEN_BINDS).close()
     record = get_task(conn, task_id)
     return None if record is None or record.status.is_terminal else record
 
@@ -351,12 +356,7 @@ def record_seed(conn: sa.Connection, task_id: str, seed: int) -> None:
 
 
 _COMPLETE = Prepared(
-    sa.update(tasks)
-    .where(
-        tasks.c.id == sa.bindparam("task_id"),
-        tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
-    )
-    .values(
+    _open_task_update().values(
         status=sa.bindparam("completed"),
         progress=sa.bindparam("progress"),
         output_url=sa.bindparam("output_url"),
@@ -375,7 +375,7 @@ def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str
         "output_key": output_key,
         "now": time.time(),
     }
-    cursor = _COMPLETE.run(conn, values | {f"open_{s}": s for s in OPEN})
+    cursor = _COMPLETE.run(conn, values | _OPEN_BINDS)
     try:
         return bool(cursor.rowcount == 1)
     finally:
