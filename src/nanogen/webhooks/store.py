@@ -92,6 +92,7 @@ class Target(NamedTuple):
     url: str | None
 
 
+# Prepared statements: every task's end runs these on the task writer's one thread.
 _LOCK_GENERATION = Prepared(
     sa.select(generations.c.account_id, generations.c.product, generations.c.webhook_url)
     .where(generations.c.id == sa.bindparam("generation_id"))
@@ -101,7 +102,6 @@ _ACCOUNT_URL = Prepared(sa.select(_A.url).where(_A.account_id == sa.bindparam("a
 _HAS_DELIVERY = Prepared(sa.select(sa.exists().where(_D.generation_id == sa.bindparam("generation_id"))))
 
 
-# Prepared statements: every task's end runs these on the task writer's one thread.
 def lock_generation_target(conn: sa.Connection, generation_id: str) -> Target | None:
     """The generation's account, product and webhook URL (its own, else the account's default), its
     row locked until the caller's transaction ends. The lock orders the transactions that end a

@@ -150,6 +150,17 @@ def checked(response: httpx.Response) -> httpx.Response:
     raise ProviderError.from_response(response)
 
 
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """A successful REST answer's JSON object; EngineError when it is not one."""
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise EngineError("Google returned a malformed response (not JSON)") from exc
+    if not isinstance(data, dict):
+        raise EngineError("Google returned a malformed response (not a JSON object)")
+    return data
+
+
 @dataclass(frozen=True)
 class Backoff:
     base_s: float

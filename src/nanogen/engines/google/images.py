@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -30,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
 from nanogen.engines.base import ImageJob, InputImage
-from nanogen.engines.google.calls import checked, sdk
+from nanogen.engines.google.calls import checked, json_object, sdk
 from nanogen.errors import EngineError
 from nanogen.media.images import png_bytes
 
@@ -124,13 +123,7 @@ class ImagesRest:
         url = f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
         headers = {"x-goog-api-key": self._key.get_secret_value()}
         response = checked(self._http.post(url, json=self.body(call), headers=headers, timeout=timeout_s))
-        try:
-            answer = json.loads(response.content)
-        except ValueError as exc:
-            raise EngineError("Google returned a malformed response (not JSON)") from exc
-        if not isinstance(answer, dict):
-            raise EngineError("Google returned a malformed response (not a JSON object)")
-        return _from_json(answer)
+        return _from_json(json_object(response))
 
 
 def _from_json(answer: dict[str, Any]) -> Answer:

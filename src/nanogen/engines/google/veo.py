@@ -27,7 +27,7 @@ from google.genai import types
 from pydantic import SecretStr
 
 from nanogen.engines.base import InputImage, ShotJob
-from nanogen.engines.google.calls import checked, sdk
+from nanogen.engines.google.calls import checked, json_object, sdk
 from nanogen.engines.google.images import input_image
 from nanogen.errors import EngineError
 from nanogen.products import GenerationType
@@ -123,14 +123,14 @@ class VeoRest:
         response = checked(
             self._http.post(url, json=self.body(job), headers=self._auth(url), timeout=timeout_s)
         )
-        name = _json(response).get("name")
+        name = json_object(response).get("name")
         if not isinstance(name, str):
             raise EngineError("Google returned a malformed response (no operation name)")
         return _check_name(name)
 
     def poll(self, operation: str, timeout_s: float) -> Finished | None:
         url = f"{self._base}/v1beta/{_check_name(operation)}"
-        state = _json(checked(self._http.get(url, headers=self._auth(url), timeout=timeout_s)))
+        state = json_object(checked(self._http.get(url, headers=self._auth(url), timeout=timeout_s)))
         error = state.get("error")
         if isinstance(error, dict):
             raise EngineError(f"Google could not make the video: {error.get('message') or error}"[:2000])
@@ -160,16 +160,6 @@ class VeoRest:
                         out.write(chunk)
                 return
         raise EngineError("Google returned a malformed response (too many redirects for the video)")
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError as exc:
-        raise EngineError("Google returned a malformed response (not JSON)") from exc
-    if not isinstance(data, dict):
-        raise EngineError("Google returned a malformed response (not a JSON object)")
-    return data
 
 
 # -- Vertex AI: the SDK --------------------------------------------------------------------------------
