@@ -181,11 +181,7 @@ def tree_cpu_s(pid: int) -> float:
     fields = _stat(pid)
     if fields is not None:
         total += sum(int(v) for v in fields[11:15])
-    for child in descendants(pid):
-        f = _stat(child)
-        if f is not None:
-            total += int(f[11]) + int(f[12])
-    return total / CLK_TCK
+    return total / CLK_TCK + sum(process_cpu_s(child) for child in descendants(pid))
 
 
 def process_cpu_s(pid: int) -> float:
