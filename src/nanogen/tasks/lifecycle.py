@@ -148,39 +148,25 @@ def start_threads_ahead(executor: ThreadPoolExecutor, count: int) -> threading.T
     for the interpreter lock: DBOS starts every dequeued workflow from one queue thread, so with
     2,000 image calls dequeued at once that wait, once per workflow, held starts to ~450 a second
     (py-spy dumps: the queue thread in ``Thread.start`` in 10 of 11). Idle, the threads cost memory
-    only (4,000 threads: ~75 MB, 0.8 s to start, no CPU).
+    only (4,000 threads: ~75 MB, about a second to start, no CPU).
 
-    Each thread is started by a job that holds it until all have started, so that none is reused;
-    work that arrives meanwhile waits behind them (about a second). Threads that are busy (a
-    workflow recovered at launch) cannot take one: after ``THREADS_AHEAD_WAIT_S`` the holds end
-    anyway, with the threads started so far."""
-    started = threading.Semaphore(0)
-    go = threading.Event()
-
-    def hold() -> None:
-        started.release()
-        go.wait(THREADS_AHEAD_WAIT_S)
+    The threads are started the way the executor starts one for a job (``_adjust_thread_count``,
+    under its lock), so each goes straight to waiting for work: no job holds them, and work that
+    arrives meanwhile runs at once. (Holding each new thread in a job until all had started, the
+    way this began, woke them all together at the end: 4,000 threads took 2.5-7 s of CPU to start,
+    mostly the kernel's, against ~1.3 s started this way.)"""
 
     def warm() -> None:
-        deadline = time.monotonic() + THREADS_AHEAD_WAIT_S
-        try:
-            for _ in range(count):
-                executor.submit(hold)
-            for _ in range(count):
-                if not started.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    log.info("DBOS's worker threads: not all started ahead (some are busy)")
-                    break
-        except RuntimeError:  # shut down meanwhile
-            pass
-        finally:
-            go.set()
+        # Bounded: a call that finds an idle thread (a recovered workflow just ended) starts none.
+        for _ in range(2 * count):
+            with executor._shutdown_lock:
+                if executor._shutdown or len(executor._threads) >= min(count, executor._max_workers):
+                    return
+                executor._adjust_thread_count()
 
     thread = threading.Thread(target=warm, name="nanogen-threads-ahead", daemon=True)
     thread.start()
     return thread
-
-
-THREADS_AHEAD_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
