@@ -6,7 +6,8 @@ sizes once the engine meets its goals; ``--quick``: about 2) or as part of ``ben
 a. N one-shot video requests (default 1,000) at L s provider latency (default 60): wall time until every
    shot is done over L (goal <= 1.25x), the server's peak RSS (VmHWM; goal <= 1 GB), its CPU per shot
    (utime + stime of the server process and its children over the run, submits included; goal <= 20 ms;
-   beside it the share an idle server would have spent over the same time, measured before the load),
+   beside it the share an idle server would have spent over the same time, measured before the load,
+   and the share of the kernel: stime, where threads fighting over the interpreter lock show up),
    ERROR/Traceback lines in its log (goal 0), duplicate submissions at the fake (goal 0).
 b. 48 requests of 21 shots at L: the same measures (the wall time includes the 48 concatenations, and
    so does the CPU: the issue's goal excludes them; a stream-copy join costs ~0.07 s, ~3 ms a shot).
@@ -188,6 +189,13 @@ def process_cpu_s(pid: int) -> float:
     """utime + stime of the process alone: the gateway's own CPU, the joins' child processes apart."""
     fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields is not None else 0.0
+
+
+def process_kernel_cpu_s(pid: int) -> float:
+    """stime of the process alone: its threads' time in the kernel (system calls, futex waits and
+    wake-ups, task switches). Threads fighting over the interpreter lock show up here."""
+    fields = _stat(pid)
+    return int(fields[12]) / CLK_TCK if fields is not None else 0.0
 
 
 def status_fields(pid: int) -> dict[str, int]:
@@ -495,6 +503,7 @@ class Outcome:
     failed: int
     server_cpu_s: float
     process_cpu_s: float  # the server process alone (the joins' child processes excluded)
+    process_kernel_cpu_s: float  # of which in the kernel
     peak_rss: int
     peak_threads: int
     log_errors: list[str]
@@ -558,6 +567,7 @@ class Outcome:
             "server_cpu_s": round(self.server_cpu_s, 2),
             "server_process_cpu_s": round(self.process_cpu_s, 2),
             "server_process_cpu_ms_per_shot": round(self.process_ms_per_shot, 2),
+            "server_process_kernel_cpu_s": round(self.process_kernel_cpu_s, 2),
             "server_cpu_ms_per_shot": round(self.cpu_ms_per_shot, 2),
             "server_idle_cpu_per_s": round(self.idle_cpu_per_s, 4),
             "idle_share_ms_per_shot": round(self.idle_ms_per_shot, 2),
@@ -597,11 +607,12 @@ def run_case(
         ]
         assert server.process is not None
         kill: dict[str, Any] | None = None
-        cpu_before_kill = own_before_kill = 0.0
+        cpu_before_kill = own_before_kill = kernel_before_kill = 0.0
         idle = idle_cpu_rate(server.process.pid, args.idle_s)
         with Watch(server.process.pid) as watch:
             cpu0, fake_cpu0 = tree_cpu_s(server.process.pid), fake.cpu_s()
             own0 = process_cpu_s(server.process.pid)
+            kernel0 = process_kernel_cpu_s(server.process.pid)
             t0 = time.time()
             submitted = asyncio.run(submit_all(server, accounts, owners, bodies, args.client_concurrency))
             deadline = t0 + args.timeout_s
@@ -612,6 +623,7 @@ def run_case(
                 watch.sample()
                 cpu_before_kill = tree_cpu_s(server.process.pid) - cpu0
                 own_before_kill = process_cpu_s(server.process.pid) - own0
+                kernel_before_kill = process_kernel_cpu_s(server.process.pid) - kernel0
                 orphans = descendants(server.process.pid)
                 killed_at = time.time() - t0
                 server.process.send_signal(signal.SIGKILL)  # kill -9: no shutdown code runs
@@ -625,6 +637,7 @@ def run_case(
                 watch.follow(server.process.pid)
                 cpu0 = tree_cpu_s(server.process.pid)  # the restarted process, from its start
                 own0 = process_cpu_s(server.process.pid)
+                kernel0 = process_kernel_cpu_s(server.process.pid)
                 kill = {
                     "killed_at_s": round(killed_at, 2),
                     "done_before_kill": before,
@@ -637,6 +650,7 @@ def run_case(
             watch.sample()
             cpu = cpu_before_kill + tree_cpu_s(server.process.pid) - cpu0
             own = own_before_kill + process_cpu_s(server.process.pid) - own0
+            kernel = kernel_before_kill + process_kernel_cpu_s(server.process.pid) - kernel0
             fake_cpu = fake.cpu_s() - fake_cpu0
         credits = ledger_check(server, accounts, submitted.accepted, home)
         fake_stats = fake.stats()
@@ -658,6 +672,7 @@ def run_case(
         failed=state.failed,
         server_cpu_s=cpu,
         process_cpu_s=own,
+        process_kernel_cpu_s=kernel,
         peak_rss=watch.peak_rss,
         peak_threads=watch.peak_threads,
         log_errors=log_errors(server),
@@ -770,7 +785,8 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
         Row(
             "   server CPU per shot (process; joins apart)",
             f"{o.process_ms_per_shot:.1f} ms",
-            f"with joins {o.cpu_ms_per_shot:.1f} ms; idle {o.idle_ms_per_shot:.1f} ms",
+            f"with joins {o.cpu_ms_per_shot:.1f} ms; idle {o.idle_ms_per_shot:.1f} ms; "
+            f"kernel {o.process_kernel_cpu_s / max(o.process_cpu_s, 1e-9):.0%}",
             "",
             "<= 20 ms",
             o.completed > 0 and o.process_ms_per_shot <= 20,
