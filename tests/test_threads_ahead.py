@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from nanogen.tasks import lifecycle
 
 
@@ -48,3 +50,18 @@ def test_never_more_than_the_pool_allows_nor_after_shutdown() -> None:
     stopped.shutdown()
     lifecycle.start_threads_ahead(stopped, 5).join(timeout=30)
     assert pool_threads("ahead-stopped") == 0
+
+
+def test_an_exiting_interpreter_ends_the_warm_up_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Exiting(ThreadPoolExecutor):
+        def _adjust_thread_count(self) -> None:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    uncaught: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
+    with Exiting(max_workers=4, thread_name_prefix="ahead-exiting") as executor:
+        warm = lifecycle.start_threads_ahead(executor, 4)
+        warm.join(timeout=30)
+        assert not warm.is_alive()
+        assert pool_threads("ahead-exiting") == 0
+    assert uncaught == []

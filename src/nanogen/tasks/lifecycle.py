@@ -162,7 +162,10 @@ def start_threads_ahead(executor: ThreadPoolExecutor, count: int) -> threading.T
             with executor._shutdown_lock:
                 if executor._shutdown or len(executor._threads) >= min(count, executor._max_workers):
                     return
-                executor._adjust_thread_count()
+                try:
+                    executor._adjust_thread_count()
+                except RuntimeError:  # the interpreter is exiting: no new threads
+                    return
 
     thread = threading.Thread(target=warm, name="nanogen-threads-ahead", daemon=True)
     thread.start()
