@@ -198,6 +198,26 @@ def process_kernel_cpu_s(pid: int) -> float:
     return int(fields[12]) / CLK_TCK if fields is not None else 0.0
 
 
+@dataclass(frozen=True)
+class CpuReading:
+    """The server's CPU seconds at one moment: with its children (the joins), alone, and alone in
+    the kernel. Differences of readings are the CPU spent between them."""
+
+    tree: float = 0.0
+    own: float = 0.0
+    kernel: float = 0.0
+
+    @classmethod
+    def of(cls, pid: int) -> CpuReading:
+        return cls(tree_cpu_s(pid), process_cpu_s(pid), process_kernel_cpu_s(pid))
+
+    def __add__(self, other: CpuReading) -> CpuReading:
+        return CpuReading(self.tree + other.tree, self.own + other.own, self.kernel + other.kernel)
+
+    def __sub__(self, other: CpuReading) -> CpuReading:
+        return CpuReading(self.tree - other.tree, self.own - other.own, self.kernel - other.kernel)
+
+
 def status_fields(pid: int) -> dict[str, int]:
     """VmHWM and VmRSS in bytes, and Threads, from /proc/<pid>/status."""
     found: dict[str, int] = {}
@@ -607,12 +627,10 @@ def run_case(
         ]
         assert server.process is not None
         kill: dict[str, Any] | None = None
-        cpu_before_kill = own_before_kill = kernel_before_kill = 0.0
+        spent_before_kill = CpuReading()
         idle = idle_cpu_rate(server.process.pid, args.idle_s)
         with Watch(server.process.pid) as watch:
-            cpu0, fake_cpu0 = tree_cpu_s(server.process.pid), fake.cpu_s()
-            own0 = process_cpu_s(server.process.pid)
-            kernel0 = process_kernel_cpu_s(server.process.pid)
+            cpu0, fake_cpu0 = CpuReading.of(server.process.pid), fake.cpu_s()
             t0 = time.time()
             submitted = asyncio.run(submit_all(server, accounts, owners, bodies, args.client_concurrency))
             deadline = t0 + args.timeout_s
@@ -621,9 +639,7 @@ def run_case(
                 time.sleep(max(0.0, t0 + kill_at_s - time.time()))
                 state = progress(home)
                 watch.sample()
-                cpu_before_kill = tree_cpu_s(server.process.pid) - cpu0
-                own_before_kill = process_cpu_s(server.process.pid) - own0
-                kernel_before_kill = process_kernel_cpu_s(server.process.pid) - kernel0
+                spent_before_kill = CpuReading.of(server.process.pid) - cpu0
                 orphans = descendants(server.process.pid)
                 killed_at = time.time() - t0
                 server.process.send_signal(signal.SIGKILL)  # kill -9: no shutdown code runs
@@ -635,9 +651,7 @@ def run_case(
                 restart = time.perf_counter()
                 server.start()  # same home, port and NANOGEN_EXECUTOR_ID: DBOS recovers the workflows
                 watch.follow(server.process.pid)
-                cpu0 = tree_cpu_s(server.process.pid)  # the restarted process, from its start
-                own0 = process_cpu_s(server.process.pid)
-                kernel0 = process_kernel_cpu_s(server.process.pid)
+                cpu0 = CpuReading.of(server.process.pid)  # the restarted process, from its start
                 kill = {
                     "killed_at_s": round(killed_at, 2),
                     "done_before_kill": before,
@@ -648,9 +662,7 @@ def run_case(
                 state = progress(home)
             seen = time.time()
             watch.sample()
-            cpu = cpu_before_kill + tree_cpu_s(server.process.pid) - cpu0
-            own = own_before_kill + process_cpu_s(server.process.pid) - own0
-            kernel = kernel_before_kill + process_kernel_cpu_s(server.process.pid) - kernel0
+            spent = spent_before_kill + (CpuReading.of(server.process.pid) - cpu0)
             fake_cpu = fake.cpu_s() - fake_cpu0
         credits = ledger_check(server, accounts, submitted.accepted, home)
         fake_stats = fake.stats()
@@ -670,9 +682,9 @@ def run_case(
         shots_done_s=(state.last_finished_at - t0) if state.done and state.last_finished_at else None,
         completed=state.completed,
         failed=state.failed,
-        server_cpu_s=cpu,
-        process_cpu_s=own,
-        process_kernel_cpu_s=kernel,
+        server_cpu_s=spent.tree,
+        process_cpu_s=spent.own,
+        process_kernel_cpu_s=spent.kernel,
         peak_rss=watch.peak_rss,
         peak_threads=watch.peak_threads,
         log_errors=log_errors(server),
