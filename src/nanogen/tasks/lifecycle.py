@@ -211,6 +211,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     rt = build_runtime(settings)
     runtime_module.install(rt)
     queues = worker_queues(rt) if work else {}
+    threads = executor_threads(settings, queues)
     DBOS(
         config={
             "name": "nanogen",
@@ -218,7 +219,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             **({"system_database_engine": rt.system_db} if rt.system_db is not None else {}),
             "application_version": settings.application_version,
             "executor_id": settings.executor_id_for(role),
-            "max_executor_threads": executor_threads(settings, queues),
+            "max_executor_threads": threads,
             **(
                 {"sys_db_pool_size": settings.db_system_pool_size}
                 if not settings.resolved_database_url.startswith("sqlite")
@@ -235,7 +236,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
     DBOS.launch()
     if work:
-        start_threads_ahead(_dbos_executor(), executor_threads(settings, queues))
+        start_threads_ahead(_dbos_executor(), threads)
     # Queue settings live in the database, shared by every worker of the queue: only workers set
     # them (an API process enqueues by name), and the last worker to start wins.
     for name, queue in queues.items():
