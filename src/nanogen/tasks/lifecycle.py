@@ -23,8 +23,8 @@ from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
+from nanogen.tasks import futex_hash, store
 from nanogen.tasks import runtime as runtime_module
-from nanogen.tasks import store
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
 from nanogen.tasks.runtime import MEDIA_QUEUE, Runtime
@@ -234,6 +234,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     # Webhook deliveries are async workflows (a waiting retry holds no thread): not among the queues
     # whose slots are counted in threads above.
     DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
+    futex_hash.size_for_threads(threads)  # before DBOS starts them (tasks/futex_hash.py)
     DBOS.launch()
     if work:
         start_threads_ahead(_dbos_executor(), threads)
