@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -216,6 +217,16 @@ class CpuReading:
 
     def __sub__(self, other: CpuReading) -> CpuReading:
         return CpuReading(self.tree - other.tree, self.own - other.own, self.kernel - other.kernel)
+
+
+def own_cpu_s() -> float:
+    """This process's CPU seconds (user and kernel), its threads included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def status_fields(pid: int) -> dict[str, int]:
@@ -534,6 +545,11 @@ class Outcome:
     kill: dict[str, Any] | None = None
     credits: dict[str, Any] | None = None
     phases: dict[str, Any] | None = None
+    # The server process's CPU seconds until the last submission was answered (the API's work and
+    # the jobs started meanwhile), and this process's own CPU seconds for the submissions: the load
+    # generator runs on the server's cores, so what it costs is not the server's to spend.
+    submit_phase_cpu_s: float | None = None
+    client_cpu_s: float | None = None
 
     @property
     def cpu_ms_per_shot(self) -> float:
@@ -588,6 +604,8 @@ class Outcome:
             "server_process_cpu_s": round(self.process_cpu_s, 2),
             "server_process_cpu_ms_per_shot": round(self.process_ms_per_shot, 2),
             "server_process_kernel_cpu_s": round(self.process_kernel_cpu_s, 2),
+            "server_process_cpu_s_until_last_accepted": rounded(self.submit_phase_cpu_s),
+            "client_cpu_s": rounded(self.client_cpu_s),
             "server_cpu_ms_per_shot": round(self.cpu_ms_per_shot, 2),
             "server_idle_cpu_per_s": round(self.idle_cpu_per_s, 4),
             "idle_share_ms_per_shot": round(self.idle_ms_per_shot, 2),
@@ -632,7 +650,10 @@ def run_case(
         with Watch(server.process.pid) as watch:
             cpu0, fake_cpu0 = CpuReading.of(server.process.pid), fake.cpu_s()
             t0 = time.time()
+            client0 = own_cpu_s()
             submitted = asyncio.run(submit_all(server, accounts, owners, bodies, args.client_concurrency))
+            client_cpu = own_cpu_s() - client0
+            submit_phase = CpuReading.of(server.process.pid) - cpu0
             deadline = t0 + args.timeout_s
             state = progress(home)
             if kill_at_s is not None:
@@ -695,6 +716,8 @@ def run_case(
         kill=kill,
         credits=credits,
         phases=timeline,
+        submit_phase_cpu_s=submit_phase.own,
+        client_cpu_s=client_cpu,
     )
 
 
@@ -804,6 +827,20 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
             o.completed > 0 and o.process_ms_per_shot <= 20,
         )
     )
+    if o.submit_phase_cpu_s is not None and o.client_cpu_s is not None and o.completed > 0:
+        # Where the server's CPU went: until the last submission was answered (the API and the jobs
+        # started meanwhile), and after (the jobs' ends). The load generator's own cost per request
+        # is beside it: it shares the server's cores.
+        after = o.process_cpu_s - o.submit_phase_cpu_s
+        report.add(
+            Row(
+                "   server CPU per shot: to last accepted / after",
+                f"{o.submit_phase_cpu_s / o.completed * 1e3:.1f} / {after / o.completed * 1e3:.1f} ms",
+                f"load generator {o.client_cpu_s / max(1, o.requests) * 1e3:.2f} ms per request",
+                "",
+                "",
+            )
+        )
     report.add(Row("   ERROR/Traceback log lines", str(len(o.log_errors)), "", "", "0", not o.log_errors))
     if o.credits is not None:
         credits_row(report, o.credits)
