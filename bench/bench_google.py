@@ -7,7 +7,7 @@ a. N one-shot video requests (default 1,000) at L s provider latency (default 60
    shot is done over L (goal <= 1.25x), the server's peak RSS (VmHWM; goal <= 1 GB), its CPU per shot
    (utime + stime of the server process and its children over the run, submits included; goal <= 20 ms;
    beside it the share an idle server would have spent over the same time, measured before the load,
-   and the share of the kernel: stime, where threads fighting over the interpreter lock show up),
+   and the share of the kernel: stime, where contended locks show up),
    ERROR/Traceback lines in its log (goal 0), duplicate submissions at the fake (goal 0).
 b. 48 requests of 21 shots at L: the same measures (the wall time includes the 48 concatenations, and
    so does the CPU: the issue's goal excludes them; a stream-copy join costs ~0.07 s, ~3 ms a shot).
@@ -192,17 +192,11 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields is not None else 0.0
 
 
-def process_kernel_cpu_s(pid: int) -> float:
-    """stime of the process alone: its threads' time in the kernel (system calls, futex waits and
-    wake-ups, task switches). Threads fighting over the interpreter lock show up here."""
-    fields = _stat(pid)
-    return int(fields[12]) / CLK_TCK if fields is not None else 0.0
-
-
 @dataclass(frozen=True)
 class CpuReading:
     """The server's CPU seconds at one moment: with its children (the joins), alone, and alone in
-    the kernel. Differences of readings are the CPU spent between them."""
+    the kernel (stime: system calls, futex waits and wake-ups, task switches; where contended locks
+    show up). Differences of readings are the CPU spent between them."""
 
     tree: float = 0.0
     own: float = 0.0
@@ -210,7 +204,9 @@ class CpuReading:
 
     @classmethod
     def of(cls, pid: int) -> CpuReading:
-        return cls(tree_cpu_s(pid), process_cpu_s(pid), process_kernel_cpu_s(pid))
+        fields = _stat(pid)  # the process alone: user and kernel from one snapshot
+        own, kernel = (int(fields[11]) + int(fields[12]), int(fields[12])) if fields is not None else (0, 0)
+        return cls(tree_cpu_s(pid), own / CLK_TCK, kernel / CLK_TCK)
 
     def __add__(self, other: CpuReading) -> CpuReading:
         return CpuReading(self.tree + other.tree, self.own + other.own, self.kernel + other.kernel)

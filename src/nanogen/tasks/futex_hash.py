@@ -9,9 +9,9 @@ chains hundreds of sleeping threads, and a busy futex that lands in a crowded on
 threads all sleep on one) pays a walk of thousands on every wait and wake.
 
 Measured on the 2-core bench machine (2,000 Gemini image calls, ``bench/bench_google.py --only c``):
-of 28 runs with the default table, 17 read 20.9-23.1 s, 9 were slow (24.2-30.3 s, up to 15 ms of
+of 28 runs with the default table, 17 read 20.9-23.1 s, 9 were slow (24.2-30.3 s, up to 15.6 ms of
 CPU per image) and 2 collapsed (38.1 s and 76.5 s, 83-92% of the server's CPU in the kernel). With
-the table sized here, 8 runs of 8 read 21.3-21.9 s at 6.3-7.0 ms per image.
+the table sized here, 12 runs of 12 read 21.3-21.9 s at 6.3-7.0 ms per image.
 
 So a worker asks for a table of four buckets per thread it may run (the kernel's own ratio), a power
 of two, before it starts them. It never shrinks a table. On a kernel without private futex hashes
@@ -44,18 +44,14 @@ def slots_for(threads: int) -> int:
 def current_slots() -> int | None:
     """This process's private futex hash size (0: none yet, a process starts on the global one), or
     None when the kernel has no private hash (before Linux 6.16, or not Linux)."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    slots = int(prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0))
-    return None if slots < 0 else slots
+    return _slots(_prctl())
 
 
 def size_for_threads(threads: int) -> int | None:
     """Grow this process's private futex hash to hold ``threads`` sleeping threads. Returns the size
     in force afterwards (None: the kernel has no private hash to size)."""
     prctl = _prctl()
-    now = current_slots()
+    now = _slots(prctl)
     if prctl is None or now is None:
         return now
     wanted = slots_for(threads)
@@ -71,6 +67,13 @@ def size_for_threads(threads: int) -> int | None:
         return now
     log.info("futex hash: %d slots for %d threads (was %d)", wanted, threads, now)
     return wanted
+
+
+def _slots(prctl: Callable[..., int] | None) -> int | None:
+    if prctl is None:
+        return None
+    slots = int(prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0))
+    return None if slots < 0 else slots
 
 
 def _prctl() -> Callable[..., int] | None:
