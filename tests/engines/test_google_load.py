@@ -169,7 +169,7 @@ def test_before_any_window_a_large_wave_polls_once_a_second_between_its_operatio
 
 
 def test_a_wave_waiting_before_any_window_polls_once_the_first_operations_finish() -> None:
-    schedule = PollSchedule(interval_s=1)  # looks for a window every 0.2 s while none is known
+    schedule = PollSchedule(interval_s=1)
     submitted = time.monotonic() - 60  # an operation a minute old, due for its next poll in 60 s
     job = Job(deadline=time.time() + 600)
     waited: list[float] = []
@@ -194,3 +194,26 @@ def test_a_wave_waiting_before_any_window_polls_once_the_first_operations_finish
     stopped.stop.set()
     with pytest.raises(JobStopped, match="task ended"):
         schedule.wait(stopped, 60, lambda: 0.0)
+
+
+def test_a_nudge_wakes_a_waiting_job_without_stopping_it() -> None:
+    job = Job(deadline=time.time() + 600)
+    woke: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        job.wait(60)
+        woke.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    give_up = time.monotonic() + 30
+    while waiter.is_alive() and time.monotonic() < give_up:  # a nudge before the wait wakes nobody
+        job.stop.nudge()
+        waiter.join(0.05)
+    assert woke and woke[0] < 30, "woken long before its 60 s"
+    assert not job.stop.is_set(), "a nudge is not a stop"
+    job.wait(0.01)  # and the job goes on
+    job.stop.set()
+    with pytest.raises(JobStopped, match="task ended"):
+        job.wait(60)

@@ -64,6 +64,38 @@ class JobStopped(EngineError):
     """The job may not go on: its deadline passed, or its task ended elsewhere (failed, canceled)."""
 
 
+class StopSignal:
+    """A job's stop flag, with :class:`threading.Event`'s ``set``, ``is_set`` and ``wait``, whose
+    waiters can also be woken without stopping the job (:meth:`nudge`): a wait whose length depends
+    on something learned meanwhile (the poll schedule's window) looks again, instead of waking
+    every few seconds to check (each wake of a thread costs ~65 us of CPU; a thousand waiting shots
+    woken every 2 s cost ~2 ms of CPU per shot)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until set, nudged or ``timeout`` passed; True when set."""
+        with self._cond:
+            if not self._flag:
+                self._cond.wait(timeout)
+            return self._flag
+
+    def nudge(self) -> None:
+        """Wake the current waiters without setting the flag."""
+        with self._cond:
+            self._cond.notify_all()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Job:
     """When a job must stop. Engines wait with :meth:`wait` (never ``time.sleep``) and call
@@ -71,7 +103,7 @@ class Job:
     holding it until its wait is over."""
 
     deadline: float = math.inf  # epoch seconds: the task fails at this time, so stop then
-    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    stop: StopSignal = field(default_factory=StopSignal, compare=False, repr=False)
 
     def check(self) -> None:
         """Raise :class:`JobStopped` when the job is stopped or past its deadline."""
@@ -81,7 +113,8 @@ class Job:
             raise JobStopped(DEADLINE_MESSAGE)
 
     def wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, cut short by a stop or the deadline (then :class:`JobStopped`)."""
+        """Sleep ``seconds``, cut short by a stop or the deadline (then :class:`JobStopped`), or by a
+        nudge (then it returns early)."""
         self.check()
         self.stop.wait(max(0.0, min(seconds, self.deadline - time.time())))
         self.check()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from nanogen.engines.base import StopSignal
 from nanogen.media.processes import MediaProcesses
 from nanogen.products import Product
 from nanogen.tasks.progress_writer import ProgressWriter
@@ -34,11 +35,11 @@ class RunningJobs:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[str, threading.Event] = {}
+        self._jobs: dict[str, StopSignal] = {}
 
     @contextmanager
-    def track(self, task_id: str) -> Iterator[threading.Event]:
-        stop = threading.Event()
+    def track(self, task_id: str) -> Iterator[StopSignal]:
+        stop = StopSignal()
         with self._lock:
             self._jobs[task_id] = stop
         try:

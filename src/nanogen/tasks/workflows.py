@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +39,7 @@ from nanogen.db import (
     transient,
     write_transaction,
 )
-from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob
+from nanogen.engines.base import Engine, ImageJob, Output, ProgressFn, ShotJob, StopSignal
 from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
 from nanogen.products import Product
@@ -201,11 +200,11 @@ def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[s
     return _complete(rt, record.id, key, cost, seed if isinstance(seed, int) else None)
 
 
-def _shot_job(rt: Runtime, record: store.TaskRecord, stop: threading.Event | None = None) -> ShotJob:
+def _shot_job(rt: Runtime, record: store.TaskRecord, stop: StopSignal | None = None) -> ShotJob:
     images = jobs.load_inputs(rt.storage, record.params)
     job = jobs.shot_job(record.id, record.params, images)
     return dataclasses.replace(
-        job, deadline=record.deadline_at, stop=stop or threading.Event(), started_at=record.started_at
+        job, deadline=record.deadline_at, stop=stop or StopSignal(), started_at=record.started_at
     )
 
 

@@ -56,9 +56,11 @@ T = TypeVar("T")
 # waited so far that approaches 90% (never 100% before the video is here).
 TYPICAL_SHOT_S = 90.0
 DOCTOR_TIMEOUT_S = 20.0
-# Connections to Google per pool, and how many of them stay open between calls.
+# Connections to Google per pool, and how many of them stay open between calls: all of them. A pool's
+# threads poll their operations every few seconds, and each reopened connection costs a TCP and TLS
+# handshake (with 8 kept, a burst of a thousand shots reopened most of its polls' connections).
 POOL_CONNECTIONS = 64
-KEEPALIVE_CONNECTIONS = 8
+KEEPALIVE_CONNECTIONS = POOL_CONNECTIONS
 
 
 def shot_progress(waited_s: float) -> int:

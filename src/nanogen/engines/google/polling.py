@@ -12,8 +12,9 @@ window, three intervals at most at a time.
 Until anything has finished here, the operations awaited together poll about once a second between
 them: each every interval when there are few, up to three intervals apart (each delay drawn from half to
 one and a half times that spacing) when there are many, the first after two intervals at least.
-Meanwhile a waiting operation looks every fifth of an interval whether a window was learned, and once
-one is, polls as if it had just been recovered (now, when it is in or past the window): the first
+When the first window is learned, the operations waiting meanwhile are woken (their jobs' stop
+signals are nudged) and poll as if just recovered (when in or past the window: within one of its
+spacings, each at a random point of it, so that a woken wave does not poll in step): the first
 operation of a burst seen done says where the rest of its wave will finish, so a thousand shots cost
 about two polls each before it, and none is seen up to an interval late. Other delays are jittered by
 a tenth, so that a burst of shots submitted together does not poll in step.
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from nanogen.engines.base import Job
+from nanogen.engines.base import Job, StopSignal
 
 # How many recent operations the window is learned from.
 HISTORY = 100
@@ -52,6 +53,7 @@ class PollSchedule:
         self._ages: deque[float] = deque(maxlen=history)
         self._window: tuple[float, float, float] | None = None  # opens, closes, the polls' spacing
         self._awaited = 0  # operations being awaited in this process
+        self._learning: set[StopSignal] = set()  # jobs waiting while no window is known
         self._lock = threading.Lock()
 
     @contextmanager
@@ -67,7 +69,8 @@ class PollSchedule:
 
     def delay(self, age_s: float, *, first: bool = False) -> float:
         """Seconds to wait before polling an operation ``age_s`` old (0: just submitted). ``first``:
-        this process has not polled it yet (a recovered operation past its window is polled now)."""
+        this process has not polled it yet (a recovered operation in or past the window is polled
+        within one of its spacings, at a random point of it)."""
         with self._lock:
             window, awaited = self._window, self._awaited
         if window is None:
@@ -75,8 +78,8 @@ class PollSchedule:
         opens, closes, dense = window
         if age_s < opens:  # young: wait for the window, but never more than MAX_WAIT intervals at once
             wait = min(opens - age_s, MAX_WAIT * self.interval_s)
-        elif first:
-            wait = 0.0
+        elif first:  # in or past it, not polled here yet: within one spacing, a woken wave not in step
+            return random.uniform(0.0, dense)
         elif age_s < closes:
             wait = dense
         else:
@@ -97,16 +100,23 @@ class PollSchedule:
 
     def wait(self, job: Job, delay_s: float, age_s: Callable[[], float]) -> None:
         """Wait ``delay_s`` (from :meth:`delay`) with ``job.wait``, cut short by a stop or the
-        deadline. Until a window is learned, look for one every fifth of an interval (1,000 waiting
-        operations: about 10 ms of CPU a second, for the first wave of a fresh process only)."""
+        deadline. A wait that began before any window was learned is woken when the first one is
+        (:meth:`finished`), and then lasts as long as the window says, if that is shorter."""
         until = time.monotonic() + delay_s
-        while (left := until - time.monotonic()) > 0:
-            if self._window is not None:  # learned: it does not move the rest of this wait
-                job.wait(left)
-                return
-            job.wait(min(left, self.interval_s / DENSE))
-            if self._window is not None:
+        with self._lock:
+            learning = self._window is None
+            if learning:
+                self._learning.add(job.stop)
+        if learning:
+            try:
+                job.wait(delay_s)  # returns early when nudged
+            finally:
+                with self._lock:
+                    self._learning.discard(job.stop)
+            if self._window is not None:  # learned meanwhile (else: a spurious wake-up, wait the rest)
                 until = min(until, time.monotonic() + self.delay(age_s(), first=True))
+        while (left := until - time.monotonic()) > 0:
+            job.wait(left)
 
     def finished(self, age_s: float) -> None:
         """An operation was seen done ``age_s`` after it was submitted."""
@@ -121,6 +131,9 @@ class PollSchedule:
             # where durations vary widely, every interval (Google's guidance) is as good as it gets.
             dense = min(self.interval_s, max(self.interval_s / DENSE, (high - low) / WINDOW_POLLS))
             self._window = (EARLY * low, high + dense, dense)
+            learning, self._learning = self._learning, set()
+        for stop in learning:  # the first window: the waits begun without one look again
+            stop.nudge()
 
 
 def _jittered(seconds: float) -> float:
