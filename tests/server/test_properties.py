@@ -25,9 +25,10 @@ from schemathesis.checks import (
 from tests.conftest import ADMIN_TOKEN, Server
 from tests.databases import postgres_database
 
-# Examples per operation and generation mode: 17 operations x 2 modes x this, bounded to stay well
-# under two minutes per database on this machine.
-EXAMPLES = 50
+# Examples per operation and generation mode: 17 operations x 2 modes x this (850 requests a
+# database, a fresh random sample each run), bounded to about a minute per database on this machine
+# while the rest of the suite runs beside it (50 took 92-125 s).
+EXAMPLES = 25
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
