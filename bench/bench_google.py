@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -835,20 +836,13 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
     )
     if o.submit_phase_cpu_s is not None and o.client_cpu_s is not None and o.completed > 0:
         # Where the server's CPU went: until the last submission was answered (the API and the jobs
-        # started meanwhile), and after (the jobs' ends). The load generator's own cost per request
-        # is beside it: it shares the server's cores.
-        # "After" splits at the provider's latency: the wait before it, the ends from it.
-        n = o.completed
-        after = o.process_cpu_s - o.submit_phase_cpu_s
-        split = f"{o.submit_phase_cpu_s / n * 1e3:.1f} / {after / n * 1e3:.1f}"
-        label = "to last accepted / after"
-        if o.waited_cpu_s is not None:
-            wait = o.waited_cpu_s - o.submit_phase_cpu_s
-            split = (
-                f"{o.submit_phase_cpu_s / n * 1e3:.1f} / {wait / n * 1e3:.1f}"
-                f" / {(o.process_cpu_s - o.waited_cpu_s) / n * 1e3:.1f}"
-            )
-            label = "accepted / to L / ends"
+        # started meanwhile), then the wait until L after the first submission (polls, timers; when
+        # read) and the ends. The load generator's own cost per request is beside it: it shares the
+        # server's cores.
+        waited = [] if o.waited_cpu_s is None else [o.waited_cpu_s]
+        bounds = [0.0, o.submit_phase_cpu_s, *waited, o.process_cpu_s]
+        split = " / ".join(f"{(b - a) / o.completed * 1e3:.1f}" for a, b in itertools.pairwise(bounds))
+        label = "accepted / to L / ends" if waited else "to last accepted / after"
         report.add(
             Row(
                 f"   server CPU per shot: {label}",
