@@ -62,11 +62,7 @@ Download = LocalFile | Redirect | Stream
 
 
 class Storage(Protocol):
-    def put_file(self, key: str, src: Path) -> None:
-        """Store the file at ``src`` under ``key``; the caller never changes ``src`` afterwards (a
-        backend may keep it by linking it)."""
-        ...
-
+    def put_file(self, key: str, src: Path) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def read_bytes(self, key: str) -> bytes:
         """The object's bytes; FileMissing when there is none."""

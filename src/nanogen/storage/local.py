@@ -33,16 +33,10 @@ class LocalStorage:
         return self.root / key
 
     def put_file(self, key: str, src: Path) -> None:
-        """Store ``src``, which its caller (a job's scratch directory) never changes afterwards: on
-        the same filesystem the file is linked rather than copied (two system calls instead of about
-        eight, each a release of the interpreter lock that thousands of job threads contend for)."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.link(src, tmp)
-        except OSError:  # another filesystem, or one without hard links
-            shutil.copyfile(src, tmp)
+        shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
 
     def put_bytes(self, key: str, data: bytes) -> None:

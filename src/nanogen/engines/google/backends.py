@@ -7,9 +7,8 @@
   ``GOOGLE_APPLICATION_CREDENTIALS``, or the metadata server); images in ``NANOGEN_GOOGLE_LOCATION``,
   videos in ``NANOGEN_GOOGLE_VIDEO_LOCATION``.
 
-``NANOGEN_GOOGLE_BASE_URL`` sends every call (SDK and REST) to another endpoint. Every call goes through
-an ``httpx.Client`` of the engine's (``Backend.calls`` builds a job's calls over one of its connection
-pools), so timeouts and transport errors are the same everywhere.
+``NANOGEN_GOOGLE_BASE_URL`` sends every call (SDK and REST) to another endpoint. All calls share one
+``httpx.Client``, so timeouts and transport errors are the same everywhere.
 """
 
 from __future__ import annotations
@@ -33,19 +32,12 @@ CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 @dataclass(frozen=True)
-class Calls:
-    """A job's calls to Google, over one connection pool."""
-
-    images: ImageCaller  # generateContent
-    veo: VeoBackend
-
-
-@dataclass(frozen=True)
 class Backend:
     description: str
     images: genai.Client  # models.get for the image model
-    videos: genai.Client  # models.get for the video model
-    calls: Callable[[httpx.Client], Calls]  # the jobs' calls over a pool (cheap for the Gemini API)
+    image_calls: ImageCaller  # generateContent
+    videos: genai.Client  # models.get for the video model (and generate_videos on Vertex AI)
+    veo: VeoBackend
     check_credentials: Callable[[], Check]
 
 
@@ -79,8 +71,9 @@ def gemini(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
     return Backend(
         description=f"Gemini API with an API key at {base}",
         images=client,
+        image_calls=ImagesRest(http, base, key),
         videos=client,
-        calls=lambda pool: Calls(ImagesRest(pool, base, key), VeoRest(pool, base, key, video_model)),
+        veo=VeoRest(http, base, key, video_model),
         check_credentials=lambda: Check("credentials", True, "API key set (Google checks it below)"),
     )
 
@@ -93,19 +86,13 @@ def vertex(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
             "that runs Vertex AI"
         )
 
-    def client(location: str, pool: httpx.Client) -> genai.Client:
+    def client(location: str) -> genai.Client:
         return genai.Client(
-            vertexai=True, project=project, location=location, http_options=_options(settings, pool, None)
+            vertexai=True, project=project, location=location, http_options=_options(settings, http, None)
         )
 
-    def calls(pool: httpx.Client) -> Calls:  # two SDK clients: ~5 ms of CPU each
-        return Calls(
-            ImagesSdk(client(settings.google_location, pool)),
-            VeoVertex(client(settings.google_video_location, pool), video_model),
-        )
-
-    videos = client(settings.google_video_location, http)
-    images = client(settings.google_location, http)
+    videos = client(settings.google_video_location)
+    images = client(settings.google_location)
     return Backend(
         description=(
             f"Vertex AI, project {project}, images in {settings.google_location}, videos in "
@@ -113,8 +100,9 @@ def vertex(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
             + (f", at {settings.google_base_url}" if settings.google_base_url else "")
         ),
         images=images,
+        image_calls=ImagesSdk(images),
         videos=videos,
-        calls=calls,
+        veo=VeoVertex(videos, video_model),
         check_credentials=_application_default_credentials,
     )
 

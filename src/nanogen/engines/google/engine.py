@@ -22,7 +22,7 @@ import httpx
 from nanogen import metrics
 from nanogen.engines.base import Check, Engine, ImageJob, Job, Output, ProgressFn, ShotJob
 from nanogen.engines.google import images
-from nanogen.engines.google.backends import BACKENDS, Calls, ssl_context
+from nanogen.engines.google.backends import BACKENDS, Backend, ssl_context
 from nanogen.engines.google.calls import (
     CALL_LABELS,
     Backoff,
@@ -56,13 +56,11 @@ T = TypeVar("T")
 # waited so far that approaches 90% (never 100% before the video is here).
 TYPICAL_SHOT_S = 90.0
 DOCTOR_TIMEOUT_S = 20.0
-# Connections to Google per pool, all kept open between calls: a pool's threads poll their operations
-# every few seconds, and each reopened connection costs a TCP and TLS handshake (with 8 of 64 kept, a
-# burst of a thousand shots reopened most of its polls' connections). Pools are small because every
-# request scans its pool's idle connections twice (httpcore: a poll() per idle connection, each a
-# release of the interpreter lock, and a count of the pool per idle one), and a pool's thread never
-# waits for a connection: each pool serves as many threads as it has connections.
-POOL_CONNECTIONS = 16
+# Connections to Google per pool, and how many of them stay open between calls: all of them. A pool's
+# threads poll their operations every few seconds, and each reopened connection costs a TCP and TLS
+# handshake (with 8 kept, a burst of a thousand shots reopened most of its polls' connections).
+POOL_CONNECTIONS = 64
+KEEPALIVE_CONNECTIONS = POOL_CONNECTIONS
 
 
 def shot_progress(waited_s: float) -> int:
@@ -93,17 +91,15 @@ class GoogleEngine(Engine):
         # seconds), so the pools together are as large as the jobs this process runs. One pool that
         # large costs CPU with every request (httpcore scans its connections and waiting requests:
         # ~19 ms of CPU per call at 2,000 open, encode/httpx#3215), so the connections are spread
-        # over pools of POOL_CONNECTIONS, one httpx.Client each (~0.8 ms of CPU to make, 5 KB), each
-        # with the jobs' calls over it; a thread always uses the same one.
+        # over pools of POOL_CONNECTIONS, one client (and SDK client) each; a thread always uses the
+        # same one.
         in_flight = (settings.image_concurrency or self.default_concurrency) + (
             settings.video_concurrency or self.default_concurrency
         )
         shards = max(1, math.ceil(in_flight / POOL_CONNECTIONS))
-        pool = self._pool()
-        self._backend = BACKENDS[settings.google_mode](settings, pool, self.models[Product.VIDEO])
-        self._calls: list[Calls | None] = [None] * shards  # made when a thread first needs them
-        self._calls[0] = self._backend.calls(pool)
-        self._thread_calls = threading.local()
+        self._backends: list[Backend | None] = [None] * shards  # made when a thread first needs one
+        self._backends[0] = self._make_backend()  # checks the settings now: serve refuses to start
+        self._thread_backend = threading.local()
         self._dealt = itertools.count()
         self._making = threading.Lock()
         self._backoff = Backoff(settings.google_retry_base_s, settings.google_retry_max_s)
@@ -120,25 +116,28 @@ class GoogleEngine(Engine):
         self._polls = PollSchedule(settings.google_poll_interval_s)
         self._polls_made = metrics.PROVIDER_POLLS.labels("google")
 
-    def _pool(self) -> httpx.Client:
-        return httpx.Client(
+    def _make_backend(self) -> Backend:
+        client = httpx.Client(
             timeout=self.settings.google_request_timeout_s,
             follow_redirects=False,
             verify=ssl_context(),
-            limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS),
+            limits=httpx.Limits(
+                max_connections=POOL_CONNECTIONS, max_keepalive_connections=KEEPALIVE_CONNECTIONS
+            ),
         )
+        return BACKENDS[self.settings.google_mode](self.settings, client, self.models[Product.VIDEO])
 
     @property
-    def _calls_here(self) -> Calls:
-        """This thread's calls: threads are dealt to the pools in turn, and keep theirs."""
-        found: Calls | None = getattr(self._thread_calls, "calls", None)
+    def _backend(self) -> Backend:
+        """This thread's client: threads are dealt to the pools in turn, and keep theirs."""
+        found: Backend | None = getattr(self._thread_backend, "backend", None)
         if found is None:
-            shard = next(self._dealt) % len(self._calls)
+            shard = next(self._dealt) % len(self._backends)
             with self._making:
-                found = self._calls[shard]
+                found = self._backends[shard]
                 if found is None:
-                    found = self._calls[shard] = self._backend.calls(self._pool())
-            self._thread_calls.calls = found
+                    found = self._backends[shard] = self._make_backend()
+            self._thread_backend.backend = found
         return found
 
     # -- capabilities: those of the configured models -------------------------------------------------
@@ -173,7 +172,7 @@ class GoogleEngine(Engine):
 
         def send() -> images.Answer:
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
-            return self._calls_here.images.generate(call, model, timeout)
+            return self._backend.image_calls.generate(call, model, timeout)
 
         answer = self._retry(send, "image generation", job, idempotent=False)
         try:
@@ -189,7 +188,7 @@ class GoogleEngine(Engine):
     def submit_shot(self, job: ShotJob) -> str:
         def call() -> str:
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "submitting to Google")
-            return self._calls_here.veo.submit(job, timeout)
+            return self._backend.veo.submit(job, timeout)
 
         operation = self._retry(call, "video submission", job, idempotent=False)
         log.info("task %s: Veo operation %s", job.task_id, operation)
@@ -211,7 +210,7 @@ class GoogleEngine(Engine):
                 self._polls.wait(job, delay, lambda: time.time() - submitted)
                 self._polls_made.inc()
                 finished = self._retry(
-                    lambda: self._calls_here.veo.poll(operation, self._timeout(job)),
+                    lambda: self._backend.veo.poll(operation, self._timeout(job)),
                     "polling the video operation",
                     job,
                     idempotent=True,
@@ -223,7 +222,7 @@ class GoogleEngine(Engine):
                 delay = self._polls.delay(age)
         self._polls.finished(age)
         self._retry(
-            lambda: self._calls_here.veo.fetch(finished, dest, self._timeout(job)),
+            lambda: self._backend.veo.fetch(finished, dest, self._timeout(job)),
             "downloading the video",
             job,
             idempotent=True,
