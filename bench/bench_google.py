@@ -356,10 +356,11 @@ def image_body(request: int, run: str) -> dict[str, Any]:
 
 
 async def post_all(
-    host: str, port: int, requests: list[tuple[str, bytes, str]], connections: int
+    host: str, port: int, requests: list[tuple[str, bytes, tuple[str, str]]], connections: int
 ) -> list[tuple[int, bytes] | str]:
-    """POST each ``(path, JSON body, API key)`` over ``connections`` keep-alive HTTP/1.1 connections, each
-    one request at a time: ``(status, body)`` per request, in order, or the error that lost it.
+    """POST each ``(path, JSON body, (auth header, value))`` over ``connections`` keep-alive HTTP/1.1
+    connections, each one request at a time: ``(status, body)`` per request, in order, or the error
+    that lost it.
 
     The load comes from this process, on the cores the server runs on, so it must cost little: httpx's
     AsyncClient spent 1.2-2.6 ms of CPU per request here (one pool of 64 connections: ~6.5 ms,
@@ -373,7 +374,7 @@ async def post_all(
         writer: asyncio.StreamWriter | None = None
         conn = h11.Connection(h11.CLIENT)
         for index in queue:
-            path, body, key = requests[index]
+            path, body, auth = requests[index]
             try:
                 if writer is None or conn.our_state is not h11.IDLE:
                     if writer is not None:
@@ -383,7 +384,7 @@ async def post_all(
                 assert reader is not None
                 headers = [
                     ("Host", f"{host}:{port}"),
-                    ("Authorization", f"Bearer {key}"),
+                    auth,
                     ("Content-Type", "application/json"),
                     ("Content-Length", str(len(body))),
                 ]
@@ -426,7 +427,7 @@ async def submit_all(
     video = "shots" in bodies[0]
     path = "/api/veo-3/generate" if video else "/api/nano-banana-2/generate"
     requests = [
-        (path, json.dumps(body).encode(), accounts[owner].key)
+        (path, json.dumps(body).encode(), ("Authorization", f"Bearer {accounts[owner].key}"))
         for owner, body in zip(owners, bodies, strict=True)
     ]
     accepted: list[Accepted] = []

@@ -8,7 +8,8 @@ JSON parsed and its image decoded from base64, in a fresh process per way of wai
 
 * ``threads``: one thread per call (started before the clock), httpx.Client pools of 64, as the engine.
 * ``asyncio-httpx``: one event loop, httpx.AsyncClient pools of 64.
-* ``asyncio-h11``: one event loop, a connection per call over asyncio streams, h11 parsing.
+* ``asyncio-h11``: one event loop, a connection per call over asyncio streams, h11 parsing (bench_google's
+  load generator).
 * ``asyncio-aiohttp``: one event loop, one aiohttp ClientSession (its C parser), when aiohttp is
   installed (it is not one of nanogen's dependencies: ``.venv/bin/pip install aiohttp`` to compare).
 
@@ -34,10 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h11
 import httpx
 
-from bench_google import API_KEY, Fake
+from bench_google import API_KEY, Fake, post_all
 
 MODES = ("threads", "asyncio-httpx", "asyncio-h11", "asyncio-aiohttp")
 POOL = 64
@@ -112,34 +112,10 @@ async def run_asyncio_httpx(url: str, calls: int) -> int:
 
 
 async def run_asyncio_h11(host: str, port: int, calls: int) -> int:
-    async def call(i: int) -> int:
-        reader, writer = await asyncio.open_connection(host, port)
-        conn = h11.Connection(h11.CLIENT)
-        data = body(i)
-        headers = [
-            ("Host", f"{host}:{port}"),
-            ("x-goog-api-key", API_KEY),
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-        ]
-        writer.write(
-            conn.send(h11.Request(method="POST", target=PATH, headers=headers))
-            + conn.send(h11.Data(data=data))
-            + conn.send(h11.EndOfMessage())
-        )
-        chunks = []
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(65536))
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                break
-        writer.close()
-        return len(image_of(json.loads(b"".join(chunks))))
-
-    return len(await asyncio.gather(*(call(i) for i in range(calls))))
+    """bench_google's own load generator, one connection per call."""
+    auth = ("x-goog-api-key", API_KEY)
+    answers = await post_all(host, port, [(PATH, body(i), auth) for i in range(calls)], calls)
+    return sum(1 for a in answers if not isinstance(a, str) and a[0] == 200 and image_of(json.loads(a[1])))
 
 
 async def run_asyncio_aiohttp(url: str, calls: int) -> int:
