@@ -409,6 +409,8 @@ async def post_all(
                     conn.start_next_cycle()
             except (OSError, h11.ProtocolError) as exc:
                 results[index] = f"{type(exc).__name__}: {exc}"
+                if writer is not None:  # the next request opens a new connection; this one is done
+                    writer.close()
                 writer = None
         if writer is not None:
             writer.close()

@@ -30,6 +30,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -170,7 +171,7 @@ def main() -> None:
         poll_error_rate=0.0,
         image_error_rate=0.0,
     )
-    log = Path(f"/tmp/bench-http-clients-fake-{time.monotonic_ns()}.log")
+    log = Path(tempfile.gettempdir()) / f"bench-http-clients-fake-{time.monotonic_ns()}.log"
     fake = Fake(fake_args, log).start()
     modes = [m for m in MODES if m != "asyncio-aiohttp" or importlib.util.find_spec("aiohttp")]
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
