@@ -1,17 +1,22 @@
-"""What N concurrent image calls cost the caller's CPU, by how the caller waits (issue 14's next step).
+"""What N concurrent image calls cost the caller's CPU, by how the caller waits.
 
-The Google engine spends a thread per call in flight (httpx.Client, pools of 64 connections), and at the
+The Google engine spent a thread per call in flight (httpx.Client, pools of 64 connections), and at the
 end of bench_google's case c most of the worker's CPU went to threads handing the interpreter lock to
-each other. This measures the HTTP layer alone, against bench/fake_google.py: N generateContent calls
-at once (default 2,000) whose answers all come back after the same latency (default 5 s), each answer's
-JSON parsed and its image decoded from base64, in a fresh process per way of waiting:
+each other; it now makes its Gemini API calls the ``threads-aiohttp`` way (engines/google/transport.py),
+chosen from this benchmark's figures. This measures the HTTP layer alone, against bench/fake_google.py:
+N generateContent calls at once (default 2,000) whose answers all come back after the same latency
+(default 5 s), each answer's JSON parsed and its image decoded from base64, in a fresh process per
+way of waiting:
 
-* ``threads``: one thread per call (started before the clock), httpx.Client pools of 64, as the engine.
+* ``threads``: one thread per call (started before the clock), httpx.Client pools of 64, as the engine
+  did (and still does for Vertex AI, through the SDK).
 * ``asyncio-httpx``: one event loop, httpx.AsyncClient pools of 64.
 * ``asyncio-h11``: one event loop, a connection per call over asyncio streams, h11 parsing (bench_google's
   load generator).
-* ``asyncio-aiohttp``: one event loop, one aiohttp ClientSession (its C parser), when aiohttp is
-  installed (it is not one of nanogen's dependencies: ``.venv/bin/pip install aiohttp`` to compare).
+* ``asyncio-aiohttp``: one event loop, one aiohttp ClientSession (its C parser).
+* ``threads-aiohttp``: a thread per call, as the engine's jobs, each handing its request to one event
+  loop thread with one aiohttp ClientSession and blocking on the answer; the JSON is parsed and the
+  image decoded in the calling thread. The engine's way on the Gemini API.
 
 Printed: the caller's CPU per call (user + system, ``getrusage``, from the start of the calls to the last
 answer) and the wall time past the latency, each beside the threads' figure of the same run.
@@ -25,7 +30,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import json
 import resource
 import subprocess
@@ -36,11 +40,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from bench_google import API_KEY, Fake, post_all
 
-MODES = ("threads", "asyncio-httpx", "asyncio-h11", "asyncio-aiohttp")
+MODES = ("threads", "asyncio-httpx", "asyncio-h11", "asyncio-aiohttp", "threads-aiohttp")
 POOL = 64
 PATH = "/v1beta/models/gemini-3.1-flash-image-preview:generateContent"
 
@@ -120,8 +125,6 @@ async def run_asyncio_h11(host: str, port: int, calls: int) -> int:
 
 
 async def run_asyncio_aiohttp(url: str, calls: int) -> int:
-    import aiohttp
-
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(url, connector=connector) as session:
 
@@ -133,6 +136,41 @@ async def run_asyncio_aiohttp(url: str, calls: int) -> int:
         return len(await asyncio.gather(*(call(i) for i in range(calls))))
 
 
+def run_threads_aiohttp(url: str, calls: int, clock: list[float]) -> int:
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    async def open_session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0))
+
+    session = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
+
+    async def post(i: int) -> bytes:
+        headers = {"x-goog-api-key": API_KEY, "Content-Type": "application/json"}
+        async with session.post(PATH, data=body(i), headers=headers) as r:
+            return await r.read()
+
+    go = threading.Event()
+    done: list[int] = []
+
+    def call(i: int) -> None:
+        go.wait()
+        answer = asyncio.run_coroutine_threadsafe(post(i), loop).result()
+        done.append(len(image_of(json.loads(answer))))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
+    for t in threads:
+        t.start()
+    clock[:] = [cpu_s(), time.perf_counter()]
+    go.set()
+    for t in threads:
+        t.join()
+    asyncio.run_coroutine_threadsafe(session.close(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    return len(done)
+
+
 def measure(mode: str, url: str, calls: int) -> dict[str, Any]:
     """In this process: the calls one way, timed."""
     host, port = url.removeprefix("http://").split(":")
@@ -141,6 +179,8 @@ def measure(mode: str, url: str, calls: int) -> dict[str, Any]:
         ok = run_threads(url, calls, clock)
     elif mode == "asyncio-httpx":
         ok = asyncio.run(run_asyncio_httpx(url, calls))
+    elif mode == "threads-aiohttp":
+        ok = run_threads_aiohttp(url, calls, clock)
     elif mode == "asyncio-h11":
         ok = asyncio.run(run_asyncio_h11(host, int(port), calls))
     else:
@@ -173,7 +213,7 @@ def main() -> None:
     )
     log = Path(tempfile.gettempdir()) / f"bench-http-clients-fake-{time.monotonic_ns()}.log"
     fake = Fake(fake_args, log).start()
-    modes = [m for m in MODES if m != "asyncio-aiohttp" or importlib.util.find_spec("aiohttp")]
+    modes = list(MODES)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     try:
         for _ in range(args.rounds):

@@ -7,8 +7,10 @@
   ``GOOGLE_APPLICATION_CREDENTIALS``, or the metadata server); images in ``NANOGEN_GOOGLE_LOCATION``,
   videos in ``NANOGEN_GOOGLE_VIDEO_LOCATION``.
 
-``NANOGEN_GOOGLE_BASE_URL`` sends every call (SDK and REST) to another endpoint. All calls share one
-``httpx.Client``, so timeouts and transport errors are the same everywhere.
+``NANOGEN_GOOGLE_BASE_URL`` sends every call (SDK and REST) to another endpoint. The SDK's calls go
+through the engine's ``httpx.Client``s; the Gemini API's REST calls (its jobs: images and Veo) through
+the engine's event loop (transport.LoopHttp), whose errors read as httpx's, so timeouts and transport
+errors are the same everywhere.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from google.genai import types
 
 from nanogen.engines.base import Check, EngineConfigError
 from nanogen.engines.google.images import ImageCaller, ImagesRest, ImagesSdk
+from nanogen.engines.google.transport import LoopHttp
 from nanogen.engines.google.veo import VeoBackend, VeoRest, VeoVertex
 from nanogen.settings import Settings
 
@@ -39,6 +42,9 @@ class Backend:
     videos: genai.Client  # models.get for the video model (and generate_videos on Vertex AI)
     veo: VeoBackend
     check_credentials: Callable[[], Check]
+    # The jobs' calls go through the SDK and its httpx client (Vertex AI), not the shared loop: the
+    # engine spreads such clients over pools (engine.POOL_CONNECTIONS).
+    jobs_use_sdk: bool
 
 
 @functools.cache
@@ -59,7 +65,7 @@ def _options(settings: Settings, http: httpx.Client, api_version: str | None) ->
     )
 
 
-def gemini(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
+def gemini(settings: Settings, http: httpx.Client, rest: LoopHttp, video_model: str) -> Backend:
     key = settings.google_api_key
     if key is None or not key.get_secret_value().strip():
         raise EngineConfigError(
@@ -71,14 +77,15 @@ def gemini(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
     return Backend(
         description=f"Gemini API with an API key at {base}",
         images=client,
-        image_calls=ImagesRest(http, base, key),
+        image_calls=ImagesRest(rest, base, key),
         videos=client,
-        veo=VeoRest(http, base, key, video_model),
+        veo=VeoRest(rest, base, key, video_model),
         check_credentials=lambda: Check("credentials", True, "API key set (Google checks it below)"),
+        jobs_use_sdk=False,
     )
 
 
-def vertex(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
+def vertex(settings: Settings, http: httpx.Client, rest: LoopHttp, video_model: str) -> Backend:
     project = settings.google_project
     if not project:
         raise EngineConfigError(
@@ -104,6 +111,7 @@ def vertex(settings: Settings, http: httpx.Client, video_model: str) -> Backend:
         videos=videos,
         veo=VeoVertex(videos, video_model),
         check_credentials=_application_default_credentials,
+        jobs_use_sdk=True,
     )
 
 
@@ -125,4 +133,7 @@ def _application_default_credentials() -> Check:
     return Check("credentials", True, f"application default credentials work ({who})")
 
 
-BACKENDS: dict[str, Callable[[Settings, httpx.Client, str], Backend]] = {"gemini": gemini, "vertex": vertex}
+BACKENDS: dict[str, Callable[[Settings, httpx.Client, LoopHttp, str], Backend]] = {
+    "gemini": gemini,
+    "vertex": vertex,
+}

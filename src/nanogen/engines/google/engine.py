@@ -35,6 +35,7 @@ from nanogen.engines.google.calls import (
 from nanogen.engines.google.models import DEFAULT_VIDEO_MODEL, model_info
 from nanogen.engines.google.polling import PollSchedule
 from nanogen.engines.google.quota import CallGate
+from nanogen.engines.google.transport import LoopHttp
 from nanogen.errors import EngineError
 from nanogen.media.video import probe_video
 from nanogen.products import (
@@ -56,9 +57,9 @@ T = TypeVar("T")
 # waited so far that approaches 90% (never 100% before the video is here).
 TYPICAL_SHOT_S = 90.0
 DOCTOR_TIMEOUT_S = 20.0
-# Connections to Google per pool, and how many of them stay open between calls: all of them. A pool's
-# threads poll their operations every few seconds, and each reopened connection costs a TCP and TLS
-# handshake (with 8 kept, a burst of a thousand shots reopened most of its polls' connections).
+# Vertex AI's calls go through the SDK's httpx clients, one pool of connections each: this many
+# connections per pool, all kept open between calls (a pool's threads poll their operations every few
+# seconds, and each reopened connection costs a TCP and TLS handshake).
 POOL_CONNECTIONS = 64
 KEEPALIVE_CONNECTIONS = POOL_CONNECTIONS
 
@@ -88,17 +89,20 @@ class GoogleEngine(Engine):
             Product.VIDEO: settings.google_video_model or DEFAULT_VIDEO_MODEL[settings.google_mode],
         }
         # Every job in flight may hold a connection at once (an image call is one request of tens of
-        # seconds), so the pools together are as large as the jobs this process runs. One pool that
-        # large costs CPU with every request (httpcore scans its connections and waiting requests:
-        # ~19 ms of CPU per call at 2,000 open, encode/httpx#3215), so the connections are spread
-        # over pools of POOL_CONNECTIONS, one client (and SDK client) each; a thread always uses the
-        # same one.
+        # seconds). On the Gemini API the jobs' calls are made on one event loop (transport.py), with
+        # a connection for each job in flight. On Vertex AI they go through the SDK's httpx client,
+        # and one httpx pool that large costs CPU with every request (httpcore scans its connections
+        # and waiting requests: ~19 ms of CPU per call at 2,000 open, encode/httpx#3215), so the
+        # connections are spread over pools of POOL_CONNECTIONS, one client (and SDK client) each; a
+        # thread always uses the same one.
         in_flight = (settings.image_concurrency or self.default_concurrency) + (
             settings.video_concurrency or self.default_concurrency
         )
-        shards = max(1, math.ceil(in_flight / POOL_CONNECTIONS))
+        self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context())
+        first = self._make_backend()  # checks the settings now: serve refuses to start
+        shards = max(1, math.ceil(in_flight / POOL_CONNECTIONS)) if first.jobs_use_sdk else 1
         self._backends: list[Backend | None] = [None] * shards  # made when a thread first needs one
-        self._backends[0] = self._make_backend()  # checks the settings now: serve refuses to start
+        self._backends[0] = first
         self._thread_backend = threading.local()
         self._dealt = itertools.count()
         self._making = threading.Lock()
@@ -125,7 +129,9 @@ class GoogleEngine(Engine):
                 max_connections=POOL_CONNECTIONS, max_keepalive_connections=KEEPALIVE_CONNECTIONS
             ),
         )
-        return BACKENDS[self.settings.google_mode](self.settings, client, self.models[Product.VIDEO])
+        return BACKENDS[self.settings.google_mode](
+            self.settings, client, self._rest, self.models[Product.VIDEO]
+        )
 
     @property
     def _backend(self) -> Backend:

@@ -6,11 +6,12 @@ The prompt goes first, then the input images as inline parts (edit). ``aspectRat
 ``googleSearch`` adds the Google Search tool. Gemini 3 image models may answer with "thought" parts
 (drafts) before the final image: the last image that is not a thought is the result.
 
-The Gemini API is called over REST (``ImagesRest``): the SDK's request conversion looks up each field
-of its pydantic models by iterating the model (google.genai ``_common.get_value_by_path``), which cost
-~2.5 ms of CPU per call at 2,000 calls in flight against ~1 ms for the same call as JSON over httpx
-(measured side by side, docs/engines.md "At load"). Vertex AI keeps the SDK (``ImagesSdk``), which also
-does its authentication. Both answers are read by one function (``png_from``).
+The Gemini API is called over REST (``ImagesRest``, on the engine's event loop: transport.py): the
+SDK's request conversion looks up each field of its pydantic models by iterating the model
+(google.genai ``_common.get_value_by_path``), which cost ~2.5 ms of CPU per call at 2,000 calls in
+flight against ~1 ms for the same call as JSON over httpx (measured side by side, docs/engines.md "At
+load"). Vertex AI keeps the SDK (``ImagesSdk``), which also does its authentication. Both answers are
+read by one function (``png_from``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import httpx
 from google import genai
 from google.genai import types
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +31,7 @@ from pydantic import SecretStr
 
 from nanogen.engines.base import ImageJob, InputImage
 from nanogen.engines.google.calls import checked, json_object, sdk
+from nanogen.engines.google.transport import LoopHttp
 from nanogen.errors import EngineError
 from nanogen.media.images import png_bytes
 
@@ -98,7 +100,7 @@ class ImageCaller(Protocol):
 
 # -- Gemini API: REST ----------------------------------------------------------------------------------
 class ImagesRest:
-    def __init__(self, http: httpx.Client, base_url: str, api_key: SecretStr) -> None:
+    def __init__(self, http: LoopHttp, base_url: str, api_key: SecretStr) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._key = api_key
@@ -121,9 +123,10 @@ class ImagesRest:
 
     def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
         url = f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
-        headers = {"x-goog-api-key": self._key.get_secret_value()}
-        response = checked(self._http.post(url, json=self.body(call), headers=headers, timeout=timeout_s))
-        return _from_json(json_object(response))
+        headers = {"x-goog-api-key": self._key.get_secret_value(), "Content-Type": "application/json"}
+        content = json.dumps(self.body(call)).encode()
+        response = self._http.request("POST", url, headers=headers, content=content, timeout_s=timeout_s)
+        return _from_json(json_object(checked(response)))
 
 
 def _from_json(answer: dict[str, Any]) -> Answer:

@@ -15,13 +15,13 @@ Images by generation type: FIRST_AND_LAST_FRAMES sends the first image as ``imag
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
-import httpx
 from google import genai
 from google.genai import types
 from pydantic import SecretStr
@@ -29,11 +29,11 @@ from pydantic import SecretStr
 from nanogen.engines.base import InputImage, ShotJob
 from nanogen.engines.google.calls import checked, json_object, sdk
 from nanogen.engines.google.images import input_image
+from nanogen.engines.google.transport import LoopHttp
 from nanogen.errors import EngineError
 from nanogen.products import GenerationType
 
 _OPERATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _check_name(operation: str) -> str:
 
 # -- Gemini API: REST ----------------------------------------------------------------------------------
 class VeoRest:
-    def __init__(self, http: httpx.Client, base_url: str, api_key: SecretStr, model: str) -> None:
+    def __init__(self, http: LoopHttp, base_url: str, api_key: SecretStr, model: str) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._key = api_key
@@ -120,17 +120,18 @@ class VeoRest:
 
     def submit(self, job: ShotJob, timeout_s: float) -> str:
         url = f"{self._base}/v1beta/models/{self._model}:predictLongRunning"
-        response = checked(
-            self._http.post(url, json=self.body(job), headers=self._auth(url), timeout=timeout_s)
-        )
-        name = json_object(response).get("name")
+        headers = {**self._auth(url), "Content-Type": "application/json"}
+        content = json.dumps(self.body(job)).encode()
+        response = self._http.request("POST", url, headers=headers, content=content, timeout_s=timeout_s)
+        name = json_object(checked(response)).get("name")
         if not isinstance(name, str):
             raise EngineError("Google returned a malformed response (no operation name)")
         return _check_name(name)
 
     def poll(self, operation: str, timeout_s: float) -> Finished | None:
         url = f"{self._base}/v1beta/{_check_name(operation)}"
-        state = json_object(checked(self._http.get(url, headers=self._auth(url), timeout=timeout_s)))
+        response = self._http.request("GET", url, headers=self._auth(url), timeout_s=timeout_s)
+        state = json_object(checked(response))
         error = state.get("error")
         if isinstance(error, dict):
             raise EngineError(f"Google could not make the video: {error.get('message') or error}"[:2000])
@@ -150,15 +151,12 @@ class VeoRest:
             raise EngineError("Google returned a malformed response (no downloadable video URI)")
         url, headers = finished.uri, self._auth(finished.uri)
         for _ in range(5):  # Google answers with a redirect to a signed URL: follow it without the key
-            with self._http.stream("GET", url, headers=headers, timeout=timeout_s) as response:
-                if response.is_redirect:
-                    url, headers = urljoin(url, response.headers["location"]), {}
-                    continue
-                checked(response)
-                with dest.open("wb") as out:
-                    for chunk in response.iter_bytes(CHUNK):
-                        out.write(chunk)
-                return
+            response = self._http.download(url, headers=headers, dest=dest, timeout_s=timeout_s)
+            if response.is_redirect:
+                url, headers = urljoin(url, response.headers["location"]), {}
+                continue
+            checked(response)
+            return
         raise EngineError("Google returned a malformed response (too many redirects for the video)")
 
 

@@ -1,0 +1,146 @@
+"""Google's REST calls made on one event loop, for the job threads that wait on them.
+
+A job keeps its thread (DBOS runs each workflow on one), but its HTTP request is made by one loop
+thread with one aiohttp session; the job blocks on the answer, a wait that costs no CPU. Measured side
+by side (bench/bench_http_clients.py, 2,000 generateContent calls at once against the fake Google): a
+thread per call with httpx.Client cost 2.5-5 ms of the caller's CPU per call, most of it threads
+handing the interpreter lock to each other at every socket operation; the same threads handing their
+requests to the loop, 0.9 ms. httpx's own async client on a loop cost 2.2-4.5 ms (docs/engines.md, "At
+load").
+
+The engine's retry policy (calls.retrying) reads httpx's exception types, so aiohttp's are translated
+here: a connection that was never made (refused, DNS, TLS, a connect timeout) is ``httpx.ConnectError``
+or ``httpx.ConnectTimeout``, which are repeated; one that broke after the request went (a read timeout,
+a reset, a server that closed it) is a ``httpx.ReadTimeout`` or ``httpx.ReadError``, which are
+repeated only for calls Google does not bill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Awaitable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+
+from nanogen.errors import EngineError
+
+T = TypeVar("T")
+CHUNK = 1 << 20
+# Answer headers that describe the bytes on the wire, not the (decompressed) body handed on.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class LoopHttp:
+    """One aiohttp session on a loop thread of its own, started on first use; ``request`` and
+    ``download`` block the calling thread until Google answers. ``limit``: connections open at once,
+    as many as the calls that may be in flight (every job waiting on Google holds one)."""
+
+    def __init__(self, *, limit: int, ssl_context: ssl.SSLContext) -> None:
+        self._limit = limit
+        self._ssl = ssl_context
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._starting = threading.Lock()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None = None,
+        timeout_s: float,
+    ) -> httpx.Response:
+        """The whole answer, whatever its status."""
+        return self._run(self._request(method, url, dict(headers), content, timeout_s))
+
+    def download(
+        self, url: str, *, headers: Mapping[str, str], dest: Path, timeout_s: float
+    ) -> httpx.Response:
+        """GET ``url`` without following redirects. A 2xx body is written to ``dest`` (the response
+        returned then carries no content); any other answer is returned whole."""
+        return self._run(self._download(url, dict(headers), dest, timeout_s))
+
+    # -- the loop's side ---------------------------------------------------------------------------------
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        loop = self._started()
+        return asyncio.run_coroutine_threadsafe(_translated(call), loop).result()
+
+    def _started(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._starting:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="nanogen-google-http", daemon=True).start()
+                self._session = asyncio.run_coroutine_threadsafe(self._open(), loop).result()
+                self._loop = loop
+            return self._loop
+
+    async def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl)
+        # trust_env: HTTPS_PROXY and NO_PROXY apply, as they did with httpx.
+        return aiohttp.ClientSession(connector=connector, trust_env=True)
+
+    @staticmethod
+    def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+        # As httpx's timeout: for the connection (including a wait for a free one) and for each read.
+        return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+
+    async def _request(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None, timeout_s: float
+    ) -> httpx.Response:
+        assert self._session is not None
+        async with self._session.request(
+            method,
+            url,
+            headers=headers,
+            data=content,
+            allow_redirects=False,
+            timeout=self._timeout(timeout_s),
+        ) as answer:
+            return _response(answer, await answer.read())
+
+    async def _download(
+        self, url: str, headers: dict[str, str], dest: Path, timeout_s: float
+    ) -> httpx.Response:
+        assert self._session is not None
+        async with self._session.get(
+            url, headers=headers, allow_redirects=False, timeout=self._timeout(timeout_s)
+        ) as answer:
+            if not 200 <= answer.status < 300:
+                return _response(answer, await answer.read())
+            # Written from the loop: a chunk at a time into the page cache, well under a millisecond.
+            with dest.open("wb") as out:
+                async for chunk in answer.content.iter_chunked(CHUNK):
+                    out.write(chunk)
+            return _response(answer, b"")
+
+
+def _response(answer: aiohttp.ClientResponse, content: bytes) -> httpx.Response:
+    headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(answer.status, headers=headers, content=content)
+
+
+async def _translated(call: Awaitable[T]) -> T:
+    """aiohttp's errors as httpx's (the module's docstring says why)."""
+    try:
+        return await call
+    except aiohttp.ConnectionTimeoutError as exc:  # no connection within the timeout: never sent
+        raise httpx.ConnectTimeout(str(exc) or "timed out connecting") from exc
+    except aiohttp.ClientConnectorError as exc:  # refused, unresolvable, TLS refused: never sent
+        raise httpx.ConnectError(str(exc)) from exc
+    except aiohttp.InvalidUrlClientError as exc:
+        raise EngineError(f"Google returned a malformed response (an unusable URL: {exc})") from exc
+    except TimeoutError as exc:  # aiohttp's read timeout is one
+        raise httpx.ReadTimeout(str(exc) or "timed out waiting for Google's answer") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise httpx.RemoteProtocolError(str(exc) or "Google closed the connection") from exc
+    except aiohttp.ClientError as exc:  # a reset, an answer cut short
+        raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc

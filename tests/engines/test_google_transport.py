@@ -1,0 +1,271 @@
+"""The Google engine's event-loop transport on its own, against a loopback server that answers each
+request as the test scripts it (well, compressed, late, not at all, or by hanging up): the answers
+arrive as httpx responses and the network's failures as the httpx errors the retry policy reads."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.conftest import free_port
+
+from nanogen.engines.google.backends import ssl_context
+from nanogen.engines.google.calls import UNSENT, Backoff, retrying
+from nanogen.engines.google.transport import LoopHttp
+from nanogen.errors import EngineError
+
+Reply = Callable[[socket.socket], None]
+
+
+def answer(status: int, body: bytes, *headers: str) -> Reply:
+    def reply(conn: socket.socket) -> None:
+        lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", *headers]
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    return reply
+
+
+def hang_up(conn: socket.socket) -> None:
+    conn.close()
+
+
+class ScriptedServer:
+    """Answers the n-th request with the n-th reply; records what was asked."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.replies:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                while self.replies:
+                    request = self._read(conn)
+                    if request is None:
+                        break
+                    self.requests.append(request)
+                    reply = self.replies.pop(0)
+                    reply(conn)
+                    if reply is hang_up:
+                        break
+
+    @staticmethod
+    def _read(conn: socket.socket) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                while len(body) < int(line.split(b":")[1]):
+                    body += conn.recv(65536)
+        return head + b"\r\n\r\n" + body
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def http() -> LoopHttp:
+    return LoopHttp(limit=8, ssl_context=ssl_context())
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedServer]]:
+    made: list[ScriptedServer] = []
+
+    def make(*replies: Reply) -> ScriptedServer:
+        made.append(ScriptedServer(*replies))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_an_answer_arrives_whole_with_the_request_as_sent(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    body = json.dumps({"name": "models/veo/operations/1"}).encode()
+    server = scripted(answer(200, body, "Content-Type: application/json"))
+    response = http.request(
+        "POST",
+        f"{server.url}/v1beta/models/veo:predictLongRunning",
+        headers={"x-goog-api-key": "k", "Content-Type": "application/json"},
+        content=b'{"instances": []}',
+        timeout_s=10,
+    )
+    assert response.status_code == 200 and response.json() == {"name": "models/veo/operations/1"}
+    [request] = server.requests
+    assert request.startswith(b"POST /v1beta/models/veo:predictLongRunning HTTP/1.1\r\n")
+    assert b"\r\nx-goog-api-key: k\r\n" in request.replace(b"X-Goog-Api-Key", b"x-goog-api-key")
+    assert request.endswith(b'\r\n\r\n{"instances": []}')
+
+
+def test_a_compressed_answer_is_handed_on_decompressed(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    """Google compresses its JSON; the response handed on carries the plain bytes (and no
+    Content-Encoding that would make httpx decode them a second time)."""
+    plain = json.dumps({"done": False, "padding": "x" * 5000}).encode()
+    server = scripted(
+        answer(200, gzip.compress(plain), "Content-Encoding: gzip", "Content-Type: application/json")
+    )
+    response = http.request("GET", f"{server.url}/v1beta/op", headers={}, timeout_s=10)
+    assert response.content == plain and response.json()["done"] is False
+    assert "content-encoding" not in response.headers
+
+
+def test_error_answers_are_answers(http: LoopHttp, scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(answer(429, b'{"error": {"code": 429}}'), answer(503, b"<html>busy</html>"))
+    first = http.request("GET", f"{server.url}/a", headers={}, timeout_s=10)
+    second = http.request("GET", f"{server.url}/b", headers={}, timeout_s=10)
+    assert (first.status_code, first.json()) == (429, {"error": {"code": 429}})
+    assert (second.status_code, second.text) == (503, "<html>busy</html>")
+
+
+def test_a_refused_connection_is_unsent_and_retried(http: LoopHttp) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}/v1beta/op"
+    with pytest.raises(httpx.ConnectError) as raised:
+        http.request("GET", nobody, headers={}, timeout_s=10)
+    assert isinstance(raised.value, UNSENT), "never reached Google: safe to send again, even a paid call"
+
+
+def test_a_connection_closed_without_an_answer_may_have_been_billed(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    server = scripted(hang_up, answer(200, b"{}"))
+    calls: list[int] = []
+
+    def generate() -> httpx.Response:
+        calls.append(1)
+        return http.request("POST", f"{server.url}/gen", headers={}, content=b"{}", timeout_s=10)
+
+    with pytest.raises(EngineError, match="not repeated, as Google may have billed it"):
+        retrying(
+            generate,
+            what="image generation",
+            deadline=time.time() + 30,
+            backoff=Backoff(0.01, 0.01),
+            idempotent=False,
+        )
+    assert len(calls) == 1 and len(server.requests) == 1
+    # A poll that meets the same is asked again, on a new connection.
+    polled = retrying(
+        lambda: http.request("GET", f"{server.url}/op", headers={}, timeout_s=10),
+        what="polling the video operation",
+        deadline=time.time() + 30,
+        backoff=Backoff(0.01, 0.01),
+        idempotent=True,
+        sleep=lambda _s: None,
+    )
+    assert polled.status_code == 200 and len(server.requests) == 2
+
+
+def test_an_answer_later_than_the_timeout_is_a_read_timeout(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    def late(conn: socket.socket) -> None:
+        time.sleep(3)
+        answer(200, b"{}")(conn)
+
+    server = scripted(late)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http.request("GET", f"{server.url}/slow", headers={}, timeout_s=1)
+    assert time.monotonic() - started < 2.9, "given up at the timeout, not when the answer came"
+
+
+def test_a_download_is_written_and_a_redirect_is_handed_back(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    video = bytes(range(256)) * 8192  # 2 MiB: more than one chunk
+    server = scripted(
+        answer(302, b"", "Location: /signed/1"),
+        answer(200, video, "Content-Type: video/mp4"),
+        answer(404, b'{"error": {"code": 404}}'),
+    )
+    dest = tmp_path / "shot.mp4"
+    redirect = http.download(f"{server.url}/file", headers={"x-goog-api-key": "k"}, dest=dest, timeout_s=10)
+    assert redirect.is_redirect and redirect.headers["location"] == "/signed/1"
+    assert not dest.exists(), "a redirect's body is not the video"
+    done = http.download(f"{server.url}/signed/1", headers={}, dest=dest, timeout_s=10)
+    assert done.status_code == 200 and dest.read_bytes() == video
+    missing = http.download(f"{server.url}/gone", headers={}, dest=tmp_path / "gone.mp4", timeout_s=10)
+    assert missing.status_code == 404 and missing.json() == {"error": {"code": 404}}
+    assert not (tmp_path / "gone.mp4").exists()
+
+
+def test_many_threads_calls_are_in_flight_together_up_to_the_limit(http: LoopHttp) -> None:
+    """Twenty job threads call at once through a transport of 8 connections: the server holds the
+    first answers until 8 requests are open together (the loop has them all in flight), and half a
+    second more, and never sees more than 8 at once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+    lock = threading.Lock()
+    in_flight: list[int] = [0, 0]  # now, peak
+    eight = threading.Barrier(8, timeout=20)
+    met = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while ScriptedServer._read(conn) is not None:
+                with lock:
+                    in_flight[0] += 1
+                    in_flight[1] = max(in_flight)
+                if not met.is_set():
+                    try:
+                        eight.wait()
+                        met.set()
+                        time.sleep(0.5)  # the time a ninth connection would have to show up
+                    except threading.BrokenBarrierError:
+                        pass
+                with lock:
+                    in_flight[0] -= 1
+                answer(200, b"{}")(conn)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    answers: list[int] = []
+    go = threading.Event()
+
+    def call() -> None:
+        go.wait()
+        answers.append(http.request("GET", url, headers={}, timeout_s=30).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    try:
+        for t in threads:
+            t.start()
+        go.set()
+        for t in threads:
+            t.join(60)
+    finally:
+        listener.close()
+    assert answers == [200] * 20
+    assert met.is_set(), "8 requests were in flight at once"
+    assert in_flight[1] <= 8, "no more connections than the limit"
