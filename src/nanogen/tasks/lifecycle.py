@@ -23,7 +23,7 @@ from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
-from nanogen.tasks import futex_hash, store
+from nanogen.tasks import futex_hash, open_files, store
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
@@ -235,6 +235,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     # whose slots are counted in threads above.
     DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
     futex_hash.size_for_threads(threads)  # before DBOS starts them (tasks/futex_hash.py)
+    if work:
+        open_files.allow(threads)  # a slot waiting on a provider holds a connection (tasks/open_files.py)
     DBOS.launch()
     if work:
         start_threads_ahead(_dbos_executor(), threads)
