@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dbos import DBOS, DBOSClient
+from dbos._sys_db import SystemDatabase
 
 from nanogen import metrics
 from nanogen.db import CLIENT_POOL_SIZE, make_engine, make_system_engine, read_connection, write_transaction
@@ -23,7 +24,7 @@ from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
-from nanogen.tasks import futex_hash, open_files, store
+from nanogen.tasks import futex_hash, open_files, outcomes, store
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
@@ -141,6 +142,12 @@ def _dbos_executor() -> ThreadPoolExecutor:
     return _get_dbos_instance()._executor
 
 
+def _dbos_system_database() -> SystemDatabase:
+    from dbos._dbos import _get_dbos_instance  # nor on its system database
+
+    return _get_dbos_instance()._sys_db
+
+
 def start_threads_ahead(executor: ThreadPoolExecutor, count: int) -> threading.Thread:
     """Start ``count`` threads of ``executor`` now, from a thread of their own, instead of one at a
     time as a burst of work arrives. A ThreadPoolExecutor starts a thread when a job finds none
@@ -239,6 +246,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
         open_files.allow(threads)  # a slot waiting on a provider holds a connection (tasks/open_files.py)
     DBOS.launch()
     if work:
+        # SQLite: the workflows' outcomes commit in groups with the task writes (tasks/outcomes.py).
+        outcomes.install(_dbos_system_database(), rt.task_writes)
         start_threads_ahead(_dbos_executor(), threads)
     # Queue settings live in the database, shared by every worker of the queue: only workers set
     # them (an API process enqueues by name), and the last worker to start wins.
