@@ -77,3 +77,19 @@ def test_a_report_after_the_task_ended_changes_nothing_and_stop_writes_the_rest(
     writer.report(running, 90)  # after stop: the process is going, nothing more is written
     writer.stop()
     assert _progress(db, [running])[running] == (TaskStatus.GENERATING, 70)
+
+
+def test_a_report_of_a_task_that_ended_is_forgotten_before_it_is_written(db: Database) -> None:
+    ended, running = _running_tasks(db, 2)
+    writer = ProgressWriter(db.engine, flush_s=60)  # nothing is written until flush()
+    writer.report(ended, 90)
+    writer.report(running, 30)
+    writer.forget(ended)
+    assert writer.flush() == 1, "only the running task's report is written"
+    assert _progress(db, [ended, running]) == {
+        ended: (TaskStatus.GENERATING, 0),
+        running: (TaskStatus.GENERATING, 30),
+    }
+    writer.forget(running)  # nothing pending: nothing to drop
+    assert writer.flush() == 0
+    writer.stop()

@@ -49,6 +49,13 @@ class ProgressWriter:
                 self._thread.start()
         self._reported.set()
 
+    def forget(self, task_id: str) -> None:
+        """Drop the task's report not yet written: the task has ended, and its end says the rest.
+        (An image's last report comes moments before its end: with thousands ending together, half
+        the progress rows written were of tasks already done.)"""
+        with self._lock:
+            self._pending.pop(task_id, None)
+
     def flush(self) -> int:
         """Write what was reported since the last flush; returns how many tasks it covered."""
         with self._lock:

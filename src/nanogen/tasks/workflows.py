@@ -255,6 +255,7 @@ def _complete(rt: Runtime, task_id: str, key: str, cost: int | None, seed: int |
         return done, before
 
     done, before = _settle(lambda: rt.task_writes.write(write))
+    rt.progress.forget(task_id)
     if done and before is not None:
         metrics.task_completed(before)
     elif before is not None and before.output_key == key:
@@ -275,6 +276,7 @@ def _fail(rt: Runtime, task_id: str, error: str) -> dict[str, str]:
         return failed, before
 
     failed, before = _settle(lambda: rt.task_writes.write(write))
+    rt.progress.forget(task_id)
     if failed and before is not None:
         metrics.task_failed(before, "engine")
     return {"status": FAILED if failed else ENDED}
