@@ -277,7 +277,7 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="How often a worker polls its image queue. Default: the engine's own (sandbox 0.05 s, "
-        "google 0.5 s).",
+        "google 0.1 s, diffusers 0.5 s).",
     )
     video_queue_polling_interval_s: float | None = Field(
         default=None, gt=0, description="How often a worker polls its video queue. Default: 0.5 s."

@@ -269,3 +269,20 @@ def test_many_threads_calls_are_in_flight_together_up_to_the_limit(http: LoopHtt
     assert answers == [200] * 20
     assert met.is_set(), "8 requests were in flight at once"
     assert in_flight[1] <= 8, "no more connections than the limit"
+
+
+def test_a_proxy_set_in_the_environment_is_used(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY applies as it did with httpx: the request reaches the proxy in absolute form. The
+    destination is a loopback port nobody listens on: only the proxy can answer for it."""
+    proxy = scripted(answer(200, b'{"via": "proxy"}'))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    http = LoopHttp(limit=2, ssl_context=ssl_context())
+    nobody = f"http://127.0.0.1:{free_port()}/v1beta/op"
+    response = http.request("GET", nobody, headers={}, timeout_s=10)
+    assert response.json() == {"via": "proxy"}
+    [request] = proxy.requests
+    assert request.startswith(f"GET {nobody} HTTP/1.1\r\n".encode())

