@@ -286,3 +286,27 @@ def test_a_proxy_set_in_the_environment_is_used(
     assert response.json() == {"via": "proxy"}
     [request] = proxy.requests
     assert request.startswith(f"GET {nobody} HTTP/1.1\r\n".encode())
+
+
+def trickle(conn: socket.socket) -> None:
+    """An answer of 10 bytes, one every 0.25 s: each read is quick, the whole takes 2.5 s."""
+    conn.sendall(b"HTTP/1.1 200 X\r\nContent-Length: 10\r\n\r\n")
+    for byte in b"0123456789":
+        time.sleep(0.25)
+        try:
+            conn.sendall(bytes([byte]))
+        except OSError:  # the client gave up
+            return
+
+
+def test_a_call_is_bounded_as_a_whole_and_a_download_per_read(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    server = scripted(trickle, trickle)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http.request("GET", f"{server.url}/op", headers={}, timeout_s=1)
+    assert time.monotonic() - started < 2.4, "the call ended at its timeout, not with the answer"
+    dest = tmp_path / "video.mp4"
+    done = http.download(f"{server.url}/video", headers={}, dest=dest, timeout_s=2)
+    assert done.status_code == 200 and dest.read_bytes() == b"0123456789", "a download that keeps coming"

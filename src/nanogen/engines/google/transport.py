@@ -92,9 +92,11 @@ class LoopHttp:
         return aiohttp.ClientSession(connector=connector, trust_env=bool(urllib.request.getproxies()))
 
     @staticmethod
-    def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-        # As httpx's timeout: for the connection (including a wait for a free one) and for each read.
-        return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+    def _timeout(seconds: float, *, whole: bool) -> aiohttp.ClientTimeout:
+        """``seconds`` for the connection (a wait for a free one included) and for each read, and
+        with ``whole`` for the whole call (a request stuck on its way is bounded too). A download is
+        bounded per read only: a large video that keeps arriving is not cut off."""
+        return aiohttp.ClientTimeout(total=seconds if whole else None, connect=seconds, sock_read=seconds)
 
     async def _request(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None, timeout_s: float
@@ -106,7 +108,7 @@ class LoopHttp:
             headers=headers,
             data=content,
             allow_redirects=False,
-            timeout=self._timeout(timeout_s),
+            timeout=self._timeout(timeout_s, whole=True),
         ) as answer:
             return _response(answer, await answer.read())
 
@@ -115,7 +117,7 @@ class LoopHttp:
     ) -> httpx.Response:
         assert self._session is not None
         async with self._session.get(
-            url, headers=headers, allow_redirects=False, timeout=self._timeout(timeout_s)
+            url, headers=headers, allow_redirects=False, timeout=self._timeout(timeout_s, whole=False)
         ) as answer:
             if not 200 <= answer.status < 300:
                 return _response(answer, await answer.read())
