@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,21 @@ def run_threads(url: str, calls: int, clock: list[float]) -> int:
         )
         for _ in range(-(-calls // POOL))
     ]
+    headers = {"x-goog-api-key": API_KEY}
+    return on_threads(
+        calls, lambda i: clients[i % len(clients)].post(PATH, content=body(i), headers=headers).content, clock
+    )
+
+
+def on_threads(calls: int, fetch: Callable[[int], bytes], clock: list[float]) -> int:
+    """``fetch(i)`` for each call on a thread of its own, all started before the clock (``clock`` gets
+    the CPU and wall readings when they go), each answer parsed and its image decoded there."""
     go = threading.Event()
     done: list[int] = []
 
     def call(i: int) -> None:
         go.wait()
-        r = clients[i % len(clients)].post(PATH, content=body(i), headers={"x-goog-api-key": API_KEY})
-        done.append(len(image_of(r.json())))
+        done.append(len(image_of(json.loads(fetch(i)))))
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
     for t in threads:
@@ -151,24 +160,10 @@ def run_threads_aiohttp(url: str, calls: int, clock: list[float]) -> int:
         async with session.post(PATH, data=body(i), headers=headers) as r:
             return await r.read()
 
-    go = threading.Event()
-    done: list[int] = []
-
-    def call(i: int) -> None:
-        go.wait()
-        answer = asyncio.run_coroutine_threadsafe(post(i), loop).result()
-        done.append(len(image_of(json.loads(answer))))
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
-    for t in threads:
-        t.start()
-    clock[:] = [cpu_s(), time.perf_counter()]
-    go.set()
-    for t in threads:
-        t.join()
+    ok = on_threads(calls, lambda i: asyncio.run_coroutine_threadsafe(post(i), loop).result(), clock)
     asyncio.run_coroutine_threadsafe(session.close(), loop).result()
     loop.call_soon_threadsafe(loop.stop)
-    return len(done)
+    return ok
 
 
 def measure(mode: str, url: str, calls: int) -> dict[str, Any]:
