@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nanogen import errors
 from nanogen.client import AsyncClient, Client
 from tests.conftest import Account, Server, assert_envelope, nanogen_cli, wait_for
-from tests.databases import postgres_database
+from tests.databases import postgres_admin, postgres_database
 
 METRICS_TOKEN = "metrics-token-for-the-cancel-tests"
 IMAGE = "/api/nano-banana-2"
@@ -342,3 +343,58 @@ def test_a_cancel_in_the_api_process_stops_jobs_in_a_worker_process(tmp_path: Pa
                 worker.kill()
                 worker.wait(timeout=30)
             server.stop()
+
+
+def test_a_cancel_rolled_back_by_a_deadlock_runs_again(tmp_path: Path) -> None:
+    """PostgreSQL: a cancel that loses a deadlock (here against a transaction of the test's own that
+    holds the generation's row and then writes the task's) is run again, and answers as if it had
+    come second (409 ALREADY_ENDED: the task completed meanwhile), never 503.
+
+    The server's sessions detect deadlocks after 2 s, the test's after 60 s: the cycle is complete
+    long before the server's check, so the server's transaction is the one PostgreSQL rolls back."""
+    with postgres_database("cancel_deadlock") as url:
+        database = url.rsplit("/", 1)[1]
+        with postgres_admin() as admin:
+            admin.execute(f"ALTER DATABASE \"{database}\" SET deadlock_timeout = '2s'")
+        server = Server(tmp_path, extra_env={"NANOGEN_WATCHDOG_INTERVAL_S": "3600"}, database_url=url)
+        server.start()
+        try:
+            account = server.new_account(100)
+            with account.client() as c:
+                accepted = c.post(f"{IMAGE}/generate", json={"prompt": f"held {SLOW}", "imageQuality": "1K"})
+                assert accepted.status_code == 200, accepted.text
+                generation_id, task_id = accepted.json()["generationId"], accepted.json()["taskId"]
+                wait_for(lambda: _image_status(c, generation_id)["status"] == "generating", 30)
+                plain = url.replace("postgresql+psycopg://", "postgresql://")
+                with psycopg.connect(plain) as mine, ThreadPoolExecutor(1) as pool:
+                    mine.execute("SET deadlock_timeout = '60s'")
+                    mine.execute(
+                        "SELECT 1 FROM nanogen_generations WHERE id = %s FOR UPDATE", (generation_id,)
+                    )
+                    answer = pool.submit(_cancel, c, generation_id)
+                    # The cancel has failed the task and refunded it, and waits for the generation's row.
+                    wait_for(lambda: _waiting_for_a_lock(mine, "nanogen_generations"), 30)
+                    mine.execute(
+                        "UPDATE nanogen_tasks SET status = 'completed', progress = 100, finished_at = 1,"
+                        " output_url = 'http://127.0.0.1/x.png' WHERE id = %s",
+                        (task_id,),
+                    )
+                    mine.commit()
+                    r = answer.result(timeout=60)
+            assert_envelope(r, 409, "ALREADY_ENDED")
+            assert account.balance() == 100 - IMAGE_CREDITS, "the task completed: nothing refunded"
+            assert _refunds(account) == {}
+            assert "rolled back by a conflict" in server.log_tail()
+        finally:
+            server.stop()
+
+
+def _waiting_for_a_lock(mine: psycopg.Connection[Any], query_part: str) -> bool:
+    """Another session of the database waits for a row lock while running a query naming ``query_part``."""
+    with psycopg.connect(mine.info.dsn, autocommit=True) as probe:
+        row = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> %s AND query LIKE %s",
+            (mine.info.backend_pid, f"%{query_part}%"),
+        ).fetchone()
+    return bool(row and row[0])

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from nanogen import errors, metrics, schemas
-from nanogen.db import read_connection, write_transaction
+from nanogen.db import conflict, read_connection, write_transaction
 from nanogen.products import Product
 from nanogen.server.deps import json_body, services, status_caller
 from nanogen.server.direct import DirectRoute
@@ -32,6 +33,8 @@ from nanogen.tasks.runtime import Runtime
 from nanogen.webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
+# A cancel rolled back by the database to resolve a conflict runs again, this many tries in all.
+CONFLICT_ATTEMPTS = 3
 
 router = APIRouter(prefix="/api/generations", tags=["Generations"], route_class=DirectRoute)
 
@@ -98,10 +101,7 @@ def _cancel(rt: Runtime, account_id: str, generation_id: str, shot_ids: list[str
     for task in targets:
         if task.status.is_terminal:
             continue
-        with write_transaction(rt.db) as conn:
-            before = store.cancel(conn, task.id)
-            if before is not None:
-                webhook_events.generation_ended(rt, conn, generation_id)
+        before = _cancel_task(rt, generation_id, task.id)
         if before is not None:
             canceled.append(before)
             metrics.task_failed(before, "canceled")
@@ -116,6 +116,24 @@ def _cancel(rt: Runtime, account_id: str, generation_id: str, shot_ids: list[str
         rt.running.stop(task.id)
     log.info("generation %s: %d task(s) canceled", generation_id, len(canceled))
     return _answer(rt, generation_id, canceled)
+
+
+def _cancel_task(rt: Runtime, generation_id: str, task_id: str) -> store.TaskRecord | None:
+    """One task's cancel and refund, in a transaction of its own: the task as it was, or None if it
+    had ended. Run again when PostgreSQL rolled it back to resolve a conflict (a deadlock with the
+    jobs' ends committing at that moment), rather than answering 503 for a race the client cannot see."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            with write_transaction(rt.db) as conn:
+                before = store.cancel(conn, task_id)
+                if before is not None:
+                    webhook_events.generation_ended(rt, conn, generation_id)
+                return before
+        except sa.exc.DBAPIError as exc:
+            if not conflict(exc) or attempt == CONFLICT_ATTEMPTS:
+                raise
+            log.warning("cancel of task %s rolled back by a conflict (%s); again", task_id, exc.orig)
+    raise AssertionError("unreachable")
 
 
 def _answer(rt: Runtime, generation_id: str, canceled: list[store.TaskRecord]) -> dict[str, Any]:
