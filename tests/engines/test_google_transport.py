@@ -310,3 +310,12 @@ def test_a_call_is_bounded_as_a_whole_and_a_download_per_read(
     dest = tmp_path / "video.mp4"
     done = http.download(f"{server.url}/video", headers={}, dest=dest, timeout_s=2)
     assert done.status_code == 200 and dest.read_bytes() == b"0123456789", "a download that keeps coming"
+
+
+def test_a_json_body_is_sent_as_json(http: LoopHttp, scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(answer(200, b"{}"))
+    http.request("POST", f"{server.url}/gen", headers={"x-goog-api-key": "k"}, json={"a": [1]}, timeout_s=10)
+    [request] = server.requests
+    head = request.lower()
+    assert b"\r\ncontent-type: application/json\r\n" in head and b"\r\nx-goog-api-key: k\r\n" in head
+    assert request.endswith(b'\r\n\r\n{"a": [1]}')

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -123,9 +122,8 @@ class ImagesRest:
 
     def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
         url = f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
-        headers = {"x-goog-api-key": self._key.get_secret_value(), "Content-Type": "application/json"}
-        content = json.dumps(self.body(call)).encode()
-        response = self._http.request("POST", url, headers=headers, content=content, timeout_s=timeout_s)
+        headers = {"x-goog-api-key": self._key.get_secret_value()}
+        response = self._http.request("POST", url, headers=headers, json=self.body(call), timeout_s=timeout_s)
         return _from_json(json_object(checked(response)))
 
 

@@ -15,7 +15,6 @@ Images by generation type: FIRST_AND_LAST_FRAMES sends the first image as ``imag
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +119,9 @@ class VeoRest:
 
     def submit(self, job: ShotJob, timeout_s: float) -> str:
         url = f"{self._base}/v1beta/models/{self._model}:predictLongRunning"
-        headers = {**self._auth(url), "Content-Type": "application/json"}
-        content = json.dumps(self.body(job)).encode()
-        response = self._http.request("POST", url, headers=headers, content=content, timeout_s=timeout_s)
+        response = self._http.request(
+            "POST", url, headers=self._auth(url), json=self.body(job), timeout_s=timeout_s
+        )
         name = json_object(checked(response)).get("name")
         if not isinstance(name, str):
             raise EngineError("Google returned a malformed response (no operation name)")
