@@ -492,3 +492,37 @@ def test_every_account_balances(engine: sa.Engine) -> None:
             )
         ).all()
     assert open_rows  # tasks were created and hang off their generations
+
+
+def test_complete_records_the_providers_charge_and_none_keeps_what_was_recorded(engine: sa.Engine) -> None:
+    account = _account(engine, 10)
+    charged, unknown = _task(engine, account.id, 2), _task(engine, account.id, 2)
+    with write_transaction(engine) as conn:
+        store.set_provider_cost(conn, unknown, 7)  # e.g. recorded with the operation at submission
+        for task_id in (charged, unknown):
+            assert store.start(conn, task_id) is not None
+        assert store.complete(conn, charged, "http://example.invalid/a.png", "a.png", 39_000) is True
+        assert store.complete(conn, unknown, "http://example.invalid/b.png", "b.png", None) is True
+    with engine.connect() as conn:
+        costs = dict(
+            conn.execute(
+                sa.text("SELECT id, provider_cost_micros FROM nanogen_tasks WHERE id IN (:a, :b)"),
+                {"a": charged, "b": unknown},
+            ).all()
+        )
+    assert costs == {charged: 39_000, unknown: 7}
+
+
+def test_start_returns_the_task_as_updated_and_none_once_it_ended(engine: sa.Engine) -> None:
+    account = _account(engine, 10)
+    task_id = _task(engine, account.id, 3)
+    with write_transaction(engine) as conn:
+        first = store.start(conn, task_id)
+        again = store.start(conn, task_id)  # a re-run after a crash counts another attempt
+    assert first is not None and again is not None
+    assert (first.status, first.attempts, again.attempts) == (TaskStatus.GENERATING, 1, 2)
+    assert first.started_at is not None and again.started_at == first.started_at
+    assert (first.id, first.account_id, first.credits) == (task_id, account.id, 3)
+    with write_transaction(engine) as conn:
+        assert store.fail_and_refund(conn, task_id, "canceled")
+        assert store.start(conn, task_id) is None

@@ -62,7 +62,11 @@ Download = LocalFile | Redirect | Stream
 
 
 class Storage(Protocol):
-    def put_file(self, key: str, src: Path) -> None: ...
+    def put_file(self, key: str, src: Path) -> None:
+        """Store the file at ``src`` under ``key``. The caller does not change ``src`` afterwards
+        (it may be linked rather than copied: local storage on the same file system)."""
+        ...
+
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def read_bytes(self, key: str) -> bytes:
         """The object's bytes; FileMissing when there is none."""

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -107,10 +108,14 @@ class Runtime:
     media: MediaProcesses = field(default_factory=lambda: MediaProcesses(JOINS_AT_ONCE))
     progress: ProgressWriter = field(init=False)  # the jobs' progress reports, written in batches
     task_writes: TaskWriter = field(init=False)  # the jobs' task transitions, committed in groups
+    # Resolved once: Settings.scratch_dir resolves the home on each call, an lstat per part of the
+    # path, and every job asks (at 2,000 jobs starting at once, a tenth of their start's samples).
+    scratch_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.progress = ProgressWriter(self.db)
         self.task_writes = TaskWriter(self.db)
+        self.scratch_dir = self.settings.scratch_dir
 
     def queue_for(self, product: Product) -> str:
         return queue_name(product, self.engine_names[product])

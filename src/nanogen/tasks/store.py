@@ -284,22 +284,25 @@ def _open_task_update() -> sa.Update:
 _OPEN_BINDS = {f"open_{s}": s for s in OPEN}
 
 _START = Prepared(
-    _open_task_update().values(
+    _open_task_update()
+    .values(
         status=sa.bindparam("generating"),
         started_at=sa.func.coalesce(tasks.c.started_at, sa.bindparam("now")),
         attempts=tasks.c.attempts + sa.literal_column("1"),
     )
+    .returning(*_TASK_COLUMNS)
 )
 
 
 def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     """pending -> generating, counting the engine's attempt (a re-run after a crash counts again):
-    the task as it now is, or None once terminal. One prepared statement: every job's start goes
-    through the task writer's one thread, so its cost sets how fast a burst of jobs can start."""
+    the task as it now is, or None once terminal. One prepared statement, the row as updated
+    returned by it: every job's start goes through the task writer's one thread, and on SQLite
+    each statement gives the interpreter lock away and waits to get it back, holding the file's
+    write lock meanwhile."""
     values = {"task_id": task_id, "now": time.time(), "generating": TaskStatus.GENERATING.value}
-    _START.run(conn, values | _OPEN_BINDS).close()
-    record = get_task(conn, task_id)
-    return None if record is None or record.status.is_terminal else record
+    rows = _START.all(conn, values | _OPEN_BINDS)
+    return _task(rows[0]) if rows else None
 
 
 _RAISE_PROGRESS = Prepared(
@@ -362,11 +365,17 @@ _COMPLETE = Prepared(
         output_url=sa.bindparam("output_url"),
         output_key=sa.bindparam("output_key"),
         finished_at=sa.bindparam("now"),
+        provider_cost_micros=sa.func.coalesce(sa.bindparam("cost"), tasks.c.provider_cost_micros),
     )
 )
 
 
-def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str) -> bool:
+def complete(
+    conn: sa.Connection, task_id: str, output_url: str, output_key: str, cost_micros: int | None = None
+) -> bool:
+    """generating -> completed with its output, and what the provider charged for it when known
+    (None keeps what was recorded): False if the task had ended. A task that ended meanwhile still
+    owes the provider its charge: ``set_provider_cost``."""
     values = {
         "task_id": task_id,
         "completed": TaskStatus.COMPLETED.value,
@@ -374,6 +383,7 @@ def complete(conn: sa.Connection, task_id: str, output_url: str, output_key: str
         "output_url": output_url,
         "output_key": output_key,
         "now": time.time(),
+        "cost": cost_micros,
     }
     cursor = _COMPLETE.run(conn, values | _OPEN_BINDS)
     try:

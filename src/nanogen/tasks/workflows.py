@@ -180,7 +180,7 @@ class UnrecordedOperation(RuntimeError):
 
 def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[str, str]:
     """Run the engine (or await the submitted ``operation``), store its output and end the task."""
-    scratch = rt.settings.scratch_dir / record.id
+    scratch = rt.scratch_dir / record.id
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         output, cost = _generate(rt, record, scratch, operation)
@@ -197,7 +197,7 @@ def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[s
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     seed = output.metadata.get("seed")
-    return _complete(rt, record.id, key, cost, seed if isinstance(seed, int) else None)
+    return _complete(rt, record, key, cost, seed if isinstance(seed, int) else None)
 
 
 def _shot_job(rt: Runtime, record: store.TaskRecord, stop: StopSignal | None = None) -> ShotJob:
@@ -240,25 +240,31 @@ def _paid(engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> 
     return None if cost is None else cost * max(1, record.attempts)
 
 
-def _complete(rt: Runtime, task_id: str, key: str, cost: int | None, seed: int | None) -> dict[str, str]:
+def _complete(
+    rt: Runtime, record: store.TaskRecord, key: str, cost: int | None, seed: int | None
+) -> dict[str, str]:
+    """``record``: the task as its start wrote it. Three statements in the common case (the
+    transition with the provider's charge, and the generation's webhook target): this write holds
+    the database's write lock, and on SQLite each statement gives the interpreter lock away."""
     url = rt.storage.url_for(key)
 
-    def write(conn: sa.Connection) -> tuple[bool, store.TaskRecord | None]:
-        before = store.get_task(conn, task_id)
-        if cost is not None:
-            store.set_provider_cost(conn, task_id, cost)
+    def write(conn: sa.Connection) -> tuple[bool, str | None]:
+        done = store.complete(conn, record.id, url, key, cost)
+        if not done and cost is not None:  # ended meanwhile: the provider was paid all the same
+            store.set_provider_cost(conn, record.id, cost)
         if seed is not None:  # a local engine's: to make it again
-            store.record_seed(conn, task_id, seed)
-        done = store.complete(conn, task_id, url, key)
-        if done and before is not None:
-            webhook_events.generation_ended(rt, conn, before.generation_id)
-        return done, before
+            store.record_seed(conn, record.id, seed)
+        if done:
+            webhook_events.generation_ended(rt, conn, record.generation_id)
+            return True, key
+        now = store.get_task(conn, record.id)
+        return False, now and now.output_key
 
-    done, before = _settle(lambda: rt.task_writes.write(write))
-    rt.progress.forget(task_id)
-    if done and before is not None:
-        metrics.task_completed(before)
-    elif before is not None and before.output_key == key:
+    done, recorded = _settle(lambda: rt.task_writes.write(write))
+    rt.progress.forget(record.id)
+    if done:
+        metrics.task_completed(record)
+    elif recorded == key:
         # An earlier try of this write committed although its connection broke (PostgreSQL can
         # lose the answer to a COMMIT): the output is recorded, so it is kept.
         done = True
@@ -370,7 +376,7 @@ def concat_step(generation_id: str) -> str:
         shots = store.generation_tasks(conn, generation_id)
     if generation is None or generation.concat_status != store.CONCAT_PENDING:
         return "ended"
-    scratch = rt.settings.scratch_dir / f"concat_{generation_id}"
+    scratch = rt.scratch_dir / f"concat_{generation_id}"
     scratch.mkdir(parents=True, exist_ok=True)
     key: str | None = None
     try:
