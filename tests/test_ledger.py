@@ -526,3 +526,28 @@ def test_start_returns_the_task_as_updated_and_none_once_it_ended(engine: sa.Eng
     with write_transaction(engine) as conn:
         assert store.fail_and_refund(conn, task_id, "canceled")
         assert store.start(conn, task_id) is None
+
+
+def test_progress_only_rises_and_only_while_the_task_runs(engine: sa.Engine) -> None:
+    account = _account(engine, 1_000)
+    # More tasks than one SQLite statement takes (500): the second statement must apply too.
+    task_ids = [_task(engine, account.id, 1) for _ in range(503)]
+    low, high, ended, pending = task_ids[0], task_ids[1], task_ids[2], task_ids[3]
+    with write_transaction(engine) as conn:
+        for task_id in task_ids:
+            if task_id != pending:
+                assert store.start(conn, task_id) is not None
+        store.set_progress_many(conn, {high: 60})
+        assert store.fail_and_refund(conn, ended, "canceled")
+    with write_transaction(engine) as conn:
+        store.set_progress_many(conn, {t: 40 for t in task_ids} | {low: 250})
+    with engine.connect() as conn:
+        progress = dict(
+            conn.execute(
+                sa.text("SELECT id, progress FROM nanogen_tasks WHERE account_id = :a"), {"a": account.id}
+            ).all()
+        )
+    assert progress[low] == 100  # clamped
+    assert progress[high] == 60  # never backwards
+    assert progress[ended] == 0 and progress[pending] == 0  # only while generating
+    assert all(progress[t] == 40 for t in task_ids[4:])

@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import Prepared, Query, Reads, generations, idempotency_keys, tasks
+from nanogen.db import MULTI_ROW_MAX, Prepared, Query, Reads, generations, idempotency_keys, tasks
 from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
@@ -324,8 +324,36 @@ def set_progress_many(conn: sa.Connection, progress: dict[str, int]) -> None:
     rows = [
         {"task_id": t, "value": min(100, max(0, v)), "running": running} for t, v in sorted(progress.items())
     ]
-    if rows:
-        _RAISE_PROGRESS.run_many(conn, rows)
+    if conn.dialect.name != "sqlite":
+        if rows:
+            _RAISE_PROGRESS.run_many(conn, rows)
+        return
+    # SQLite: one statement for up to 500 tasks, not one step each (an executemany gives the
+    # interpreter lock away around every row while this writer holds the file's write lock).
+    for first in range(0, len(rows), MULTI_ROW_MAX):
+        chunk = rows[first : first + MULTI_ROW_MAX]
+        binds: dict[str, Any] = {"running": running}
+        for i, row in enumerate(chunk):
+            binds[f"task_{i}"], binds[f"value_{i}"] = row["task_id"], row["value"]
+        _raise_progress_of(len(chunk)).run(conn, binds).close()
+
+
+_RAISE_PROGRESS_OF: dict[int, Prepared] = {}
+
+
+def _raise_progress_of(count: int) -> Prepared:
+    """SQLite's ``_RAISE_PROGRESS`` for ``count`` tasks at once: an UPDATE ... FROM a VALUES list."""
+    found = _RAISE_PROGRESS_OF.get(count)
+    if found is None:
+        pairs = ", ".join(f"(:task_{i}, :value_{i})" for i in range(count))
+        t = tasks.name
+        found = _RAISE_PROGRESS_OF[count] = Prepared(
+            sa.text(
+                f"UPDATE {t} SET progress = v.column2 FROM (VALUES {pairs}) AS v"
+                f" WHERE {t}.id = v.column1 AND {t}.status = :running AND {t}.progress < v.column2"
+            )
+        )
+    return found
 
 
 def record_operation(conn: sa.Connection, task_id: str, operation: str, cost_micros: int | None) -> str:

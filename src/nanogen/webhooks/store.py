@@ -93,12 +93,17 @@ class Target(NamedTuple):
 
 
 # Prepared statements: every task's end runs these on the task writer's one thread.
+# The account's default URL in the same statement (one statement less on every task's end).
 _LOCK_GENERATION = Prepared(
-    sa.select(generations.c.account_id, generations.c.product, generations.c.webhook_url)
+    sa.select(
+        generations.c.account_id,
+        generations.c.product,
+        sa.func.coalesce(generations.c.webhook_url, _A.url),
+    )
+    .select_from(generations.outerjoin(webhook_accounts, _A.account_id == generations.c.account_id))
     .where(generations.c.id == sa.bindparam("generation_id"))
-    .with_for_update()
+    .with_for_update(of=generations)
 )
-_ACCOUNT_URL = Prepared(sa.select(_A.url).where(_A.account_id == sa.bindparam("account_id")))
 _HAS_DELIVERY = Prepared(sa.select(sa.exists().where(_D.generation_id == sa.bindparam("generation_id"))))
 
 
@@ -108,13 +113,7 @@ def lock_generation_target(conn: sa.Connection, generation_id: str) -> Target | 
     video's shots at once on PostgreSQL: each reads its siblings after the one before committed,
     so exactly one of them sees the generation ended. (SQLite: writers are serial already.)"""
     rows = _LOCK_GENERATION.all(conn, {"generation_id": generation_id})
-    if not rows:
-        return None
-    account_id, product, url = rows[0]
-    if url is None:
-        found = _ACCOUNT_URL.all(conn, {"account_id": account_id})
-        url = found[0][0] if found else None
-    return Target(account_id, product, url)
+    return Target(*rows[0]) if rows else None
 
 
 def has_delivery(conn: sa.Connection, generation_id: str) -> bool:
