@@ -13,21 +13,23 @@ from nanogen.storage.base import new_key
 from nanogen.storage.local import LocalStorage
 
 
-def _source(tmp_path: Path, data: bytes) -> Path:
+def _put(tmp_path: Path, data: bytes) -> tuple[LocalStorage, Path, str, Path]:
+    """A job's output stored as a job stores it: (storage, its scratch file, key, stored file)."""
     scratch = tmp_path / "scratch" / "task"
     scratch.mkdir(parents=True)
     src = scratch / "image.png"
     src.write_bytes(data)
-    return src
-
-
-def test_put_file_links_the_file_and_it_outlives_the_scratch_copy(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "outputs", "http://127.0.0.1:1")
-    src = _source(tmp_path, b"\x89PNG linked")
     key = new_key("out", "task.png")
     storage.put_file(key, src)
     stored = storage.local_path(key)
-    assert stored is not None and stored.read_bytes() == b"\x89PNG linked"
+    assert stored is not None
+    return storage, src, key, stored
+
+
+def test_put_file_links_the_file_and_it_outlives_the_scratch_copy(tmp_path: Path) -> None:
+    storage, src, key, stored = _put(tmp_path, b"\x89PNG linked")
+    assert stored.read_bytes() == b"\x89PNG linked"
     assert os.stat(stored).st_ino == os.stat(src).st_ino  # one file, two names
     src.unlink()  # the job's scratch folder is removed after
     assert storage.read_bytes(key) == b"\x89PNG linked"
@@ -41,11 +43,7 @@ def test_put_file_copies_where_the_file_cannot_be_linked(
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
     monkeypatch.setattr(os, "link", cross_device)
-    storage = LocalStorage(tmp_path / "outputs", "http://127.0.0.1:1")
-    src = _source(tmp_path, b"copied bytes")
-    key = new_key("out", "task.png")
-    storage.put_file(key, src)
-    stored = storage.local_path(key)
-    assert stored is not None and stored.read_bytes() == b"copied bytes"
+    _, src, _, stored = _put(tmp_path, b"copied bytes")
+    assert stored.read_bytes() == b"copied bytes"
     assert os.stat(stored).st_ino != os.stat(src).st_ino
     assert [p.name for p in stored.parent.iterdir()] == ["task.png"]
