@@ -1,8 +1,8 @@
-"""Prepared.run_many: on SQLite an INSERT of many rows is one statement per 500 rows (fewer when
-the columns are many: SQLite binds at most 32,766 values a statement), so the writer holding the
-file's write lock gives the interpreter lock away a few times, not once per row; anything else, and
-PostgreSQL, goes row by row (``executemany``). Real SQLite files and the real PostgreSQL, statements
-counted as SQLite runs them (its trace callback)."""
+"""Prepared.run_many: on SQLite an INSERT of many rows is a few statements, each of a power of two
+rows up to 256 (fewer when the columns are many: SQLite binds at most 32,766 values a statement), so
+the writer holding the file's write lock gives the interpreter lock away a few times, not once per
+row; anything else, and PostgreSQL, goes row by row (``executemany``). Real SQLite files and the
+real PostgreSQL, statements counted as SQLite runs them (its trace callback)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from nanogen.db import MULTI_ROW_MAX, SQLITE_MAX_VARIABLES, Prepared, make_engine, write_transaction
+from nanogen.db import (
+    MULTI_ROW_MAX,
+    SQLITE_MAX_VARIABLES,
+    Prepared,
+    make_engine,
+    row_chunks,
+    write_transaction,
+)
 from tests.databases import postgres_database
 
 metadata = sa.MetaData()
@@ -68,25 +75,28 @@ def counted_inserts(conn: sa.Connection) -> Iterator[list[str]]:
             driver.set_trace_callback(None)
 
 
+def _rows_per_statement(statements: list[str]) -> list[int]:
+    return [sql.count("), (") + 1 for sql in statements]
+
+
 def _rows(count: int, first: int = 0) -> list[dict[str, object]]:
     return [{"id": first + i, "name": f"item {first + i}", "size": (first + i) / 4} for i in range(count)]
 
 
 def test_many_rows_are_written_as_they_were_given(engine: sa.Engine) -> None:
-    rows = _rows(2 * MULTI_ROW_MAX + 34)
+    rows = _rows(4 * MULTI_ROW_MAX + 34)
     with write_transaction(engine) as conn, counted_inserts(conn) as seen:
         INSERT_ITEM.run_many(conn, rows)
     with engine.connect() as conn:
         stored = conn.execute(sa.select(items).order_by(items.c.id)).all()
     assert [tuple(r) for r in stored] == [(r["id"], r["name"], r["size"], "none") for r in rows]
-    if engine.dialect.name == "sqlite":  # 500 + 500 + 34 rows
-        assert len(seen) == 3
-        assert all(sql.count("),(") + sql.count("), (") + 1 in (MULTI_ROW_MAX, 34) for sql in seen)
+    if engine.dialect.name == "sqlite":  # 256 x 4 + 32 + 2 rows
+        assert _rows_per_statement(seen) == [MULTI_ROW_MAX] * 4 + [32, 2]
 
 
 def test_a_statement_binds_no_more_values_than_sqlite_allows(engine: sa.Engine) -> None:
-    per_statement = SQLITE_MAX_VARIABLES // 100  # 100 columns: 327 rows a statement
-    rows = [{"id": i, **{f"c{c}": i * c for c in range(99)}} for i in range(2 * per_statement + 1)]
+    bound = SQLITE_MAX_VARIABLES // 100  # 100 columns: 327 rows would bind 32,700 values
+    rows = [{"id": i, **{f"c{c}": i * c for c in range(99)}} for i in range(2 * bound + 1)]
     with write_transaction(engine) as conn, counted_inserts(conn) as seen:
         INSERT_WIDE.run_many(conn, rows)
     with engine.connect() as conn:
@@ -94,8 +104,9 @@ def test_a_statement_binds_no_more_values_than_sqlite_allows(engine: sa.Engine) 
             len(rows),
             sum(i * 98 for i in range(len(rows))),
         )
-    if engine.dialect.name == "sqlite":
-        assert len(seen) == 3
+    if engine.dialect.name == "sqlite":  # 655 rows: 256 + 256 + 128 + 8 + 4 + 2 + 1
+        assert _rows_per_statement(seen) == [count for _, count in row_chunks(len(rows), bound)]
+        assert max(_rows_per_statement(seen)) * 100 <= SQLITE_MAX_VARIABLES
 
 
 def test_a_failing_row_fails_the_write_and_nothing_of_it_is_kept(engine: sa.Engine) -> None:
@@ -123,7 +134,8 @@ def test_an_insert_that_ignores_conflicts_keeps_its_clause(tmp_path: Path) -> No
         names = dict(conn.execute(sa.select(items.c.id, items.c.name)).all())
     eng.dispose()
     assert names == {i: f"item {i}" for i in range(6)}
-    assert len(seen) == 1 and "ON CONFLICT DO NOTHING" in seen[0]
+    assert _rows_per_statement(seen) == [2, 1]  # 3 rows: 2 + 1, each keeping the clause
+    assert all("ON CONFLICT DO NOTHING" in sql for sql in seen)
 
 
 def test_a_values_row_with_a_literal_goes_row_by_row(tmp_path: Path) -> None:
@@ -141,3 +153,11 @@ def test_a_values_row_with_a_literal_goes_row_by_row(tmp_path: Path) -> None:
     eng.dispose()
     assert names == ["fixed (x)"] * 3
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize("total", [0, 1, 63, 256, 257, 1_034])
+def test_rows_are_cut_into_powers_of_two_that_cover_them_once(total: int) -> None:
+    chunks = list(row_chunks(total))
+    assert [start for start, _ in chunks] == [sum(c for _, c in chunks[:i]) for i in range(len(chunks))]
+    assert sum(count for _, count in chunks) == total
+    assert all(count & (count - 1) == 0 and count <= MULTI_ROW_MAX for _, count in chunks)

@@ -417,7 +417,19 @@ def is_sqlite(engine: sa.Engine) -> bool:
 
 # SQLite's bound on a statement's parameters (32,766 since 3.32), and rows per INSERT statement.
 SQLITE_MAX_VARIABLES = 32_766
-MULTI_ROW_MAX = 500
+MULTI_ROW_MAX = 256
+
+
+def row_chunks(total: int, most: int = MULTI_ROW_MAX) -> Iterator[tuple[int, int]]:
+    """``(start, count)`` over ``total`` rows, each count a power of two of at most ``most``: a
+    statement per chunk, and so a few distinct statements (and cached plans) per table, not one per
+    batch size (63 rows: 32 + 16 + 8 + 4 + 2 + 1)."""
+    largest = 1 << (max(1, most).bit_length() - 1)
+    start = 0
+    while start < total:
+        count = min(largest, 1 << ((total - start).bit_length() - 1))
+        yield start, count
+        start += count
 
 
 def _split_values(sql: str) -> tuple[str, str, str] | None:
@@ -449,7 +461,7 @@ class Prepared:
         self._compile_options = compile_options  # e.g. a schema_translate_map
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
         self._values: dict[str, tuple[str, str, str] | None] = {}
-        self._rows_sql: dict[int, str] = {}  # SQLite's multi-row INSERT by its number of rows
+        self._rows_sql: dict[int, str] = {}  # SQLite's multi-row INSERT by its rows (powers of two)
 
     def compiled(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
         found = self._compiled.get(dialect.name)
@@ -489,8 +501,8 @@ class Prepared:
     # SQLite: an INSERT of many rows as one statement with a VALUES row each, not ``executemany``.
     # pysqlite gives the interpreter lock away around every step of a statement, a row each in an
     # executemany, and the writer, holding the file's write lock, waits to take it back behind every
-    # runnable thread: 130 rows took 25-40 ms with 50 busy threads (one statement: 1.2-1.6 ms) and
-    # ~1.8 s with 500 (one statement: ~40 ms).
+    # runnable thread: 130 rows took 25-40 ms with 50 busy threads (one statement: 1.0-1.6 ms) and
+    # ~1.8 s with 500 (one statement: 40-50 ms; bench/bench_sqlite_steps.py).
 
     def _values_group(self, dialect: sa.Dialect) -> tuple[str, str, str] | None:
         """``(head, "(?, ?, ...)", tail)`` of this INSERT on SQLite; None for anything else."""
@@ -506,10 +518,10 @@ class Prepared:
     ) -> None:
         _, order = self.compiled(conn.dialect)
         assert order is not None
-        per_statement = max(1, min(MULTI_ROW_MAX, SQLITE_MAX_VARIABLES // max(1, len(order))))
+        most = min(MULTI_ROW_MAX, SQLITE_MAX_VARIABLES // max(1, len(order)))
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        for first in range(0, len(rows), per_statement):
-            chunk = rows[first : first + per_statement]
+        for first, count in row_chunks(len(rows), most):
+            chunk = rows[first : first + count]
             sql = self._rows_sql.get(len(chunk))
             if sql is None:
                 head, group, tail = values

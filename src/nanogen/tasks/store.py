@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import MULTI_ROW_MAX, Prepared, Query, Reads, generations, idempotency_keys, tasks
+from nanogen.db import Prepared, Query, Reads, generations, idempotency_keys, row_chunks, tasks
 from nanogen.products import Product
 from nanogen.tasks.status import OPEN, TaskStatus
 
@@ -328,10 +328,10 @@ def set_progress_many(conn: sa.Connection, progress: dict[str, int]) -> None:
         if rows:
             _RAISE_PROGRESS.run_many(conn, rows)
         return
-    # SQLite: one statement for up to 500 tasks, not one step each (an executemany gives the
+    # SQLite: one statement for up to 256 tasks, not one step each (an executemany gives the
     # interpreter lock away around every row while this writer holds the file's write lock).
-    for first in range(0, len(rows), MULTI_ROW_MAX):
-        chunk = rows[first : first + MULTI_ROW_MAX]
+    for first, count in row_chunks(len(rows)):
+        chunk = rows[first : first + count]
         binds: dict[str, Any] = {"running": running}
         for i, row in enumerate(chunk):
             binds[f"task_{i}"], binds[f"value_{i}"] = row["task_id"], row["value"]
