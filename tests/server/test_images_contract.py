@@ -140,8 +140,10 @@ def test_fourteen_images_accepted_fifteen_refused(account: Account, image_host: 
 
 
 def test_progress_and_status_flow(account: Account) -> None:
+    # Long enough to be seen between two polls of a server on a loaded machine (2 s was not once:
+    # four polls in all, the task still at 0 in two of them).
     with account.client() as c:
-        r = c.post(GENERATE, json={"prompt": "slow one [sandbox:slow=2]"})
+        r = c.post(GENERATE, json={"prompt": "slow one [sandbox:slow=5]"})
     generation_id = r.json()["generationId"]
     observed: list[tuple[str, int]] = []
 

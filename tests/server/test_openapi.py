@@ -17,7 +17,7 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_four_contract_endpoints_are_documented(server: Server) -> None:
-    spec = httpx.get(server.base_url + "/openapi.json").json()
+    spec = httpx.get(server.base_url + "/openapi.json", timeout=60).json()
     expected = {
         "/api/nano-banana-2/generate": {
             "prompt",
@@ -41,8 +41,8 @@ def test_the_four_contract_endpoints_are_documented(server: Server) -> None:
 
 
 def test_every_ref_resolves_and_enums_match_the_pages(server: Server) -> None:
-    spec = httpx.get(server.base_url + "/openapi.json").json()
-    text = httpx.get(server.base_url + "/openapi.json").text
+    spec = httpx.get(server.base_url + "/openapi.json", timeout=60).json()
+    text = httpx.get(server.base_url + "/openapi.json", timeout=60).text
     for name in {part.split('"')[0] for part in text.split('"#/components/schemas/')[1:]}:
         assert name in spec["components"]["schemas"], name
     schemas = spec["components"]["schemas"]
