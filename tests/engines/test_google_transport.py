@@ -4,9 +4,11 @@ arrive as httpx responses and the network's failures as the httpx errors the ret
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -319,3 +321,19 @@ def test_a_json_body_is_sent_as_json(http: LoopHttp, scripted: Callable[..., Scr
     head = request.lower()
     assert b"\r\ncontent-type: application/json\r\n" in head and b"\r\nx-goog-api-key: k\r\n" in head
     assert request.endswith(b'\r\n\r\n{"a": [1]}')
+
+
+def test_calls_run_on_uvloop_where_installed_and_asyncio_without_it(
+    monkeypatch: pytest.MonkeyPatch, scripted: Callable[..., ScriptedServer]
+) -> None:
+    import uvloop
+
+    for installed in (True, False):
+        if not installed:
+            monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
+        server = scripted(answer(200, b"answered"))  # one client each: it keeps its connection
+        http = LoopHttp(limit=2, ssl_context=ssl_context())
+        r = http.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
+        assert (r.status_code, r.content) == (200, b"answered")
+        assert isinstance(http._loop, asyncio.AbstractEventLoop)
+        assert isinstance(http._loop, uvloop.Loop) is installed

@@ -93,7 +93,11 @@ def execute(task_id: str) -> dict[str, Any]:
 
     def start(conn: sa.Connection) -> tuple[store.TaskRecord | None, store.GenerationRecord | None]:
         started = store.start(conn, task_id)
-        return started, started and store.get_generation(conn, started.generation_id)
+        if started is None or started.product is not Product.VIDEO:
+            # Only a video's shots are joined: an image's start reads no generation (on SQLite one
+            # statement less in the task writer's transaction, which holds the file's write lock).
+            return started, None
+        return started, store.get_generation(conn, started.generation_id)
 
     started, generation = rt.task_writes.write(start)
     if started is None:
