@@ -47,3 +47,13 @@ def test_put_file_copies_where_the_file_cannot_be_linked(
     assert stored.read_bytes() == b"copied bytes"
     assert os.stat(stored).st_ino != os.stat(src).st_ino
     assert [p.name for p in stored.parent.iterdir()] == ["task.png"]
+
+
+def test_put_file_replaces_a_key_stored_before(tmp_path: Path) -> None:
+    storage, _, key, stored = _put(tmp_path, b"first")
+    again = tmp_path / "again.png"
+    again.write_bytes(b"second")
+    storage.put_file(key, again)  # linked under a temporary name, then renamed over the old file
+    assert storage.read_bytes(key) == b"second"
+    assert os.stat(stored).st_ino == os.stat(again).st_ino
+    assert [p.name for p in stored.parent.iterdir()] == ["task.png"]

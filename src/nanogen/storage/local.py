@@ -35,10 +35,16 @@ class LocalStorage:
     def put_file(self, key: str, src: Path) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # The file itself, not a copy: one system call instead of reading and writing it all (a
+        # job's output is in the scratch folder under the same home, deleted right after). A link
+        # appears whole, so a new key (every output's is) is linked under its own name; each system
+        # call gives the interpreter lock away, which thousands of job threads then queue for.
+        with contextlib.suppress(OSError):
+            os.link(src, dest)
+            return
+        # The key exists already (replaced atomically), or the file cannot be linked there.
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
         try:
-            # The file itself, not a copy: one system call instead of reading and writing it all
-            # (a job's output is in the scratch folder under the same home, deleted right after).
             os.link(src, tmp)
         except OSError:  # another file system, or one without hard links
             shutil.copyfile(src, tmp)

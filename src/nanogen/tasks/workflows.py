@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -186,6 +187,7 @@ def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[s
     """Run the engine (or await the submitted ``operation``), store its output and end the task."""
     scratch = rt.scratch_dir / record.id
     scratch.mkdir(parents=True, exist_ok=True)
+    output: Output | None = None
     try:
         output, cost = _generate(rt, record, scratch, operation)
         key = new_key("out", f"{record.id}{Path(output.path).suffix}")
@@ -199,9 +201,23 @@ def _run(rt: Runtime, record: store.TaskRecord, operation: str | None) -> dict[s
         log.exception("task %s: engine %s raised", record.id, record.engine)
         return _fail(rt, record.id, FAILED_MESSAGE[record.product])
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _remove_scratch(scratch, None if output is None else Path(output.path))
     seed = output.metadata.get("seed")
     return _complete(rt, record, key, cost, seed if isinstance(seed, int) else None)
+
+
+def _remove_scratch(scratch: Path, output: Path | None) -> None:
+    """Delete a job's scratch folder. Where the engine left only its output there (a provider's
+    image or video, stored by now), two system calls instead of rmtree's nine: each gives the
+    interpreter lock away, and 2,000 jobs end within seconds of each other."""
+    if output is not None and output.parent == scratch:
+        try:
+            os.unlink(output)
+            os.rmdir(scratch)
+            return
+        except OSError:  # something else in it (an engine's own files), or gone already
+            pass
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _shot_job(rt: Runtime, record: store.TaskRecord, stop: StopSignal | None = None) -> ShotJob:
