@@ -602,7 +602,7 @@ class Outcome:
     # generator runs on the server's cores, so what it costs is not the server's to spend.
     submit_phase_cpu_s: float | None = None
     client_cpu_s: float | None = None
-    # Until the provider's latency had passed since the first submission (read within 0.5 s): before
+    # Until the provider's latency had passed since the first submission (read within DONE_POLL_S): before
     # it no operation can be done, so from the last acceptance to here the server only waits (polls,
     # timers); after it come the ends.
     waited_cpu_s: float | None = None
