@@ -115,14 +115,22 @@ def test_half_a_header_is_answered_408_and_closed(strict: Server) -> None:
 
 def test_a_header_sent_a_byte_at_a_time_does_not_extend_its_deadline(strict: Server) -> None:
     """The header deadline is a total: a client dripping bytes is cut off like one that stalls."""
+    data: bytes | None = None
     with connect(strict) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: ")
         deadline = time.monotonic() + 30
-        while not select.select([sock], [], [], 0.1)[0]:  # until the server answers or closes
-            assert time.monotonic() < deadline, "the server kept a dripping header open"
-            sock.sendall(b"a")
-        data, _ = read_until_closed(sock)
-    assert_408_then_closed(data)
+        try:
+            while not select.select([sock], [], [], 0.1)[0]:  # until the server answers or closes
+                assert time.monotonic() < deadline, "the server kept a dripping header open"
+                sock.sendall(b"a")
+            data, _ = read_until_closed(sock)
+        except (ConnectionResetError, BrokenPipeError):
+            # The server closed with a dripped byte unread: Linux then resets the connection and
+            # drops what it had not sent yet, the 408 with it (seen once in a full run). Cut off all
+            # the same: only the server's close ends the loop above.
+            pass
+    if data is not None:
+        assert_408_then_closed(data)
 
 
 def test_half_a_body_is_answered_408_and_closed(strict: Server) -> None:
