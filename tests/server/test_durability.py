@@ -108,6 +108,29 @@ def test_a_task_whose_deadline_passed_while_the_server_was_down_is_refunded_on_s
         server.stop()
 
 
+def test_sigterm_lets_a_running_generation_finish_within_the_grace_period(tmp_path: Path) -> None:
+    # A stop closes the queues at once and gives the jobs already running the grace period
+    # (NANOGEN_SHUTDOWN_GRACE_S, looked at every 50 ms): the running image completes before the
+    # process exits, charged once.
+    server = Server(tmp_path, extra_env={"NANOGEN_SHUTDOWN_GRACE_S": "60"}).start()
+    account = server.new_account(100)
+    with account.client() as c:
+        image = {"prompt": "finish me [sandbox:slow=3]"}
+        c.post("/api/nano-banana-2/generate", json=image).raise_for_status()
+        wait_for(lambda: task_rows(server, account)[0][1] == "generating")
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    # uvicorn raises the signal again once it has shut down (0 where the shell ignores SIGTERM).
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), "the server stops on SIGTERM"
+    assert [status for _, status, _, _ in task_rows(server, account)] == ["completed"]
+    server.start()
+    try:
+        assert account.balance() == 96
+        account.assert_books_balance()
+    finally:
+        server.stop()
+
+
 def test_api_only_server_with_a_separate_worker_process(tmp_path: Path) -> None:
     # Several processes on one database is PostgreSQL's job (one SQLite data directory takes one process).
     with postgres_database("split") as url:

@@ -81,7 +81,7 @@ class Process:
                 sweeper.stop()
         # Stops the queue pollers, then gives running workflows the grace period; what is left
         # stays with this executor id (recovered on restart) or goes to the deadline watchdog.
-        DBOS.destroy(workflow_completion_timeout_sec=self.runtime.settings.shutdown_grace_s)
+        stop_dbos(self.runtime.settings.shutdown_grace_s)
         self.runtime.progress.stop()
         self.runtime.task_writes.stop()
         self.runtime.media.stop()
@@ -134,6 +134,30 @@ def executor_threads(settings: Settings, queues: dict[str, QueueSettings]) -> in
     if settings.max_executor_threads is not None:
         return settings.max_executor_threads
     return sum(q.concurrency for q in queues.values()) + SPARE_EXECUTOR_THREADS
+
+
+# How often a stopping process looks whether its running workflows have finished.
+SHUTDOWN_POLL_S = 0.05
+# How often DBOS's notification listener wakes (SQLite): its sleep is what a stop waits for at most.
+NOTIFICATION_POLL_S = 0.25
+
+
+def stop_dbos(grace_s: float) -> None:
+    """``DBOS.destroy`` with ``grace_s`` for the running workflows, without its fixed first second:
+    DBOS sleeps a whole second before it first looks at them, so an idle process took over a second
+    to stop (every restart of a deployment, every test server). As destroy does, the queue pollers
+    stop first, so no workflow starts meanwhile; the running ones are then looked at every
+    ``SHUTDOWN_POLL_S`` until none is left or the grace period is over, and DBOS is destroyed
+    without a wait of its own."""
+    from dbos._dbos import _get_dbos_instance  # nor on its pollers and running workflows
+
+    dbos = _get_dbos_instance()
+    for stop in dbos.background_thread_stop_events:
+        stop.set()
+    deadline = time.monotonic() + grace_s
+    while dbos._active_workflows_set.activeList() and time.monotonic() < deadline:
+        time.sleep(SHUTDOWN_POLL_S)
+    DBOS.destroy(workflow_completion_timeout_sec=0)
 
 
 def _dbos_executor() -> ThreadPoolExecutor:
@@ -232,8 +256,10 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
                 if not settings.resolved_database_url.startswith("sqlite")
                 else {}
             ),
-            # nanogen sends no DBOS notifications; polling for them often only costs CPU.
-            "notification_listener_polling_interval_sec": 1.0,
+            # nanogen sends no DBOS notifications, so on SQLite each poll only sleeps and reads an
+            # empty map (microseconds); the interval is how long a stopping process waits for that
+            # thread to notice (DBOS joins it): 1 s made every idle stop take up to a second more.
+            "notification_listener_polling_interval_sec": NOTIFICATION_POLL_S,
             "console_log_level": "WARNING",
             "log_level": "WARNING",
         }
