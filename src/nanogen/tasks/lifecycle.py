@@ -149,7 +149,7 @@ def stop_dbos(grace_s: float) -> None:
     stop first, so no workflow starts meanwhile; the running ones are then looked at every
     ``SHUTDOWN_POLL_S`` until none is left or the grace period is over, and DBOS is destroyed
     without a wait of its own."""
-    from dbos._dbos import _get_dbos_instance  # nor on its pollers and running workflows
+    from dbos._dbos import _get_dbos_instance  # DBOS has no public handle on its pollers either
 
     dbos = _get_dbos_instance()
     for stop in dbos.background_thread_stop_events:
