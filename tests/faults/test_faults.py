@@ -80,8 +80,10 @@ def test_kill_9_an_api_process_with_requests_in_flight(tmp_path: Path, pg_url: s
     """A client either got an answer (and its task exists and is paid for), or got none. A request
     whose transaction committed just before the kill is paid for and runs although its answer was
     lost (no server can prevent that); no money ever moves without a task. Eight clients send back to
-    back for one second before the kill, so nearly every one has a request in flight then (two seconds
-    made ~1,500 images, half a minute of rendering for the worker after the test's point)."""
+    back until the server has answered a few dozen requests, so nearly every one has a request in flight
+    at the kill. (The kill waits for answers, not for a clock: on a loaded machine a fixed second once
+    went by before the first answer. Two seconds of load made ~1,500 images, half a minute of rendering
+    for the worker after the test's point, hence the small count.)"""
     api = Server(tmp_path, database_url=pg_url, args=("--no-worker",), extra_env=FAST).start()
     worker = Worker(api, "faults-worker-api").start()
     try:
@@ -106,7 +108,11 @@ def test_kill_9_an_api_process_with_requests_in_flight(tmp_path: Path, pg_url: s
 
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(client_loop, n) for n in range(8)]
-            time.sleep(1.0)
+            try:
+                wait_for(lambda: len(answered) >= 40, timeout=120, interval=0.01)
+            except AssertionError:
+                stop.set()  # the clients stop, so the failed wait is what is reported
+                raise
             killing.set()
             api.kill()
             time.sleep(0.5)
