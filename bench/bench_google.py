@@ -142,6 +142,25 @@ class Fake:
                 self.process.wait()
 
 
+METRICS_TOKEN = "bench-metrics-token"
+FULL_COLLECTIONS = re.compile(r'^python_gc_collections_total\{generation="2"\} (\S+)$', re.M)
+
+
+def full_collections(server: Service) -> int | None:
+    """How many full (generation 2) garbage collections the server has run, from its /metrics: each
+    walks every object the collector tracks with the interpreter lock held."""
+    try:
+        r = httpx.get(
+            f"http://{HOST}:{server.port}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+            timeout=30,
+        )
+    except httpx.HTTPError:
+        return None
+    found = FULL_COLLECTIONS.search(r.text) if r.status_code == 200 else None
+    return int(float(found.group(1))) if found else None
+
+
 def google_settings(fake: Fake, extra: dict[str, str]) -> dict[str, str]:
     """nanogen_server's keyword settings (NANOGEN_ + upper case): the google engine at the fake."""
     settings = {
@@ -149,6 +168,7 @@ def google_settings(fake: Fake, extra: dict[str, str]) -> dict[str, str]:
         "ENGINE_VIDEOS": "google",
         "GOOGLE_API_KEY": API_KEY,
         "GOOGLE_BASE_URL": fake.url,
+        "METRICS_TOKEN": METRICS_TOKEN,  # to read the server's own garbage-collector counters
     }
     settings.update({k.removeprefix("NANOGEN_"): v for k, v in extra.items()})
     return settings
@@ -606,6 +626,7 @@ class Outcome:
     # it no operation can be done, so from the last acceptance to here the server only waits (polls,
     # timers); after it come the ends.
     waited_cpu_s: float | None = None
+    full_collections: int | None = None  # the server's full garbage collections during the run
 
     @property
     def cpu_ms_per_shot(self) -> float:
@@ -668,6 +689,7 @@ class Outcome:
             "idle_share_ms_per_shot": round(self.idle_ms_per_shot, 2),
             "peak_rss_mb": round(self.peak_rss / 2**20, 1),
             "peak_threads": self.peak_threads,
+            "full_gc_collections": self.full_collections,
             "log_error_lines": len(self.log_errors),
             "first_log_errors": self.log_errors[:5],
             "fake": fake,
@@ -704,6 +726,7 @@ def run_case(
         kill: dict[str, Any] | None = None
         spent_before_kill = CpuReading()
         idle = idle_cpu_rate(server.process.pid, args.idle_s)
+        collections0 = full_collections(server)
         with Watch(server.process.pid) as watch:
             cpu0, fake_cpu0 = CpuReading.of(server.process.pid), fake.cpu_s()
             t0 = time.time()
@@ -745,6 +768,12 @@ def run_case(
             watch.sample()
             spent = spent_before_kill + (CpuReading.of(server.process.pid) - cpu0)
             fake_cpu = fake.cpu_s() - fake_cpu0
+        collections1 = full_collections(server)
+        collections = (
+            collections1 - collections0
+            if collections0 is not None and collections1 is not None and kill_at_s is None
+            else None  # a killed server counts again from zero
+        )
         credits = ledger_check(server, accounts, submitted.accepted, home)
         fake_stats = fake.stats()
         timeline = phases(home, t0, latency_s) if kill_at_s is None else None
@@ -779,6 +808,7 @@ def run_case(
         submit_phase_cpu_s=submit_phase.own,
         waited_cpu_s=None if waited is None else waited.own,
         client_cpu_s=client_cpu,
+        full_collections=collections,
     )
 
 
@@ -914,6 +944,8 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
     report.add(Row("   duplicate submissions at the fake", str(dup), f"{calls} calls", "", "0", dup == 0))
     running = o.fake.get("peak_running_operations") or o.fake.get("peak_open_image_calls")
     report.add(Row("   peak at the fake / server threads", f"{running} / {o.peak_threads}", "", "", ""))
+    if o.full_collections is not None:
+        report.add(Row("   full garbage collections in the server", str(o.full_collections), "", "", ""))
     if o.phases:
         ph = o.phases
         report.add(

@@ -8,6 +8,7 @@ are set here: a pinned ``application_version``, one stable
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -203,6 +204,23 @@ def start_threads_ahead(executor: ThreadPoolExecutor, count: int) -> threading.T
     return thread
 
 
+# Young collections every 10,000 net allocations instead of CPython's 700 (3.13 raised it to 2,000).
+GC_THRESHOLD = (10_000, 10, 10)
+
+
+def freeze_the_startup_heap() -> None:
+    """Move what startup made (modules, the app, the engines: ~230,000 objects) out of the cyclic
+    collector's sight, and collect young objects less often. A burst of 2,000 image calls makes
+    ~200,000 more that live for the call, and every full collection walked both with the
+    interpreter lock held: in the image benchmark, ten of them took 1.8 s of a 20 s run (120-316 ms
+    each, timed with gc.callbacks), half of it while the 2,000 answers came back. Frozen, and with
+    the higher threshold, no full collection runs during that burst. Memory is unchanged: what
+    startup made lives as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     concurrency: int  # per worker process
@@ -293,6 +311,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             on_conflict="always_update",
         )
     process = Process(rt, queues=list(queues))
+    freeze_the_startup_heap()
     if work:
         process.watchdog = Watchdog(rt)
         process.watchdog.start()
