@@ -150,9 +150,7 @@ def stop_dbos(grace_s: float) -> None:
     stop first, so no workflow starts meanwhile; the running ones are then looked at every
     ``SHUTDOWN_POLL_S`` until none is left or the grace period is over, and DBOS is destroyed
     without a wait of its own."""
-    from dbos._dbos import _get_dbos_instance  # DBOS has no public handle on its pollers either
-
-    dbos = _get_dbos_instance()
+    dbos = _dbos()
     for stop in dbos.background_thread_stop_events:
         stop.set()
     deadline = time.monotonic() + grace_s
@@ -161,16 +159,20 @@ def stop_dbos(grace_s: float) -> None:
     DBOS.destroy(workflow_completion_timeout_sec=0)
 
 
-def _dbos_executor() -> ThreadPoolExecutor:
-    from dbos._dbos import _get_dbos_instance  # DBOS has no public handle on its thread pool
+def _dbos() -> DBOS:
+    """The launched DBOS instance. DBOS has no public handle on its queue pollers, its running
+    workflows, its thread pool or its system database, which nanogen reaches through this one."""
+    from dbos._dbos import _get_dbos_instance
 
-    return _get_dbos_instance()._executor
+    return _get_dbos_instance()
+
+
+def _dbos_executor() -> ThreadPoolExecutor:
+    return _dbos()._executor
 
 
 def _dbos_system_database() -> SystemDatabase:
-    from dbos._dbos import _get_dbos_instance  # nor on its system database
-
-    return _get_dbos_instance()._sys_db
+    return _dbos()._sys_db
 
 
 def start_threads_ahead(executor: ThreadPoolExecutor, count: int) -> threading.Thread:
