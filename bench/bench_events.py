@@ -214,7 +214,8 @@ def main() -> None:
     report.table()
     print(
         f"\nmachine: {machine['cpus']} CPUs, {machine['busy_pct_before_start']}% busy with other work before"
-        f" the start (1-min load {machine['loadavg_1m']:.2f}); the runs alternate 1, {args.streams}, 1"
+        f" the start (1-min load {machine['loadavg_1m']:.2f}; fixed Python work"
+        f" {machine['python_work_ms']} ms); the runs alternate 1, {args.streams}, 1"
         " streams on one server, and the quieter 1-stream run is the baseline.",
     )
 

@@ -1127,7 +1127,8 @@ def main() -> None:
     extra = ", ".join(f"{k}={v}" for k, v in args.server_env.items()) or "none (defaults)"
     print(
         f"\ncommit {commit}; machine: {machine['cpus']} CPUs, {machine['busy_pct_before_start']}% busy before"
-        f" the start (1-min load {machine['loadavg_1m']:.2f}). Server: embedded default, google engine at"
+        f" the start (1-min load {machine['loadavg_1m']:.2f}; fixed Python work"
+        f" {machine['python_work_ms']} ms). Server: embedded default, google engine at"
         f" bench/fake_google.py, NANOGEN_LOG_LEVEL=warning, generate/status rate limits off; server settings:"
         f" {extra}. Up to {args.shots_per_account or 'all'} shots per account."
     )

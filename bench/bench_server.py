@@ -341,7 +341,29 @@ def machine_busy() -> dict[str, float]:
         "cpus": os.cpu_count() or 0,
         "busy_pct_before_start": round(busy * 100, 1),
         "loadavg_1m": os.getloadavg()[0],
+        "python_work_ms": python_work_ms(),
     }
+
+
+def python_work_ms() -> float:
+    """Milliseconds one fixed piece of pure-Python work takes here, the best of five: the speed of
+    these machines moves 2-3x between sessions of the same kind (a figure measured on one day is read
+    against this one, not against another day's wall time)."""
+
+    def work() -> int:
+        table: dict[int, str] = {}
+        total = 0
+        for i in range(200_000):
+            table[i & 1023] = str(i)
+            total += len(table[i & 1023])
+        return total
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -878,7 +900,8 @@ def main() -> None:
     report.table()
     print(
         f"\nmachine: {machine['cpus']} CPUs, {machine['busy_pct_before_start']}% busy with other work"
-        f" before the start (1-min load {machine['loadavg_1m']:.2f}); baselines run in the same conditions."
+        f" before the start (1-min load {machine['loadavg_1m']:.2f}; fixed Python work"
+        f" {machine['python_work_ms']} ms); baselines run in the same conditions."
         f" Submit mode: submit-only (NANOGEN_SANDBOX_LATENCY_S={SUBMIT_LATENCY_S:.0f}: no render competes)."
     )
 
