@@ -33,7 +33,9 @@ def submit(account: Account, body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def poll(account: Account, accepted: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
+def poll(account: Account, accepted: dict[str, Any], timeout: float = 480) -> dict[str, Any]:
+    """The generation's final check-status answer. The bound is for a generation that never ends: a
+    slow, loaded day's machine took over 200 s for one that did."""
     task_ids = [{"shotId": s["shotId"], "taskId": s["taskId"]} for s in accepted["shots"]]
 
     def done() -> dict[str, Any] | None:
