@@ -347,8 +347,8 @@ def machine_busy() -> dict[str, float]:
 
 def python_work_ms() -> float:
     """Milliseconds one fixed piece of pure-Python work takes here, the best of five: the speed of
-    these machines moves 2-3x between sessions of the same kind (a figure measured on one day is read
-    against this one, not against another day's wall time)."""
+    these machines moves several times over between sessions of the same kind (a figure measured on
+    one day is read against this one, not against another day's wall time)."""
 
     def work() -> int:
         table: dict[int, str] = {}

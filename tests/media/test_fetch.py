@@ -16,11 +16,10 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from PIL import Image
+from tests.local_http import LocalHTTPServer
 
 from nanogen.engines.base import InputImage
 from nanogen.errors import FetchError
@@ -129,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404)
 
 
-class LocalServer(ThreadingHTTPServer):
+class LocalServer(LocalHTTPServer):
     daemon_threads = True
 
     def __init__(self) -> None:
@@ -140,13 +140,6 @@ class LocalServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A fetch that stops reading (a refused or abandoned answer) hangs up mid-write: expected
-        # here, and not worth a traceback in the test run's output.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
 
     @property
     def paths(self) -> list[str]:

@@ -35,7 +35,8 @@ VIDEO = "/api/veo-3"
 SHOT_CREDITS = 10  # 720p
 IMAGE_CREDITS = 4  # 1K
 FAST, SLOW = "[sandbox:slow=0]", "[sandbox:slow=600]"
-STOPPED_WITHIN_S = 120  # a canceled job's stop, bounded well below SLOW's 600 s and the hourly sweep
+# For canceled jobs to stop or new ones to start: well below SLOW's 600 s and the hourly sweep.
+JOBS_SETTLE_S = 120
 THREADS = 12  # the 11 slow shots of the big test hold 11; the fast ones go through the last one
 
 
@@ -158,12 +159,12 @@ def test_a_21_shot_video_canceled_with_10_done_keeps_10_and_refunds_11_once(canc
         # run ten minutes): every thread is free again, so as many new jobs as there are threads all
         # run at once. The bounds are generous (a slow day's loaded machine took over 10 s), and still
         # far below either.
-        wait_for(lambda: _jobs_running(canceling) == 0, STOPPED_WITHIN_S)
+        wait_for(lambda: _jobs_running(canceling) == 0, JOBS_SETTLE_S)
         fresh = [_image(c, f"after the cancel {i} {SLOW}") for i in range(THREADS)]
-        wait_for(lambda: _jobs_running(canceling) == THREADS, STOPPED_WITHIN_S)
+        wait_for(lambda: _jobs_running(canceling) == THREADS, JOBS_SETTLE_S)
         for generation_id in fresh:
             assert _cancel(c, generation_id).json()["creditsRefunded"] == IMAGE_CREDITS
-        wait_for(lambda: _jobs_running(canceling) == 0, STOPPED_WITHIN_S)
+        wait_for(lambda: _jobs_running(canceling) == 0, JOBS_SETTLE_S)
 
         # A second cancel: nothing left. Each canceled task refunded once, the kept ones never.
         assert_envelope(_cancel(c, generation_id), 409, "ALREADY_ENDED")

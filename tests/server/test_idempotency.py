@@ -8,7 +8,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ import pytest
 
 from nanogen import Client
 from tests.conftest import ADMIN_TOKEN, Account, Server, assert_envelope, image_bytes, wait_for
+from tests.local_http import LocalHTTPServer
 
 IMAGE = "/api/nano-banana-2/generate"
 VIDEO = "/api/veo-3/generate"
@@ -165,7 +166,7 @@ class SlowImages:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LocalHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/slow.png"
 

@@ -8,11 +8,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import orjson
 from standardwebhooks import Webhook
+
+from tests.local_http import LocalHTTPServer
 
 HANG = "hang"  # answer only after the server's webhook timeout has passed
 REFUSE_UNTIL_RELEASED = "refuse-until-released"  # 500 until ``release(path)``
@@ -65,7 +67,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LocalHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
