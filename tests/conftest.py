@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # speed moves 3-5x between days, and three test workers start servers beside each other's loads (one
 # start took over 60 s on a slow day). A bound on behaviour, not a speed check.
 SERVER_START_TIMEOUT_S = 180
+# How long a test waits for an outcome (a generation ends, a webhook arrives, a row changes). A wait ends
+# the moment its condition holds, so the bound costs nothing when the code works; it only has to lie far
+# past what the slowest machine day needs (one 720p sandbox shot took over 115 s beside a loaded suite).
+OUTCOME_WAIT_S = 480
 
 
 def free_port() -> int:
@@ -192,7 +196,7 @@ def assert_envelope(r: httpx.Response, status: int, code: str) -> None:
     assert isinstance(body["error"], str) and body["error"]
 
 
-def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
+def wait_for(check: Any, timeout: float = OUTCOME_WAIT_S, interval: float = 0.1) -> Any:
     """Poll ``check()`` until it returns something truthy (behaviour, not speed: a generous bound)."""
     deadline = time.monotonic() + timeout
     while True:

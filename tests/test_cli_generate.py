@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from PIL import Image
 from nanogen import cli_generate, schemas
 from nanogen.client import IMAGE_POLL_INTERVAL_S
 from nanogen.media.video import probe_video
-from tests.conftest import Account, Server, free_port, image_bytes, wait_for
+from tests.conftest import OUTCOME_WAIT_S, Account, Server, free_port, image_bytes, wait_for
 
 FAST = ("--poll-interval", "0.2")
 
@@ -40,7 +41,7 @@ def run(
         env=env_for(server, key),
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=OUTCOME_WAIT_S,
         cwd=cwd,
     )
 
@@ -232,7 +233,9 @@ def test_timeout_exits_7_and_unreachable_server_exits_1(server: Server, account:
     assert slow.returncode == 7, slow.stderr
     # Like Ctrl-C, it says how to pick the generation up again.
     generation_id = next(word for word in slow.stderr.split() if word.startswith("gen_"))
-    assert "still not finished after 1 s" in slow.stderr, slow.stderr
+    # It says how long it waited in all: the 1 s asked for, or a little more on a loaded machine.
+    waited = re.search(r"still not finished after (\d+) s", slow.stderr)
+    assert waited is not None and int(waited[1]) >= 1, slow.stderr
     assert f"nanogen status {generation_id}" in slow.stderr
     assert f"nanogen download {generation_id}" in slow.stderr
     data = as_json(run(server, account.key, "image", "[sandbox:slow=30] p", "--timeout", "0.5", "--json"))
@@ -308,7 +311,7 @@ def test_a_quick_image_is_saved(server: Server, account: Account, tmp_path: Path
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=120,
+        timeout=OUTCOME_WAIT_S,
     )
     assert result.returncode == 0, result.stderr
     assert "saved" in result.stderr
@@ -330,7 +333,7 @@ def test_ctrl_c_says_how_to_resume_and_download_resumes(
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(_lines(process.stderr)), daemon=True)
     reader.start()
-    submitted = wait_for(lambda: next((line for line in seen if "submitted" in line), None), timeout=120)
+    submitted = wait_for(lambda: next((line for line in seen if "submitted" in line), None))
     generation_id = next(word for word in submitted.split() if word.startswith("gen_"))
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130

@@ -84,7 +84,7 @@ def burst(account: Account) -> tuple[list[str], list[str]]:
                 status: str = r.json()["status"]
                 return status if status in ("completed", "failed") else None
 
-            result: str = wait_for(ended, 120, interval=0.02)
+            result: str = wait_for(ended, interval=0.02)
             return result
 
     def video(n: int) -> str:
@@ -110,7 +110,7 @@ def burst(account: Account) -> tuple[list[str], list[str]]:
                     return None
                 return f"{body['status']} {'concatenatedVideoUrl' in body}"
 
-            result: str = wait_for(ended, 120, interval=0.05)
+            result: str = wait_for(ended, interval=0.05)
             return result
 
     with ThreadPoolExecutor(CLIENTS) as pool:

@@ -171,7 +171,7 @@ class RedisProcess:
             cwd=self.home,
             stdout=subprocess.DEVNULL,
         )
-        wait_for(lambda: self._pings(), 20)
+        wait_for(lambda: self._pings())
         return self
 
     def _pings(self) -> bool:
@@ -206,7 +206,7 @@ def test_counting_moves_to_memory_while_redis_is_down_and_back_by_itself(tmp_pat
             generate(server, account, 1)
             return counted(own.url, prefix)
 
-        wait_for(shared_again, 30, interval=0.5)
+        wait_for(shared_again, interval=0.5)
         assert httpx.get(f"{server.base_url}/readyz").status_code == 200
         log = server.log_tail()
         assert "rate-limit storage unreachable" in log and "reachable again" in log

@@ -22,7 +22,7 @@ from google.genai import types
 from PIL import Image
 
 from nanogen.engines.google.calls import ProviderError
-from tests.conftest import ROOT, Account, ImageHost, Server, image_bytes, wait_for
+from tests.conftest import OUTCOME_WAIT_S, ROOT, Account, ImageHost, Server, image_bytes, wait_for
 
 IMAGE_MODEL = "gemini-3.1-flash-image-preview"
 VIDEO_MODEL = "veo-3.1-generate-preview"
@@ -132,7 +132,7 @@ def test_proto3_spellings_and_both_base64_alphabets_with_key_in_the_query(server
             f"{server.base_url}/v1beta/models/{IMAGE_MODEL}:generateContent",
             params={"key": account.key},
             json=body,
-            timeout=60,
+            timeout=OUTCOME_WAIT_S,
         )
         assert r.status_code == 200, r.text
         data = r.json()["candidates"][0]["content"]["parts"][0]["inlineData"]["data"]
@@ -190,7 +190,7 @@ def test_a_failed_image_is_a_candidate_without_content_and_refunded(server: Serv
         f"{server.base_url}/v1beta/models/{IMAGE_MODEL}:generateContent",
         headers={"x-goog-api-key": account.key},
         json={"contents": [{"parts": [{"text": "A dog [sandbox:fail]"}]}]},
-        timeout=60,
+        timeout=OUTCOME_WAIT_S,
     )
     assert raw.status_code == 200, raw.text
     assert raw.json()["candidates"][0]["finishMessage"]  # the task's error
@@ -212,7 +212,7 @@ def finished(client: genai.Client, name: str) -> types.GenerateVideosOperation:
         operation = client.operations.get(types.GenerateVideosOperation(name=name))
         return operation if operation.done else None
 
-    done: types.GenerateVideosOperation = wait_for(poll, 120, interval=0.2)
+    done: types.GenerateVideosOperation = wait_for(poll, interval=0.2)
     return done
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import av
 from PIL import Image
-from tests.conftest import ADMIN_TOKEN, Account, Server, wait_for
+from tests.conftest import ADMIN_TOKEN, OUTCOME_WAIT_S, Account, Server, wait_for
 from tests.fakes.google_server import FakeGoogle
 
 IMAGE_GENERATE = "/api/nano-banana-2/generate"
@@ -38,7 +38,7 @@ def generate_image(account: Account, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_image(
-    account: Account, generation_id: str, timeout: float = 60
+    account: Account, generation_id: str, timeout: float = OUTCOME_WAIT_S
 ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """The final check-status answer, and every (status, progress) seen on the way."""
     seen: list[tuple[str, int]] = []
@@ -66,7 +66,7 @@ def generate_video(account: Account, shots: list[dict[str, Any]], resolution: st
 
 
 def wait_video(
-    account: Account, accepted: dict[str, Any], timeout: float = 120, concatenated: bool = False
+    account: Account, accepted: dict[str, Any], timeout: float = OUTCOME_WAIT_S, concatenated: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The final check-status answer (with the concatenated video when asked), and every answer seen."""
     task_ids = [{"shotId": s["shotId"], "taskId": s["taskId"]} for s in accepted["shots"]]

@@ -402,7 +402,7 @@ def ended(client: Any, generation_id: str) -> Any:
         body = client.post("/api/nano-banana-2/check-status", json={"generationId": generation_id}).json()
         return body if body["status"] in {"completed", "failed"} else None
 
-    return wait_for(check, timeout=120)
+    return wait_for(check)
 
 
 def test_server_generates_with_the_contract_credits_and_records_the_seed(

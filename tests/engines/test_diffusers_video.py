@@ -308,7 +308,7 @@ def ended(client: Any, task_ids: list[dict[str, str]]) -> Any:
         body = r.json()
         return body if body["status"] in {"completed", "failed", "partial"} else None
 
-    return wait_for(check, timeout=180, interval=0.5)
+    return wait_for(check, interval=0.5)
 
 
 def test_server_makes_a_two_shot_video_and_refuses_or_refunds_what_it_cannot_make(

@@ -68,7 +68,7 @@ def test_a_worker_with_engines_diffusers_makes_the_api_processes_images(
                     ).json()
                     return body if body["status"] in {"completed", "failed"} else None
 
-                status = wait_for(ended, timeout=240)
+                status = wait_for(ended)
                 assert status["status"] == "completed", (
                     status,
                     (tmp_path / "worker.log").read_text()[-3000:],

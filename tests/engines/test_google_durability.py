@@ -45,14 +45,14 @@ def test_kill_9_mid_operation_then_restart_polls_the_same_operation(fake: FakeGo
 
     wait_for(lambda: task_row(server, task_id)[1] and len(fake.operations_for(prompt)) == 1)
     [operation] = fake.operations_for(prompt)
-    wait_for(lambda: operation.polls >= 2, 30)
+    wait_for(lambda: operation.polls >= 2)
     assert task_row(server, task_id)[1] == operation.name, "recorded before waiting on it"
     server.kill()
     polls_at_kill = operation.polls
 
     server.start()  # same home and executor id: DBOS recovers the workflow
     try:
-        wait_for(lambda: operation.polls > polls_at_kill, 60)  # polling resumed...
+        wait_for(lambda: operation.polls > polls_at_kill)  # polling resumed...
         assert len(fake.operations_for(prompt)) == 1, "...of the same operation"
         fake.release(prompt)
         final, _ = wait_video(account, accepted)
@@ -83,13 +83,13 @@ def test_an_operation_that_never_finishes_fails_at_the_deadline_and_is_refunded(
         account = server.new_account(100)
         prompt = "An endless corridor [google:never]"
         accepted = generate_video(account, [shot("s", prompt)])
-        final, _ = wait_video(account, accepted, timeout=60)
+        final, _ = wait_video(account, accepted)
         [failed] = final["shots"]
         assert failed["status"] == "failed" and "deadline" in failed["error"], failed
         assert account.balance() == 100
         assert account.ledger_sums() == {"grant": 100, "debit": 10, "refund": 10}
         [operation] = fake.operations_for(prompt)
-        wait_for(lambda: _settled(operation), 10)  # nanogen stops polling once the task is over
+        wait_for(lambda: _settled(operation))  # nanogen stops polling once the task is over
         assert admin_task(server, failed["taskId"])["providerCostUsd"] == "3.200000", (
             "the operation was started: its cost is counted although the credits went back"
         )

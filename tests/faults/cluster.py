@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Server, free_port, wait_for
+from tests.conftest import OUTCOME_WAIT_S, Server, free_port, wait_for
 from tests.databases import Database
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/usr/lib/postgresql/bin"))
@@ -176,7 +176,7 @@ def check_invariants(db: Database, *, allow_open: bool = False) -> Books:
     )
 
 
-def all_terminal(db_factory: Any, timeout: float = 180) -> None:
+def all_terminal(db_factory: Any, timeout: float = OUTCOME_WAIT_S) -> None:
     """Every task ended, and every generation whose shots all completed has its concatenation
     settled (asked for by the shot that ended last, whatever crashed meanwhile)."""
 

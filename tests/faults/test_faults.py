@@ -109,7 +109,7 @@ def test_kill_9_an_api_process_with_requests_in_flight(tmp_path: Path, pg_url: s
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(client_loop, n) for n in range(8)]
             try:
-                wait_for(lambda: len(answered) >= 40, timeout=120, interval=0.01)
+                wait_for(lambda: len(answered) >= 40, interval=0.01)
             except AssertionError:
                 stop.set()  # the clients stop, so the failed wait is what is reported
                 raise
@@ -226,7 +226,7 @@ def test_database_outage_answers_503_then_recovers_and_loses_nothing(tmp_path: P
             assert seen.get(503, 0) > 0, f"the outage was seen as 503 (statuses: {seen})"
             assert 500 not in seen
             with account.client() as c:
-                wait_for(lambda: image(c, "after the outage").status_code == 200, 60)
+                wait_for(lambda: image(c, "after the outage").status_code == 200)
             all_terminal(server.db)
             with server.db() as db:
                 books = check_invariants(db)
@@ -289,7 +289,7 @@ def test_two_apis_two_workers_mixed_load_loses_nothing(tmp_path: Path, private_p
 
         with ThreadPoolExecutor(6) as pool:
             list(pool.map(lambda i: run(accounts[i % 3], apis[i % 2]), range(6)))
-        all_terminal(apis[0].db, timeout=300)
+        all_terminal(apis[0].db)
         with apis[1].db() as db:
             books = check_invariants(db)
             completed = {
@@ -342,7 +342,7 @@ def test_one_account_cannot_starve_the_others(tmp_path: Path, pg_url: str) -> No
                 ).fetchone()
             return bool(status != "pending")
 
-        wait_for(modest_started, 30, interval=0.2)
+        wait_for(modest_started, interval=0.2)
         assert peak <= 2, "no more than the per-account cap of one account's tasks run at once"
         all_terminal(server.db)
         with server.db() as db:

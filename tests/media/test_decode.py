@@ -290,7 +290,7 @@ def test_budget_bounds_what_is_held_at_once_and_serves_in_order() -> None:
         threads.append(threading.Thread(target=decode, args=(name, size)))
         threads[-1].start()
         count = len(threads)  # each arrives after the one before
-        wait_for(lambda count=count: budget.waiting + (budget.used > 0) >= count, timeout=10, interval=0.001)
+        wait_for(lambda count=count: budget.waiting + (budget.used > 0) >= count, interval=0.001)
     gate.set()
     for thread in threads:
         thread.join(10)

@@ -75,7 +75,7 @@ def test_children_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
         assert Path(f"/proc/{child}").exists()
         parent.send_signal(signal.SIGKILL)  # kill -9: no shutdown code runs in the parent
         parent.wait()
-        wait_for(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), timeout=60)
+        wait_for(lambda: not Path(f"/proc/{child}").exists() or _zombie(child))
     finally:
         if parent.poll() is None:
             parent.kill()

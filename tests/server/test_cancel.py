@@ -137,7 +137,7 @@ def test_a_21_shot_video_canceled_with_10_done_keeps_10_and_refunds_11_once(canc
             # The queue takes shots in no set order: every slow one runs once the fast ones are done.
             return state if done == 10 and _jobs_running(canceling) == 11 else None
 
-        wait_for(ten_done_and_slow_ones_running, 120)
+        wait_for(ten_done_and_slow_ones_running)
 
         r = _cancel(c, generation_id)
         assert r.status_code == 200, r.text
@@ -222,7 +222,7 @@ def test_an_image_cancel_and_shot_ids_refused_for_images(canceling: Server) -> N
         state = _image_status(c, generation_id)
         assert state["status"] == "failed" and state["error"] == "Canceled"
         done = _image(c, f"a quick one {FAST}")
-        wait_for(lambda: _image_status(c, done)["status"] == "completed", 30)
+        wait_for(lambda: _image_status(c, done)["status"] == "completed")
         assert_envelope(_cancel(c, done), 409, "ALREADY_ENDED")
     assert account.balance() == 100 - IMAGE_CREDITS
     account.assert_books_balance()
@@ -235,10 +235,10 @@ def test_cancel_racing_completion_never_refunds_a_completed_task(canceling: Serv
     with account.client() as c:
         ids = [_image(c, f"race {i} {FAST}") for i in range(THREADS)]
         # Once the first has completed, the others are finishing: cancel them all at once.
-        wait_for(lambda: any(_image_status(c, g)["status"] == "completed" for g in ids), 30)
+        wait_for(lambda: any(_image_status(c, g)["status"] == "completed" for g in ids))
         with ThreadPoolExecutor(len(ids)) as pool:
             answers = dict(zip(ids, pool.map(lambda g: _cancel(c, g), ids), strict=True))
-        finals = {g: wait_for(lambda g=g: _finished(c, g), 30) for g in ids}  # type: ignore[misc]
+        finals = {g: wait_for(lambda g=g: _finished(c, g)) for g in ids}  # type: ignore[misc]
     refunds = _refunds(account)
     completed = [g for g, s in finals.items() if s["status"] == "completed"]
     canceled = [g for g, s in finals.items() if s["status"] == "failed"]
@@ -331,12 +331,12 @@ def test_a_cancel_in_the_api_process_stops_jobs_in_a_worker_process(tmp_path: Pa
             account = server.new_account(1000)
             with account.client() as c:
                 first = _video(c, [f"held {i} {SLOW}" for i in range(4)])["generationId"]
-                wait_for(lambda: _running_tasks(server, account, first) == 4, 90)
+                wait_for(lambda: _running_tasks(server, account, first) == 4)
                 answer = _cancel(c, first).json()
                 assert answer["creditsRefunded"] == 4 * SHOT_CREDITS and answer["status"] == "failed"
                 second = _video(c, [f"next {i} {SLOW}" for i in range(4)])["generationId"]
                 # Only if the worker stopped the canceled jobs are its 4 threads free for these.
-                wait_for(lambda: _running_tasks(server, account, second) == 4, 30)
+                wait_for(lambda: _running_tasks(server, account, second) == 4)
                 assert _cancel(c, second).json()["creditsRefunded"] == 4 * SHOT_CREDITS
             assert account.balance() == 1000
             account.assert_books_balance()
@@ -368,7 +368,7 @@ def test_a_cancel_rolled_back_by_a_deadlock_runs_again(tmp_path: Path) -> None:
                 accepted = c.post(f"{IMAGE}/generate", json={"prompt": f"held {SLOW}", "imageQuality": "1K"})
                 assert accepted.status_code == 200, accepted.text
                 generation_id, task_id = accepted.json()["generationId"], accepted.json()["taskId"]
-                wait_for(lambda: _image_status(c, generation_id)["status"] == "generating", 30)
+                wait_for(lambda: _image_status(c, generation_id)["status"] == "generating")
                 plain = url.replace("postgresql+psycopg://", "postgresql://")
                 with psycopg.connect(plain) as mine, ThreadPoolExecutor(1) as pool:
                     mine.execute("SET deadlock_timeout = '60s'")
@@ -377,7 +377,7 @@ def test_a_cancel_rolled_back_by_a_deadlock_runs_again(tmp_path: Path) -> None:
                     )
                     answer = pool.submit(_cancel, c, generation_id)
                     # The cancel has failed the task and refunded it, and waits for the generation's row.
-                    wait_for(lambda: _waiting_for_a_lock(mine, "nanogen_generations"), 30)
+                    wait_for(lambda: _waiting_for_a_lock(mine, "nanogen_generations"))
                     mine.execute(
                         "UPDATE nanogen_tasks SET status = 'completed', progress = 100, finished_at = 1,"
                         " output_url = 'http://127.0.0.1/x.png' WHERE id = %s",

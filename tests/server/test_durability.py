@@ -48,7 +48,7 @@ def test_kill_9_mid_generation_then_restart_finishes_every_task(tmp_path: Path) 
 
     server.start()  # same home, same executor id: DBOS recovers the interrupted workflows
     try:
-        wait_for(lambda: all(s in ("completed", "failed") for _, s, _, _ in task_rows(server, account)), 120)
+        wait_for(lambda: all(s in ("completed", "failed") for _, s, _, _ in task_rows(server, account)))
         rows = {task_id: (status, attempts) for task_id, status, attempts, _ in task_rows(server, account)}
         assert rows[image["taskId"]] == ("completed", 2), "the interrupted render ran again, once"
         assert rows[failing["taskId"]][0] == "failed"
@@ -84,7 +84,7 @@ def test_a_task_past_its_deadline_fails_and_is_refunded(tmp_path: Path) -> None:
                 ).json()
                 return body if body["status"] == "failed" else None
 
-            final = wait_for(failed, 60)
+            final = wait_for(failed)
         assert "deadline" in final["error"]
         assert account.balance() == 100
         assert account.ledger_sums() == {"grant": 100, "debit": 4, "refund": 4}
@@ -101,7 +101,7 @@ def test_a_task_whose_deadline_passed_while_the_server_was_down_is_refunded_on_s
     server.kill()
     server.start()
     try:
-        wait_for(lambda: task_rows(server, account)[0][1] == "failed", 60)
+        wait_for(lambda: task_rows(server, account)[0][1] == "failed")
         assert account.balance() == 100
         account.assert_books_balance()
     finally:
@@ -159,7 +159,7 @@ def _api_and_worker(tmp_path: Path, url: str) -> None:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "nanogen", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for(lambda: _concatenated(account, accepted["shots"]), 120)
+        wait_for(lambda: _concatenated(account, accepted["shots"]))
         assert account.balance() == 80
     finally:
         if worker is not None:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nanogen.client import AsyncClient, Client
-from tests.conftest import Server, assert_envelope, wait_for
+from tests.conftest import OUTCOME_WAIT_S, Server, assert_envelope, wait_for
 
 METRICS_TOKEN = "metrics-token-for-the-events-tests"
 IMAGE = "/api/nano-banana-2"
@@ -210,7 +210,7 @@ def test_a_last_event_id_past_the_end_closes_the_stream_when_it_ends(live: Serve
         generation_id = _image(c, f"bogus id {SLOW}")
         before = _metric(live, "nanogen_event_streams")
         following = pool.submit(_events, c, generation_id, 10**12)
-        wait_for(lambda: _metric(live, "nanogen_event_streams") > before, 30)
+        wait_for(lambda: _metric(live, "nanogen_event_streams") > before)
         assert c.post(f"/api/generations/{generation_id}/cancel").status_code == 200
         status, events, closed = following.result(timeout=60)
         # Nothing newer than the id: closed at the end without an event (204 had it ended before the
@@ -355,7 +355,7 @@ def test_the_watcher_reads_once_per_tick_whatever_the_number_of_streams(live: Se
 
             tasks = [asyncio.create_task(one(ids[i % generations])) for i in range(streams)]
             try:
-                await asyncio.wait_for(opened.wait(), 60)
+                await asyncio.wait_for(opened.wait(), OUTCOME_WAIT_S)
                 assert await asyncio.to_thread(_metric, live, "nanogen_event_streams") == streams
                 ticks, queries = await asyncio.to_thread(_counters, live)
                 await asyncio.sleep(1.5)
@@ -372,7 +372,7 @@ def test_the_watcher_reads_once_per_tick_whatever_the_number_of_streams(live: Se
     # One statement per tick for all 200 streams (10 generations), two more when one moved (a task
     # starting); reading per stream would be 200 a tick.
     assert ticks - 1 <= queries <= ticks + 2 * generations, (ticks, queries)
-    wait_for(lambda: _metric(live, "nanogen_event_streams") == 0, 30)
+    wait_for(lambda: _metric(live, "nanogen_event_streams") == 0)
     # Nothing followed: the watcher stops ticking.
     idle = _metric(live, "nanogen_watch_ticks_total")
     time.sleep(0.5)

@@ -40,7 +40,7 @@ def ended(account: Account, generation_id: str) -> dict[str, Any]:
             body: dict[str, Any] = c.get(f"/api/generations/{generation_id}").json()
         return body if body["status"] not in ("pending", "generating") else None
 
-    result: dict[str, Any] = wait_for(check, 120)
+    result: dict[str, Any] = wait_for(check)
     return result
 
 

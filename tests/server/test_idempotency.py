@@ -189,7 +189,7 @@ def test_while_the_first_request_is_processed_a_retry_gets_409(
     worker = threading.Thread(target=lambda: first.append(post(account, IMAGE, body, key)))
     worker.start()
     try:
-        wait_for(lambda: slow_images.requests >= 1, timeout=30)  # the first holds the key, fetching
+        wait_for(lambda: slow_images.requests >= 1)  # the first holds the key, fetching
         assert_envelope(post(account, IMAGE, body, key), 409, "IDEMPOTENCY_KEY_IN_USE")
         assert_envelope(post(account, IMAGE, BODY, key), 422, "IDEMPOTENCY_KEY_REUSED")
         assert account.balance() == 100

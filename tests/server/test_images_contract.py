@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Account, ImageHost, Server, assert_envelope, wait_for
+from tests.conftest import OUTCOME_WAIT_S, Account, ImageHost, Server, assert_envelope, wait_for
 
 GENERATE = "/api/nano-banana-2/generate"
 STATUS = "/api/nano-banana-2/check-status"
@@ -21,7 +21,7 @@ def account(server: Server) -> Account:
     return server.new_account(1000)
 
 
-def poll(account: Account, generation_id: str, timeout: float = 60) -> dict[str, Any]:
+def poll(account: Account, generation_id: str, timeout: float = OUTCOME_WAIT_S) -> dict[str, Any]:
     seen: list[str] = []
 
     def done() -> dict[str, Any] | None:
@@ -153,7 +153,7 @@ def test_progress_and_status_flow(account: Account) -> None:
         observed.append((body["status"], body["progress"]))
         return bool(body["status"] == "completed")
 
-    wait_for(finished, 60, interval=0.05)
+    wait_for(finished, interval=0.05)
     statuses = [s for s, _ in observed]
     assert "generating" in statuses
     order = {"pending": 0, "generating": 1, "completed": 2}

@@ -81,7 +81,7 @@ def finished(client: httpx.Client, generation_id: str) -> dict[str, object]:
         ).json()
         return body if body["status"] in ("completed", "failed") else None
 
-    result: dict[str, object] = wait_for(done, timeout=120)
+    result: dict[str, object] = wait_for(done)
     return result
 
 
@@ -133,7 +133,7 @@ def test_hostile_uploads_and_a_14_input_edit_stay_within_512_mb(srv: Server) -> 
     print(f"idle RSS {idle / MIB:.0f} MB, peak {peak / MIB:.0f} MB: +{(peak - idle) / MIB:.0f} MB")
     assert peak - idle <= PEAK_LIMIT, f"peak RSS {(peak - idle) / MIB:.0f} MB above idle"
     # And the memory is handed back once the work is done.
-    wait_for(lambda: memory(pid)["VmRSS"] - idle < 128 * MIB, timeout=10)
+    wait_for(lambda: memory(pid)["VmRSS"] - idle < 128 * MIB)
 
 
 def test_the_server_measured_is_the_server(srv: Server) -> None:

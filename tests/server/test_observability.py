@@ -74,7 +74,7 @@ def finished(account: Account, path: str, body: dict[str, Any]) -> dict[str, Any
             answer: dict[str, Any] = c.post(path, json=body).json()
         return answer if answer["status"] in ("completed", "failed") else None
 
-    result: dict[str, Any] = wait_for(check, timeout=90)
+    result: dict[str, Any] = wait_for(check)
     return result
 
 
@@ -154,7 +154,7 @@ def test_queue_depth_and_running_jobs_at_scrape_time(tmp_path: Path) -> None:
                 samples if waiting == 2 and value(samples, "nanogen_jobs_running", **running) == 1 else None
             )
 
-        samples = wait_for(settled, timeout=30)
+        samples = wait_for(settled)
         assert value(samples, "nanogen_tasks_submitted_total", **running) == 3
     finally:
         server.stop()
@@ -218,7 +218,7 @@ def test_every_response_has_a_request_id_and_one_json_log_line(observed: Server)
         by_id = {i: [line for line in lines if line.get("request_id") == i] for i in ids}
         return by_id if all(by_id.values()) else None
 
-    by_id = wait_for(logged, timeout=10)
+    by_id = wait_for(logged)
     for lines in by_id.values():
         assert len(lines) == 1, f"one access line per request: {lines}"
     echoed = by_id[given][0]
@@ -240,7 +240,7 @@ def test_task_transitions_are_logged_as_json(observed: Server) -> None:
         lines = [line for line in log_lines(observed) if line.get("task_id") == task_id]
         return lines if any(line["to"] == "failed" for line in lines) else None
 
-    lines = wait_for(transitions, timeout=10)
+    lines = wait_for(transitions)
     assert [(line["from"], line["to"]) for line in lines] == [
         (None, "pending"),
         ("pending", "generating"),

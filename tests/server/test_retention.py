@@ -87,7 +87,7 @@ def test_old_outputs_are_deleted_fresh_and_running_ones_kept(image_host: ImageHo
             for generation_id in [*old_ids, running["generationId"]]:
                 flows.backdate(db, generation_id, 31)
 
-        wait_for(lambda: flows.download(old_image["imageUrl"]).status_code == 410, 30)
+        wait_for(lambda: flows.download(old_image["imageUrl"]).status_code == 410)
         assert flows.image_status(account, running["generationId"])["status"] != "completed", (
             "the sweep ran while the old-but-running task was still open"
         )
@@ -124,7 +124,7 @@ def test_old_outputs_are_deleted_fresh_and_running_ones_kept(image_host: ImageHo
             body = flows.image_status(account, running["generationId"])
             return body if body["status"] in ("completed", "failed") else None
 
-        finished = wait_for(ended, 60)
+        finished = wait_for(ended)
         assert finished["status"] == "completed", "its input was still there when it rendered"
         assert flows.decoded_image(flows.download(finished["imageUrl"]).content).size == (1376, 768)
         assert account.balance() == balance, "retention never moves credits"
@@ -336,9 +336,9 @@ def test_expired_uploads_are_deleted_while_the_tasks_that_used_them_keep_their_c
             assert r.status_code == 200, r.text
             return str(up.json()["url"]), str(r.json()["generationId"])
 
-        url, generation_id = wait_for(submitted, 60)
+        url, generation_id = wait_for(submitted)
         key = url.split("/files/", 1)[1]
-        wait_for(lambda: not (server.home / "outputs" / key).exists(), 30)
+        wait_for(lambda: not (server.home / "outputs" / key).exists())
         assert_envelope(httpx.get(url), 404, "NOT_FOUND")
         inputs = [k for k in stored_keys(server, generation_id) if k.startswith("in/")]
         assert len(inputs) == 1 and (server.home / "outputs" / inputs[0]).is_file(), "the task's own copy"
@@ -347,9 +347,9 @@ def test_expired_uploads_are_deleted_while_the_tasks_that_used_them_keep_their_c
             body = flows.image_status(account, generation_id)
             return body if body["status"] in ("completed", "failed") else None
 
-        finished = wait_for(ended, 60)
+        finished = wait_for(ended)
         assert finished["status"] == "completed", finished
         assert flows.decoded_image(flows.download(finished["imageUrl"]).content).size == (1376, 768)
-        wait_for(lambda: not any(uploads.rglob("*")), 30)  # every upload of the retries too, folders included
+        wait_for(lambda: not any(uploads.rglob("*")))  # every upload of the retries too, folders included
     finally:
         server.stop()

@@ -41,14 +41,14 @@ def test_slow_jobs_past_their_deadline_free_their_threads_for_other_accounts(tmp
         with hog.client() as c:
             slow = [_submit(c, f"hog {i} [sandbox:slow=100000]") for i in range(6)]
             # Every executor thread is taken by a job that would sleep for a day.
-            wait_for(lambda: sum(_status(c, g)["status"] == "generating" for g in slow) >= 4, 60)
-            finals = [wait_for(lambda g=g: _ended(c, g), 60) for g in slow]  # type: ignore[misc]
+            wait_for(lambda: sum(_status(c, g)["status"] == "generating" for g in slow) >= 4)
+            finals = [wait_for(lambda g=g: _ended(c, g)) for g in slow]  # type: ignore[misc]
         assert all(f["status"] == "failed" and "deadline" in f["error"] for f in finals), finals
         # Submitted after the hog's tasks ended, with a fresh 3 s deadline: it completes only if the
         # threads those jobs held were freed (before the fix they slept on and this one failed).
         with other.client() as c:
             mine = _submit(c, "an ordinary picture")
-            final = wait_for(lambda: _ended(c, mine), 60)
+            final = wait_for(lambda: _ended(c, mine))
         assert final["status"] == "completed", final
         assert hog.balance() == 100 and other.balance() == 96
         hog.assert_books_balance()
@@ -62,7 +62,7 @@ def test_a_job_whose_task_another_process_ended_stops_and_frees_its_thread(tmp_p
         account = server.new_account(100)
         with account.client() as c:
             slow = [_submit(c, f"long {i} [sandbox:slow=100000]") for i in range(4)]
-            wait_for(lambda: all(_status(c, g)["status"] == "generating" for g in slow), 60)
+            wait_for(lambda: all(_status(c, g)["status"] == "generating" for g in slow))
             # What a cancel or a watchdog in another process does: the task row ends, refunded.
             with server.db() as db:
                 db.execute(
@@ -71,7 +71,7 @@ def test_a_job_whose_task_another_process_ended_stops_and_frees_its_thread(tmp_p
                     tuple(slow),
                 )
             after = _submit(c, "next in line")
-            final = wait_for(lambda: _ended(c, after), 60)
+            final = wait_for(lambda: _ended(c, after))
         # Completes only if the watchdog stopped the four jobs (their deadline is ten minutes away).
         assert final["status"] == "completed", final
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Account, ImageHost, Server, wait_for
+from tests.conftest import OUTCOME_WAIT_S, ROOT, Account, ImageHost, Server, wait_for
 
 SPEC = ROOT.parent / "shared" / "spec"
 VEO_PAGE = SPEC / "000_0300923c144608de.txt"
@@ -78,11 +78,11 @@ def test_every_curl_example_of_both_pages(server: Server, account: Account, imag
     )
     for generation_id in generation_ids:
         command = image_status.replace("abc123xyz", generation_id)
-        final = wait_for(lambda c=command: (b := run_curl(c))["status"] == "completed" and b, 60)
+        final = wait_for(lambda c=command: (b := run_curl(c))["status"] == "completed" and b)
         assert str(final["imageUrl"]).startswith(server.base_url)
     refs = json.dumps(task_refs)
     command = re.sub(r'"taskIds": \[.*?\]', f'"taskIds": {refs}', video_status, flags=re.S)
-    final = wait_for(lambda: (b := run_curl(command))["status"] == "completed" and b, 120)
+    final = wait_for(lambda: (b := run_curl(command))["status"] == "completed" and b)
     shots = final["shots"]
     assert isinstance(shots, list) and all(s["videoUrl"] for s in shots)
 
@@ -112,6 +112,6 @@ def test_typescript_examples_run_unchanged(
         expected = "Shot shot-1 Video URL: " + server.base_url
     script = tmp_path / f"{which}.mjs"
     script.write_text(as_javascript(localize(code, server, account, image_host)))
-    result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=OUTCOME_WAIT_S)
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout, result.stdout

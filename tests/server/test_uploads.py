@@ -203,7 +203,7 @@ def test_video_frames_from_uploads(strict: Server) -> None:
             body: dict[str, object] = c.post("/api/veo-3/check-status", json={"taskIds": refs}).json()
             return body if body["status"] != "processing" else None
 
-        assert wait_for(done, timeout=120)["status"] == "completed"
+        assert wait_for(done)["status"] == "completed"
 
 
 def test_unknown_and_malformed_own_urls_are_refused_before_any_debit(strict: Server) -> None:
@@ -287,7 +287,7 @@ def test_an_expired_upload_is_refused_and_no_longer_served(tmp_path: Path) -> No
     try:
         account = srv.new_account(100)
         url = uploaded_url(account, image_bytes((1, 1, 1)))
-        wait_for(lambda: httpx.get(url).status_code == 404, timeout=30)
+        wait_for(lambda: httpx.get(url).status_code == 404)
         with account.client() as c:
             r = c.post(
                 "/api/nano-banana-2/generate", json={"prompt": "p", "mode": "edit", "inputImageUrls": [url]}

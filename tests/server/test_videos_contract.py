@@ -8,7 +8,7 @@ from typing import Any
 import av
 import pytest
 
-from tests.conftest import Account, ImageHost, Server, assert_envelope, wait_for
+from tests.conftest import OUTCOME_WAIT_S, Account, ImageHost, Server, assert_envelope, wait_for
 
 GENERATE = "/api/veo-3/generate"
 STATUS = "/api/veo-3/check-status"
@@ -33,7 +33,7 @@ def submit(account: Account, body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def poll(account: Account, accepted: dict[str, Any], timeout: float = 480) -> dict[str, Any]:
+def poll(account: Account, accepted: dict[str, Any], timeout: float = OUTCOME_WAIT_S) -> dict[str, Any]:
     """The generation's final check-status answer. The bound is for a generation that never ends: a
     slow, loaded day's machine took over 200 s for one that did."""
     task_ids = [{"shotId": s["shotId"], "taskId": s["taskId"]} for s in accepted["shots"]]

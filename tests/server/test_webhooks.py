@@ -117,7 +117,7 @@ def test_an_image_completed_is_delivered_signed_with_the_check_status_answer(
     with account.client() as c:
         secret = _secret(c)
         generation_id = _image(c, webhookUrl=url)
-        [delivery] = wait_for(lambda: receiver.at(url), timeout=30)
+        [delivery] = wait_for(lambda: receiver.at(url))
         event = delivery.verify(secret)
         assert event["type"] == "image.completed"
         assert event["data"] == _image_status(c, generation_id)
@@ -154,7 +154,7 @@ def test_a_two_shot_video_is_delivered_once_joined(account: Account, receiver: R
     with account.client() as c:
         secret = _secret(c)
         generation_id = _video(c, ["a city at dawn", "steam rising from a cup"], webhookUrl=url)
-        [delivery] = wait_for(lambda: receiver.at(url), timeout=60)
+        [delivery] = wait_for(lambda: receiver.at(url))
         event = delivery.verify(secret)
         assert event["type"] == "video.completed"
         assert event["data"] == _video_status(c, generation_id)
@@ -168,8 +168,8 @@ def test_failed_generations_give_failed_events(account: Account, receiver: Recei
         secret = _secret(c)
         image_id = _image(c, "[sandbox:fail] a lighthouse", webhookUrl=image_url)
         video_id = _video(c, ["a city", "[sandbox:fail] a cup"], webhookUrl=video_url)
-        [image] = wait_for(lambda: receiver.at(image_url), timeout=30)
-        [video] = wait_for(lambda: receiver.at(video_url), timeout=60)
+        [image] = wait_for(lambda: receiver.at(image_url))
+        [video] = wait_for(lambda: receiver.at(video_url))
         image_event, video_event = image.verify(secret), video.verify(secret)
         assert image_event["type"] == "image.failed"
         assert image_event["data"] == _image_status(c, image_id)
@@ -201,7 +201,7 @@ def test_a_receiver_that_hangs_times_out_and_is_retried(account: Account, receiv
     url = receiver.url(HANG)
     with account.client() as c:
         _image(c, webhookUrl=url)
-        attempts = wait_for(lambda: len(found := receiver.at(url)) >= 2 and found, timeout=30)
+        attempts = wait_for(lambda: len(found := receiver.at(url)) >= 2 and found)
         assert [a.answered for a in attempts] == [HANG, 200]
         assert attempts[0].webhook_id == attempts[1].webhook_id
         listed = wait_for(lambda: (d := _delivery(c, attempts[0].webhook_id))["state"] == "delivered" and d)
@@ -217,7 +217,7 @@ def test_a_delivery_that_never_succeeds_is_marked_failed_after_the_schedule(
     with account.client() as c:
         _image(c, webhookUrl=url)
         webhook_id = wait_for(lambda: receiver.at(url))[0].webhook_id
-        listed = wait_for(lambda: (d := _delivery(c, webhook_id))["state"] == "failed" and d, timeout=30)
+        listed = wait_for(lambda: (d := _delivery(c, webhook_id))["state"] == "failed" and d)
         assert (listed["attempts"], listed["lastStatusCode"], listed["lastError"]) == (5, 500, "HTTP 500")
         assert listed["endedAt"] and listed["nextAttemptAt"] is None
         assert len(receiver.at(url)) == 5
@@ -252,7 +252,7 @@ def test_a_rotated_secret_and_the_one_before_both_sign_for_a_day(
         assert r.json()["previousSecretValidUntil"]
         assert _secret(c) == second
         _image(c, webhookUrl=url)
-        [delivery] = wait_for(lambda: receiver.at(url), timeout=30)
+        [delivery] = wait_for(lambda: receiver.at(url))
         signatures = delivery.headers["webhook-signature"].split(" ")
         assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
         assert delivery.verify(first) == delivery.verify(second)
@@ -320,14 +320,14 @@ def test_the_account_default_url_is_used_when_a_request_names_none(
         assert c.get("/api/account/webhook").json()["url"] == default
         first = _image(c)
         second = _image(c, webhookUrl=own)  # the request's own URL wins
-        [to_default] = wait_for(lambda: receiver.at(default), timeout=30)
-        [to_own] = wait_for(lambda: receiver.at(own), timeout=30)
+        [to_default] = wait_for(lambda: receiver.at(default))
+        [to_own] = wait_for(lambda: receiver.at(own))
         assert to_default.event()["data"]["generationId"] == first
         assert to_own.event()["data"]["generationId"] == second
         r = c.delete("/api/account/webhook")
         assert r.status_code == 200 and r.json() == {"success": True, "url": None}, r.text
         third = _image(c)
-        wait_for(lambda: _image_status(c, third)["status"] == "completed", timeout=30)
+        wait_for(lambda: _image_status(c, third)["status"] == "completed")
         # The event would have been recorded with the completion: there is none, now or later.
         assert {d["generationId"] for d in _deliveries(c)["data"]} == {first, second}
     assert len(receiver.at(default)) == 1
@@ -341,7 +341,7 @@ def test_the_deliveries_list_is_paginated_newest_first(hooked: Server, receiver:
         for _ in range(3):  # one after the other: their events are made in this order
             url = receiver.url()
             generation_ids.append(_image(c, webhookUrl=url))
-            wait_for(lambda url=url: receiver.at(url), timeout=30)
+            wait_for(lambda url=url: receiver.at(url))
         page = _deliveries(c, limit=2)
         assert [d["generationId"] for d in page["data"]] == generation_ids[::-1][:2]
         assert page["nextCursor"]
@@ -365,7 +365,7 @@ def test_the_sdk_and_the_cli_send_webhook_urls_and_manage_the_account_webhook(
     with Client(api_key=account.key, base_url=account.server.base_url) as client:
         secret = client.webhook_secret().secret
         generation = client.images.generate("a lighthouse", quality="1K", webhook_url=sdk_url)
-        [delivery] = wait_for(lambda: receiver.at(sdk_url), timeout=30)
+        [delivery] = wait_for(lambda: receiver.at(sdk_url))
         assert delivery.verify(secret)["data"]["generationId"] == generation.id
         assert client.set_webhook(default).url == default
         assert client.webhook().url == default
@@ -377,7 +377,7 @@ def test_the_sdk_and_the_cli_send_webhook_urls_and_manage_the_account_webhook(
     env = {**account.server.env, "NANOGEN_API_KEY": account.key, "NANOGEN_BASE_URL": account.server.base_url}
     done = nanogen_cli("image", "a lighthouse", "--webhook", cli_url, "--no-wait", "--json", env=env)
     assert done.returncode == 0, done.stderr
-    [delivery] = wait_for(lambda: receiver.at(cli_url), timeout=30)
+    [delivery] = wait_for(lambda: receiver.at(cli_url))
     assert delivery.event()["data"]["generationId"] == json.loads(done.stdout)["generationId"]
 
 
@@ -387,7 +387,7 @@ def test_a_canceled_image_gives_image_failed(account: Account, receiver: Receive
         generation_id = _image(c, "[sandbox:slow=600] a lighthouse", webhookUrl=url)
         r = c.post(f"/api/generations/{generation_id}/cancel")
         assert r.status_code == 200, r.text
-        [delivery] = wait_for(lambda: receiver.at(url), timeout=30)
+        [delivery] = wait_for(lambda: receiver.at(url))
         event = delivery.event()
         assert event["type"] == "image.failed"
         assert event["data"] == _image_status(c, generation_id)
@@ -409,7 +409,7 @@ def test_an_image_past_its_deadline_gives_image_failed(restartable: Server, rece
     url = receiver.url()
     with account.client() as c:
         generation_id = _image(c, "[sandbox:slow=60] a lighthouse", webhookUrl=url)
-        [delivery] = wait_for(lambda: receiver.at(url), timeout=30)
+        [delivery] = wait_for(lambda: receiver.at(url))
         event = delivery.event()
         assert event["type"] == "image.failed"
         assert event["data"] == _image_status(c, generation_id)
@@ -426,11 +426,11 @@ def test_a_delivery_pending_at_a_kill_9_is_made_after_the_restart_with_the_same_
     with account.client() as c:
         secret = _secret(c)
         _image(c, webhookUrl=url)
-    [refused] = wait_for(lambda: receiver.at(url), timeout=30)
+    [refused] = wait_for(lambda: receiver.at(url))
     restartable.kill()
     receiver.release(url)
     restartable.start()
-    delivered = wait_for(lambda: [r for r in receiver.at(url) if r.answered == 200], timeout=60)
+    delivered = wait_for(lambda: [r for r in receiver.at(url) if r.answered == 200])
     assert {r.webhook_id for r in receiver.at(url)} == {refused.webhook_id}
     assert delivered[0].verify(secret) == refused.verify(secret)
     with account.client() as c:

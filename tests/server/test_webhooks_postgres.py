@@ -45,9 +45,9 @@ def test_events_on_postgres(tmp_path: Path, receiver: Receiver) -> None:
                 ]
                 r = c.post("/api/veo-3/generate", json={"shots": failing, "webhookUrl": racing_url})
                 racing_id = r.json()["generationId"]
-                [image] = wait_for(lambda: receiver.at(image_url), timeout=30)
-                [video] = wait_for(lambda: receiver.at(video_url), timeout=60)
-                [racing] = wait_for(lambda: receiver.at(racing_url), timeout=60)
+                [image] = wait_for(lambda: receiver.at(image_url))
+                [video] = wait_for(lambda: receiver.at(video_url))
+                [racing] = wait_for(lambda: receiver.at(racing_url))
                 assert (
                     image.verify(secret)["data"]
                     == c.post("/api/nano-banana-2/check-status", json={"generationId": image_id}).json()

@@ -29,7 +29,7 @@ def image(account: Account, prompt: str, **extra: Any) -> dict[str, Any]:
             body: dict[str, Any] = s.json()
             return body if body["status"] in ("completed", "failed") else None
 
-        result: dict[str, Any] = wait_for(ended, 120)
+        result: dict[str, Any] = wait_for(ended)
     return result
 
 
@@ -50,7 +50,7 @@ def video(account: Account, prompts: list[str]) -> tuple[list[dict[str, str]], d
             body: dict[str, Any] = s.json()
             return body if body["status"] != "processing" else None
 
-        result: dict[str, Any] = wait_for(ended, 180)
+        result: dict[str, Any] = wait_for(ended)
     return refs, result
 
 

@@ -69,7 +69,7 @@ def test_image_and_two_shot_video_live_in_the_bucket(
         balance = account.balance()
         with server.db() as db:
             flows.backdate(db, edited["generationId"], 31)
-        wait_for(lambda: flows.download(image_url).status_code == 410, 30)
+        wait_for(lambda: flows.download(image_url).status_code == 410)
         assert_envelope(flows.download(image_url), 410, "GONE")
         remaining = s3.keys(bucket)
         assert not [k for k in remaining if k.startswith("in/")], "the stored input went with it"
@@ -189,7 +189,7 @@ def test_readiness_and_requests_while_the_bucket_is_down(image_host: ImageHost, 
 
         moto.start()  # same port, empty again: the operator recreates the bucket
         moto.client().create_bucket(Bucket=bucket)
-        wait_for(lambda: httpx.get(f"{server.base_url}/readyz").status_code == 200, 30)
+        wait_for(lambda: httpx.get(f"{server.base_url}/readyz").status_code == 200)
         assert flows.image(account, "after the outage")["status"] == "completed"
     finally:
         server.stop()
