@@ -336,7 +336,7 @@ def test_a_cancel_in_the_api_process_stops_jobs_in_a_worker_process(tmp_path: Pa
                 assert answer["creditsRefunded"] == 4 * SHOT_CREDITS and answer["status"] == "failed"
                 second = _video(c, [f"next {i} {SLOW}" for i in range(4)])["generationId"]
                 # Only if the worker stopped the canceled jobs are its 4 threads free for these.
-                wait_for(lambda: _running_tasks(server, account, second) == 4)
+                wait_for(lambda: _running_tasks(server, account, second) == 4, JOBS_SETTLE_S)
                 assert _cancel(c, second).json()["creditsRefunded"] == 4 * SHOT_CREDITS
             assert account.balance() == 1000
             account.assert_books_balance()
