@@ -25,7 +25,8 @@ accounts as a real burst would come from; 0: one account for all).
 The bench watches completion in the server's SQLite file (no check-status load on the server), except d.
 After each load case it checks every account's credits through the API, as in e.
 Every provider latency, quota and fault is an argument here (passed on to the fake); ``--server-env
-NANOGEN_X=Y`` sets a server setting for a before/after comparison. A missed goal prints MISS; the exit
+NANOGEN_X=Y`` sets a server setting for a before/after comparison; ``--contend N`` runs it all on one CPU
+beside N busy loops, as on a machine several times slower. A missed goal prints MISS; the exit
 status is 0 unless the bench itself fails.
 """
 
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1024,6 +1026,14 @@ def parse_args() -> argparse.Namespace:
         "--image-error-rate", type=float, default=0.0, help="fake: fraction of image calls 503"
     )
     parser.add_argument(
+        "--contend",
+        type=int,
+        metavar="N",
+        help="run everything (this bench, the server, the fake) on one CPU with N busy loops beside it: a "
+        "machine several times slower, to read a case against the machine's speed (the header's fixed "
+        "Python work shows how much slower)",
+    )
+    parser.add_argument(
         "--commit",
         metavar="REV",
         help="run the server from this commit's src/ (git archive into a temporary directory, first on "
@@ -1077,9 +1087,33 @@ def export_src(rev: str, dest: Path) -> None:
     )
 
 
+@contextlib.contextmanager
+def contended(busy_loops: int | None) -> Iterator[None]:
+    """With ``busy_loops``: this process on one CPU (the server and the fake, its children, inherit
+    it) and that many processes spinning on the same CPU until the block ends. The scheduler shares
+    the CPU among all of them, so the bench's processes run as on a machine that much slower."""
+    if busy_loops is None:
+        yield
+        return
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy_loops)]
+    try:
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
 def main() -> None:
     args = parse_args()
     raise_open_files_limit()  # for the client's connections, and inherited by the server and the fake
+    with contended(args.contend):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     report = Report()
     machine = machine_busy()
     rev = args.commit or "HEAD"
@@ -1131,6 +1165,11 @@ def main() -> None:
         f" {machine['python_work_ms']} ms). Server: embedded default, google engine at"
         f" bench/fake_google.py, NANOGEN_LOG_LEVEL=warning, generate/status rate limits off; server settings:"
         f" {extra}. Up to {args.shots_per_account or 'all'} shots per account."
+        + (
+            f" Contended (--contend): everything on one CPU with {args.contend} busy loops beside it."
+            if args.contend is not None
+            else ""
+        )
     )
 
 
