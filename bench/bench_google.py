@@ -1069,6 +1069,8 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--server-env wants NANOGEN_X=Y, not {item!r}")
         env[key] = value
     args.server_env = env
+    if args.contend is not None and args.contend < 0:
+        parser.error("--contend wants a number of busy loops, 0 or more")
     args.cases = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = set(args.cases) - set(CASES)
     if unknown:
@@ -1087,6 +1089,16 @@ def export_src(rev: str, dest: Path) -> None:
     )
 
 
+# Pure Python work until its parent is gone (a bench killed with -9 leaves no loop spinning).
+_SPIN = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
+
+
 @contextlib.contextmanager
 def contended(busy_loops: int | None) -> Iterator[None]:
     """With ``busy_loops``: this process on one CPU (the server and the fake, its children, inherit
@@ -1097,7 +1109,7 @@ def contended(busy_loops: int | None) -> Iterator[None]:
         return
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
-    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy_loops)]
+    spinning = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(busy_loops)]
     try:
         yield
     finally:
