@@ -431,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poll-error-rate", type=float, default=0.0, help="fraction of polls answered 503")
     parser.add_argument("--image-error-rate", type=float, default=0.0, help="fraction of image calls 503")
     parser.add_argument("--seed", type=int, default=0, help="for the error rates")
+    parser.add_argument("--certfile", help="speak HTTPS with this certificate (PEM; --keyfile with it)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     return parser.parse_args(argv)
 
 
@@ -466,6 +468,8 @@ def main(argv: list[str] | None = None) -> None:
         limit_concurrency=None,
         loop="uvloop",
         http="httptools",
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
     )
     uvicorn.Server(config).run()
 
