@@ -21,7 +21,12 @@ way of waiting:
 Printed: the caller's CPU per call (user + system, ``getrusage``, from the start of the calls to the last
 answer) and the wall time past the latency, each beside the threads' figure of the same run.
 
-    .venv/bin/python bench/bench_http_clients.py [--calls 2000] [--latency-s 5]
+With ``--tls`` each way (but ``asyncio-h11``, which speaks plain HTTP only) runs against the fake over
+plain HTTP and against a second one over HTTPS (a certificate made for the run, trusted through
+SSL_CERT_FILE), side by side: what the TLS handshake of each new connection adds to the caller's CPU, as
+at Google, where every call of a burst that needs new connections pays one.
+
+    .venv/bin/python bench/bench_http_clients.py [--calls 2000] [--latency-s 5] [--tls]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -44,7 +50,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench_google import API_KEY, Fake, post_all
+from bench_google import API_KEY, Fake, post_all, self_signed
 
 MODES = ("threads", "asyncio-httpx", "asyncio-h11", "asyncio-aiohttp", "threads-aiohttp")
 POOL = 64
@@ -168,7 +174,7 @@ def run_threads_aiohttp(url: str, calls: int, clock: list[float]) -> int:
 
 def measure(mode: str, url: str, calls: int) -> dict[str, Any]:
     """In this process: the calls one way, timed."""
-    host, port = url.removeprefix("http://").split(":")
+    host, port = url.split("://")[1].split(":")
     clock = [cpu_s(), time.perf_counter()]
     if mode == "threads":  # the clock starts once the threads have (the engine starts its own ahead)
         ok = run_threads(url, calls, clock)
@@ -190,6 +196,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--latency-s", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2, help="each mode this many times, alternating")
+    parser.add_argument("--tls", action="store_true", help="each way over HTTP and over HTTPS, side by side")
     parser.add_argument("--measure", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,47 +213,90 @@ def main() -> None:
         poll_error_rate=0.0,
         image_error_rate=0.0,
     )
-    log = Path(tempfile.gettempdir()) / f"bench-http-clients-fake-{time.monotonic_ns()}.log"
-    fake = Fake(fake_args, log).start()
-    modes = list(MODES)
-    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    try:
-        for _ in range(args.rounds):
-            for mode in modes:
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--measure",
-                        mode,
-                        "--url",
-                        fake.url,
-                        "--calls",
-                        str(args.calls),
-                    ],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                result = json.loads(out.strip().splitlines()[-1])
-                results[mode].append(result)
-                print(json.dumps(result), flush=True)
-    finally:
-        fake.stop()
-        log.unlink(missing_ok=True)
-    base = results["threads"]
+    with tempfile.TemporaryDirectory(prefix="bench-http-clients-") as name:
+        tmp = Path(name)
+        fakes = {"http": Fake(fake_args, tmp / "fake-http.log").start()}
+        try:
+            if args.tls:
+                tls_args = argparse.Namespace(**vars(fake_args), tls_files=self_signed(tmp))
+                # Trusted by httpx's and aiohttp's default contexts in the processes measured.
+                os.environ["SSL_CERT_FILE"] = str(tls_args.tls_files[0])
+                fakes["https"] = Fake(tls_args, tmp / "fake-https.log").start()
+            results = run_rounds(args, fakes)
+        finally:
+            for fake in fakes.values():
+                fake.stop()
     print(f"\n{args.calls} image calls at once, answers after {args.latency_s} s (bench/fake_google.py)")
+    if args.tls:
+        tls_table(args, results)
+    else:
+        threads_table(args, results)
+
+
+def run_rounds(
+    args: argparse.Namespace, fakes: dict[str, Fake]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Each way against each fake, ``args.rounds`` times, alternating, each in a fresh process."""
+    runs = [(m, scheme) for m in MODES for scheme in fakes if not (scheme == "https" and m == "asyncio-h11")]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {run: [] for run in runs}
+    for _ in range(args.rounds):
+        for mode, scheme in runs:
+            argv = [
+                sys.executable,
+                __file__,
+                "--measure",
+                mode,
+                "--url",
+                fakes[scheme].url,
+                "--calls",
+                str(args.calls),
+            ]
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1]) | {"scheme": scheme}
+            results[(mode, scheme)].append(result)
+            print(json.dumps(result), flush=True)
+    for (mode, scheme), rs in results.items():
+        if any(r["ok"] != args.calls for r in rs):
+            print(f"  {mode} over {scheme}: some calls failed: {[r['ok'] for r in rs]}")
+    return results
+
+
+def per_call_ms(args: argparse.Namespace, rs: list[dict[str, Any]]) -> list[float]:
+    return [r["cpu_s"] / args.calls * 1e3 for r in rs]
+
+
+def joined(values: list[float], fmt: str) -> str:
+    return ", ".join(format(v, fmt) for v in values)
+
+
+def threads_table(args: argparse.Namespace, results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    base = results[("threads", "http")]
     print(f"{'way of waiting':16} {'CPU per call':>22} {'vs threads':>16} {'wall past latency':>22}")
-    for mode in modes:
-        per_call = [r["cpu_s"] / args.calls * 1e3 for r in results[mode]]
-        ratio = [r["cpu_s"] / b["cpu_s"] for r, b in zip(results[mode], base, strict=True)]
-        past = [r["wall_s"] - args.latency_s for r in results[mode]]
+    for mode in MODES:
+        rs = results[(mode, "http")]
+        ratio = [r["cpu_s"] / b["cpu_s"] for r, b in zip(rs, base, strict=True)]
+        past = [r["wall_s"] - args.latency_s for r in rs]
         print(
-            f"{mode:16} {', '.join(f'{v:.2f}' for v in per_call) + ' ms':>22} "
-            f"{', '.join(f'{v:.2f}x' for v in ratio):>16} {', '.join(f'{v:.2f}' for v in past) + ' s':>22}"
+            f"{mode:16} {joined(per_call_ms(args, rs), '.2f') + ' ms':>22} {joined(ratio, '.2f') + 'x':>16}"
+            f" {joined(past, '.2f') + ' s':>22}"
         )
-        if any(r["ok"] != args.calls for r in results[mode]):
-            print(f"  {mode}: some calls failed: {[r['ok'] for r in results[mode]]}")
+
+
+def tls_table(args: argparse.Namespace, results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    print(
+        f"{'way of waiting':16} {'CPU per call, HTTP':>20} {'over HTTPS':>18} {'ratio':>14}"
+        f" {'added per call':>18}"
+    )
+    for mode in MODES:
+        if (mode, "https") not in results:
+            continue
+        plain, tls = per_call_ms(args, results[(mode, "http")]), per_call_ms(args, results[(mode, "https")])
+        ratio = [t / p for t, p in zip(tls, plain, strict=True)]
+        added = [t - p for t, p in zip(tls, plain, strict=True)]
+        print(
+            f"{mode:16} {joined(plain, '.2f') + ' ms':>20} {joined(tls, '.2f') + ' ms':>18}"
+            f" {joined(ratio, '.2f') + 'x':>14} {joined(added, '.2f') + ' ms':>18}"
+        )
 
 
 if __name__ == "__main__":
