@@ -137,7 +137,8 @@ class FakeGoogle:
         self.poll_error_rate: float = args.poll_error_rate
         self.image_error_rate: float = args.image_error_rate
         self.random = random.Random(args.seed)
-        self.base_url = f"http://{HOST}:{args.port}"
+        # What its answers point at (Veo's video URIs, the signed redirect): HTTPS under --certfile.
+        self.base_url = f"{'https' if args.certfile else 'http'}://{HOST}:{args.port}"
         self.operations: dict[str, Operation] = {}
         self.files: dict[str, Operation] = {}  # file id (the operation's last part) -> operation
         self.stats = Stats()
