@@ -91,7 +91,7 @@ class Fake:
 
     @property
     def url(self) -> str:
-        scheme = "https" if getattr(self.args, "tls_files", None) else "http"
+        scheme = "https" if self.args.tls_files else "http"
         return f"{scheme}://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
@@ -109,11 +109,7 @@ class Fake:
             f"--submit-error-rate={a.submit_error_rate}",
             f"--poll-error-rate={a.poll_error_rate}",
             f"--image-error-rate={a.image_error_rate}",
-        ] + (
-            [f"--certfile={a.tls_files[0]}", f"--keyfile={a.tls_files[1]}"]
-            if getattr(a, "tls_files", None)
-            else []
-        )
+        ] + ([f"--certfile={a.tls_files[0]}", f"--keyfile={a.tls_files[1]}"] if a.tls_files else [])
 
     def start(self) -> Fake:
         with self.log_path.open("ab") as log:
@@ -1080,6 +1076,7 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--server-env wants NANOGEN_X=Y, not {item!r}")
         env[key] = value
     args.server_env = env
+    args.tls_files = None  # (certificate, key) once made, in run(): the fake's HTTPS, read by Fake
     if args.contend is not None and args.contend < 0:
         parser.error("--contend wants a number of busy loops, 0 or more")
     args.cases = [c.strip() for c in args.only.split(",") if c.strip()]

@@ -212,13 +212,14 @@ def main() -> None:
         submit_error_rate=0.0,
         poll_error_rate=0.0,
         image_error_rate=0.0,
+        tls_files=None,
     )
     with tempfile.TemporaryDirectory(prefix="bench-http-clients-") as name:
         tmp = Path(name)
         fakes = {"http": Fake(fake_args, tmp / "fake-http.log").start()}
         try:
             if args.tls:
-                tls_args = argparse.Namespace(**vars(fake_args), tls_files=self_signed(tmp))
+                tls_args = argparse.Namespace(**vars(fake_args) | {"tls_files": self_signed(tmp)})
                 # Trusted by httpx's and aiohttp's default contexts in the processes measured.
                 os.environ["SSL_CERT_FILE"] = str(tls_args.tls_files[0])
                 fakes["https"] = Fake(tls_args, tmp / "fake-https.log").start()
@@ -265,8 +266,9 @@ def per_call_ms(args: argparse.Namespace, rs: list[dict[str, Any]]) -> list[floa
     return [r["cpu_s"] / args.calls * 1e3 for r in rs]
 
 
-def joined(values: list[float], fmt: str) -> str:
-    return ", ".join(format(v, fmt) for v in values)
+def joined(values: list[float], fmt: str, each: str = "") -> str:
+    """The runs' values side by side; ``each`` follows every value (a ratio's x)."""
+    return ", ".join(format(v, fmt) + each for v in values)
 
 
 def threads_table(args: argparse.Namespace, results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
@@ -277,7 +279,7 @@ def threads_table(args: argparse.Namespace, results: dict[tuple[str, str], list[
         ratio = [r["cpu_s"] / b["cpu_s"] for r, b in zip(rs, base, strict=True)]
         past = [r["wall_s"] - args.latency_s for r in rs]
         print(
-            f"{mode:16} {joined(per_call_ms(args, rs), '.2f') + ' ms':>22} {joined(ratio, '.2f') + 'x':>16}"
+            f"{mode:16} {joined(per_call_ms(args, rs), '.2f') + ' ms':>22} {joined(ratio, '.2f', 'x'):>16}"
             f" {joined(past, '.2f') + ' s':>22}"
         )
 
@@ -295,7 +297,7 @@ def tls_table(args: argparse.Namespace, results: dict[tuple[str, str], list[dict
         added = [t - p for t, p in zip(tls, plain, strict=True)]
         print(
             f"{mode:16} {joined(plain, '.2f') + ' ms':>20} {joined(tls, '.2f') + ' ms':>18}"
-            f" {joined(ratio, '.2f') + 'x':>14} {joined(added, '.2f') + ' ms':>18}"
+            f" {joined(ratio, '.2f', 'x'):>14} {joined(added, '.2f') + ' ms':>18}"
         )
 
 
