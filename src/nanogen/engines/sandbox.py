@@ -202,7 +202,7 @@ class SandboxEngine(Engine):
     supports_google_search = True
     default_concurrency = 32  # jobs mostly sleep through the simulated latency
     # A sandbox image takes milliseconds: its queue is polled often so that the wait for a slot
-    # does not dominate it (each poll costs ~5 ms of CPU: ~10% of a core at this rate).
+    # does not dominate it (each poll costs ~1.5-2 ms of CPU: 3-4% of a core at this rate).
     queue_polling_s: ClassVar[dict[Product, float]] = {Product.IMAGE: 0.05, Product.VIDEO: 0.5}
 
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:

@@ -25,7 +25,7 @@ from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
-from nanogen.tasks import futex_hash, open_files, outcomes, store
+from nanogen.tasks import futex_hash, open_files, outcomes, store, version_read
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
@@ -291,6 +291,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     if work:
         open_files.allow(threads)  # a slot waiting on a provider holds a connection (tasks/open_files.py)
     DBOS.launch()
+    # Every queue poll reads the newest application version: its statement built once (version_read.py).
+    version_read.install(_dbos_system_database())
     if work:
         # SQLite: the workflows' outcomes commit in groups with the task writes (tasks/outcomes.py).
         outcomes.install(_dbos_system_database(), rt.task_writes)
