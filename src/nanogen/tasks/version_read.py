@@ -7,9 +7,9 @@ whose construction (column proxies, coercions) and cache key took 1.1 ms of CPU 
 empty poll costs, measured on an idle server, for a statement that depends only on the
 application's name.
 
-Here the statement DBOS builds the first time is compiled once per application name and database,
-its values rendered inline, and that SQL is executed after: the same query, read from the database
-at every poll as before, so a newer version registered by another process is seen at the next poll.
+Here the statement DBOS builds the first time is compiled once per application name, with its
+values, and that SQL is executed after: the same query, read from the database at every poll as
+before, so a newer version registered by another process is seen at the next poll.
 ``tests/test_version_read.py`` checks that both ways answer alike as versions are registered.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from dbos._schemas import SCHEMA_PLACEHOLDER
 from dbos._sys_db import SystemDatabase
+from sqlalchemy.sql.compiler import SQLCompiler
 
 
 class _Recording:
@@ -35,50 +36,47 @@ class _Recording:
 
 
 class LatestVersionRead:
-    """``SystemDatabase._latest_application_version`` with its SQL kept per application and database."""
+    """``SystemDatabase._latest_application_version`` with its SQL and values kept per application."""
 
     def __init__(self, sys_db: SystemDatabase) -> None:
         self._dbos_own = sys_db._latest_application_version
         # DBOS's tables are named under a placeholder schema that its engine translates.
         self._schema_map = {SCHEMA_PLACEHOLDER: sys_db.schema}
-        self._sql: dict[tuple[str | None, str], str] = {}
+        self._kept: dict[str | None, tuple[str, Any]] = {}
 
     def __call__(self, c: sa.Connection, application_name: str | None) -> sa.Row[Any] | None:
-        key = (application_name, c.dialect.name)
-        sql = self._sql.get(key)
-        if sql is not None:
-            row: sa.Row[Any] | None = c.exec_driver_sql(sql).fetchone()
+        kept = self._kept.get(application_name)
+        if kept is not None:
+            row: sa.Row[Any] | None = c.exec_driver_sql(*kept).fetchone()
             return row
         recording = _Recording(c)
         row = self._dbos_own(recording, application_name)  # type: ignore[arg-type]
-        compiled = self._compiled(recording, c.dialect, self._schema_map)
+        compiled = self._compiled(recording, c.dialect)
         if compiled is not None:  # two threads that both built it keep the same SQL
-            self._sql[key] = compiled
+            self._kept[application_name] = compiled
         return row
 
-    @staticmethod
-    def _compiled(
-        recording: _Recording, dialect: sa.Dialect, schema_map: dict[str, str | None]
-    ) -> str | None:
-        """DBOS's read as SQL with its values inline, when it was one statement with nothing bound
-        beside it: anything else (a DBOS upgrade that reads differently) keeps calling DBOS's own."""
+    def _compiled(self, recording: _Recording, dialect: sa.Dialect) -> tuple[str, Any] | None:
+        """DBOS's read as SQL and its values, bound as the driver wants them, when it was one
+        statement with nothing bound beside it: anything else (a DBOS upgrade that reads
+        differently) keeps calling DBOS's own."""
         if len(recording.executed) != 1:
             return None
         statement, args, kwargs = recording.executed[0]
         if args or kwargs or not isinstance(statement, sa.sql.ClauseElement):
             return None
-        try:
-            compiled = statement.compile(
-                dialect=dialect,
-                schema_translate_map=schema_map,
-                render_schema_translate=True,
-                compile_kwargs={"literal_binds": True},
-            )
-            sql = str(compiled)
-        except sa.exc.CompileError:  # a value SQLAlchemy cannot render inline
+        compiled = statement.compile(
+            dialect=dialect,
+            schema_translate_map=self._schema_map,
+            render_schema_translate=True,
+            compile_kwargs={"render_postcompile": True},  # the LIMITs as plain parameters
+        )
+        if not isinstance(compiled, SQLCompiler):
             return None
-        # The driver's placeholders would read a percent sign in a rendered value as one.
-        return None if "%" in sql else sql
+        values = compiled.construct_params()
+        if compiled.positional:  # SQLite's qmarks; psycopg binds by name
+            return compiled.string, tuple(values[name] for name in compiled.positiontup or ())
+        return compiled.string, values
 
 
 def install(sys_db: SystemDatabase) -> bool:
