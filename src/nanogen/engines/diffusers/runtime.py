@@ -269,7 +269,7 @@ class PipelineRuntime:
 
         # Their progress bars would fill a worker's log; nanogen reports progress itself.
         diffusers_logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        transformers.utils.logging.disable_progress_bar()
 
         kwargs: dict[str, Any] = {"dtype": device.dtype}
         if is_local(model):
@@ -283,7 +283,7 @@ class PipelineRuntime:
         else:
             source = model
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)  # type: ignore[no-untyped-call]
+            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:  # missing files, an unreachable or refusing hub
             raise EngineError(f"Model weights not found at {model}: {_first_line(exc)}") from exc
         offload = self.settings.diffusers_cpu_offload
