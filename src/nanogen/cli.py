@@ -1,5 +1,10 @@
 """The ``nanogen`` command line: serve, worker, migrate, demo, keys, credits, doctor; and
-(cli_generate.py) image, video, status, download."""
+(cli_generate.py) image, video, status, download.
+
+The database's modules (SQLAlchemy, psycopg, the ledger, the settings that name the database) are
+imported by the commands that use them: the client commands (image, status, ...) talk HTTP only, and
+importing the server side would make each of them about a third slower to start.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,8 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import psycopg
-import sqlalchemy as sa
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -20,15 +23,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nanogen import cli_generate, ledger
-from nanogen.db import make_engine, read_connection, write_transaction
+from nanogen import cli_generate
 from nanogen.engines.base import Check
 from nanogen.engines.registry import default_registry
 from nanogen.errors import NanogenError
 from nanogen.products import MAX_GRANT, Product, format_usd
-from nanogen.settings import Settings
-from nanogen.tasks import store
-from nanogen.tasks.ownership import Claim
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from nanogen.settings import Settings
+    from nanogen.tasks.ownership import Claim
 
 app = typer.Typer(
     help="nanogen: self-hosted NanoPhoto-compatible image and video generation.", no_args_is_help=True
@@ -49,6 +54,8 @@ DEMO_CREDITS = 1000
 
 def _settings(**overrides: object) -> Settings:
     """The settings, or exit 2 naming each bad one (no traceback: it is the operator's to fix)."""
+    from nanogen.settings import Settings
+
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -61,6 +68,7 @@ def _settings(**overrides: object) -> Settings:
 
 @contextmanager
 def _database(settings: Settings) -> Iterator[sa.Engine]:
+    from nanogen.db import make_engine
     from nanogen.migrate import migrate
 
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -72,9 +80,28 @@ def _database(settings: Settings) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
+@contextmanager
+def _writing(settings: Settings) -> Iterator[sa.Connection]:
+    """A transaction on the (migrated) database, committed when the block ends."""
+    from nanogen.db import write_transaction
+
+    with _database(settings) as db, write_transaction(db) as conn:
+        yield conn
+
+
+@contextmanager
+def _reading(settings: Settings) -> Iterator[sa.Connection]:
+    from nanogen.db import read_connection
+
+    with _database(settings) as db, read_connection(db) as conn:
+        yield conn
+
+
 def _claim(settings: Settings, role: str) -> tuple[Settings, Claim]:
     """Own this process's SQLite database, or its executor id on PostgreSQL, before touching anything
     (tasks/ownership.py); exit 3 when a live process already does. The settings carry the id owned."""
+    import psycopg
+
     from nanogen.tasks.ownership import AlreadyRunning, claim
 
     try:
@@ -182,8 +209,9 @@ def run_worker(
 @app.command()
 def demo() -> None:
     """Set up the demo account (1000 credits) and print a fresh demo API key on the last line."""
-    settings = _settings()
-    with _database(settings) as db, write_transaction(db) as conn:
+    from nanogen import ledger
+
+    with _writing(_settings()) as conn:
         account = ledger.find_account(conn, DEMO_ACCOUNT) or ledger.create_account(
             conn, DEMO_ACCOUNT, DEMO_CREDITS
         )
@@ -200,8 +228,9 @@ def keys_create(
     account: Annotated[str | None, typer.Option(help="Add the key to this existing account instead.")] = None,
 ) -> None:
     """Create an API key (for a new account unless --account). The key is the last line of stdout."""
-    settings = _settings()
-    with _database(settings) as db, write_transaction(db) as conn:
+    from nanogen import ledger
+
+    with _writing(_settings()) as conn:
         if account is None:
             if name and ledger.find_account(conn, name):
                 err.print(
@@ -227,8 +256,9 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None) -> None:
     """List keys (their ids and prefixes; the keys themselves are never stored)."""
-    settings = _settings()
-    with _database(settings) as db, read_connection(db) as conn:
+    from nanogen import ledger
+
+    with _reading(_settings()) as conn:
         owner = ledger.find_account(conn, account) if account else None
         rows = ledger.list_keys(conn, owner.id if owner else None)
     table = Table("key id", "account", "name", "prefix", "state")
@@ -242,8 +272,9 @@ def keys_list(account: Annotated[str | None, typer.Option(help="Only this accoun
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key: its next request gets 401 LOGIN_REQUIRED."""
-    settings = _settings()
-    with _database(settings) as db, write_transaction(db) as conn:
+    from nanogen import ledger
+
+    with _writing(_settings()) as conn:
         revoked = ledger.revoke_key(conn, key_id)
     if not revoked:
         err.print(f"[red]no live key {escape(repr(key_id))}[/red]")
@@ -258,8 +289,9 @@ def credits_grant(
     memo: Annotated[str, typer.Option(help="Why (kept in the ledger).")] = "",
 ) -> None:
     """Grant credits to an account (id or name)."""
-    settings = _settings()
-    with _database(settings) as db, write_transaction(db) as conn:
+    from nanogen import ledger
+
+    with _writing(_settings()) as conn:
         found = ledger.find_account(conn, account)
         if found is None:
             err.print(f"[red]no account {escape(repr(account))}[/red]")
@@ -275,8 +307,10 @@ def credits_grant(
 @credits_app.command("show")
 def credits_show(account: Annotated[str | None, typer.Argument()] = None) -> None:
     """Balances with their ledger totals (granted - debited + refunded = balance)."""
-    settings = _settings()
-    with _database(settings) as db, read_connection(db) as conn:
+    from nanogen import ledger
+    from nanogen.tasks import store
+
+    with _reading(_settings()) as conn:
         accounts = ledger.list_accounts(conn)
         if account:
             accounts = [a for a in accounts if account in (a.id, a.name)]
@@ -368,6 +402,8 @@ def _say(settings: Settings, markup: str, level: int = logging.INFO) -> None:
 
 def _log_config(settings: Settings) -> dict[str, Any]:
     """Logging of a server or worker process (nanogen/logs.py), scrubbing the configured secrets."""
+    import sqlalchemy as sa
+
     from nanogen.logs import config
 
     secrets = [
@@ -387,6 +423,8 @@ def _log_config(settings: Settings) -> dict[str, Any]:
 
 
 def _safe_url(url: str) -> str:
+    import sqlalchemy as sa
+
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
