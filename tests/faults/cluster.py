@@ -5,6 +5,7 @@ ends with, checked on the database itself."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,11 @@ class PrivatePostgres:
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="nanogen-pg-"))
-        shutil.chown(self.dir, "postgres", "postgres")
+        # The user's own ids, looked up once: in one run ``shutil.chown(dir, "postgres", "postgres")``
+        # failed in two test workers at once with "no such group" (a group lookup that failed for
+        # another reason: Python reports every failure of getgrnam_r as "not found").
+        postgres = pwd.getpwnam("postgres")
+        os.chown(self.dir, postgres.pw_uid, postgres.pw_gid)
         self.data = self.dir / "data"
         self._as_postgres(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
         self.start()
