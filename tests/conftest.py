@@ -62,9 +62,10 @@ class Server:
     database_url: str | None = None  # None: the embedded default, SQLite under ``home``
     port: int = field(default_factory=free_port)
     args: tuple[str, ...] = ()
-    # Shots dispatched about as fast as images (the tests wait for many videos), and images polled
-    # every 0.1 s rather than the sandbox's 0.05 s: an idle server's polling is most of its CPU, and a
-    # run has several servers up at any time.
+    # The spacing of queue polls while there is work (an idle server's pollers wait for its own
+    # submissions, tasks/wakeups.py): shots dispatched about as fast as images (the tests wait for
+    # many videos), and images every 0.1 s rather than the sandbox's 0.05 s, on a machine the suite
+    # keeps busy with several servers.
     queue_polling_s: float = 0.1
     process: subprocess.Popen[bytes] | None = None
 
@@ -285,13 +286,8 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -> Iterator[Server]:
     """One shared server per database, for tests that don't restart it. Each test worker keeps one of
-    each up for the whole run, idle most of it: polled every 0.25 s (a job starts ~0.1 s later on
-    average), an idle one costs about half the CPU it did at 0.1 s (measured on 2026-12-06: SQLite 76
-    -> 32 ms a second; PostgreSQL, its backends included, 125 -> 70), on a machine the suite keeps
-    busy."""
-    srv = Server(
-        tmp_path_factory.mktemp("nanogen-home"), database_url=database_url, queue_polling_s=0.25
-    ).start()
+    each up for the whole run, idle most of it."""
+    srv = Server(tmp_path_factory.mktemp("nanogen-home"), database_url=database_url).start()
     yield srv
     srv.stop()
 

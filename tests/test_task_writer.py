@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import read_connection
+from nanogen.db import after_commit, read_connection, write_transaction
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.task_writer import TaskWriter
@@ -116,3 +116,26 @@ def test_after_stop_a_write_runs_in_its_own_transaction(db: Database) -> None:
     writer.stop()
     assert writer.write(lambda conn: store.start(conn, task_id)) is not None
     assert _statuses(db, [task_id]) == {task_id: TaskStatus.GENERATING}
+
+
+def test_what_a_write_asks_to_run_after_its_commit_runs_once_committed_and_never_after_a_rollback(
+    db: Database,
+) -> None:
+    _, ids = _tasks(db, 2)
+    ran: list[str] = []
+
+    def start(task_id: str, then_raise: bool) -> None:
+        def write(conn: sa.Connection) -> None:
+            store.start(conn, task_id)
+            after_commit(conn, lambda: ran.append(task_id))
+            if then_raise:
+                raise RuntimeError("rolled back")
+
+        with write_transaction(db.engine) as conn:
+            write(conn)
+
+    with pytest.raises(RuntimeError):
+        start(ids[0], then_raise=True)
+    assert ran == [] and _statuses(db, ids)[ids[0]] is TaskStatus.PENDING
+    start(ids[1], then_raise=False)  # the pool may hand it the rolled-back transaction's connection
+    assert ran == [ids[1]] and _statuses(db, ids)[ids[1]] is TaskStatus.GENERATING

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Self
 
@@ -274,11 +274,26 @@ def _tune_sqlite(engine: sa.Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+_AFTER_COMMIT = "nanogen.after_commit"
+
+
 @contextmanager
 def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A transaction that will write: committed on success, rolled back on error."""
-    with _writer(engine), engine.connect().execution_options(nanogen_write=True) as conn, conn.begin():
-        yield conn
+    """A transaction that will write: committed on success, rolled back on error. What its
+    statements asked for with ``after_commit`` runs once it has committed."""
+    with _writer(engine), engine.connect().execution_options(nanogen_write=True) as conn:
+        conn.info.pop(_AFTER_COMMIT, None)  # left by a transaction of this connection that rolled back
+        with conn.begin():
+            yield conn
+        callbacks: list[Callable[[], object]] = conn.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        callback()
+
+
+def after_commit(conn: sa.Connection, callback: Callable[[], object]) -> None:
+    """Call ``callback()`` once the ``write_transaction`` of ``conn`` has committed; never if it
+    rolls back."""
+    conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 # SQLite has one writer at a time, and a writer that finds the file locked sleeps in SQLite's busy

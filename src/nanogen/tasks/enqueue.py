@@ -10,7 +10,8 @@ workflows, two statements in all): DBOS builds the
 row (``_build_enqueue_status``: options checked, inputs serialised), the columns are DBOS's own
 table definitions, and the statements are compiled once per dialect. It covers what nanogen
 enqueues: a new workflow id (an existing one is an IntegrityError rather than DBOS's conflict
-checks), no deduplication, no delay, an unsharded system database.
+checks), no deduplication, no delay, an unsharded system database. Once the caller's
+``write_transaction`` commits, this process's pollers of the queues are woken (tasks/wakeups.py).
 ``tests/test_submit_writer.py`` checks that both ways write equal rows, column by column, and every
 workflow the contract tests see run was enqueued here, so a DBOS upgrade that changes them fails
 there first.
@@ -27,7 +28,8 @@ from dbos import DBOSClient, EnqueueOptions
 from dbos._schemas import SCHEMA_PLACEHOLDER
 from dbos._schemas.system_database import SystemSchema
 
-from nanogen.db import Prepared
+from nanogen.db import Prepared, after_commit
+from nanogen.tasks import wakeups
 
 # DBOS's own columns for a new ENQUEUED workflow (see SystemDatabase._insert_workflow_status).
 _STATUS_COLUMNS: dict[str, str] = {  # column -> key of DBOS's status dict
@@ -85,7 +87,7 @@ class PreparedEnqueue:
     ) -> None:
         """Enqueue each ``(options, args)``: two statements however many workflows."""
         processors = self._bind_processors(conn.dialect).items()
-        statuses, inputs = [], []
+        statuses, inputs, queues = [], [], set()
         for options, args in workflows:
             workflow_id, status = self._client._build_enqueue_status(options, *args)
             if status["deduplication_id"] is not None or status["delay_until_epoch_ms"] is not None:
@@ -96,9 +98,12 @@ class PreparedEnqueue:
                 row[column] = process(row[column])
             statuses.append(row)
             inputs.append({"workflow_uuid": workflow_id, "inputs": status["inputs"]})
+            queues.add(row["queue_name"])
         if statuses:
             self._status.run_many(conn, statuses)
             self._inputs.run_many(conn, inputs)
+            # This process's pollers of those queues look once it is committed (tasks/wakeups.py).
+            after_commit(conn, lambda: wakeups.wake(queues))
 
     def _bind_processors(self, dialect: sa.Dialect) -> dict[str, Callable[[Any], Any]]:
         """What SQLAlchemy does to each value on its way to the driver (JSON, booleans ...)."""

@@ -25,7 +25,7 @@ from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
-from nanogen.tasks import futex_hash, open_files, outcomes, store, version_read
+from nanogen.tasks import futex_hash, open_files, outcomes, store, version_read, wakeups
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
@@ -153,6 +153,7 @@ def stop_dbos(grace_s: float) -> None:
     dbos = _dbos()
     for stop in dbos.background_thread_stop_events:
         stop.set()
+    wakeups.uninstall()  # pollers waiting for work see the stop now
     deadline = time.monotonic() + grace_s
     while dbos._active_workflows_set.activeList() and time.monotonic() < deadline:
         time.sleep(SHUTDOWN_POLL_S)
@@ -223,6 +224,20 @@ def freeze_the_startup_heap() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
+# How long the pollers of a process that takes submissions wait when nothing woke them: what they
+# wait for then is work enqueued by another process, or recovered.
+SERVE_IDLE_POLLING_S = 1.0
+
+
+def idle_polling_s(settings: Settings, role: str) -> float:
+    """The longest wait between two polls of a queue when nothing in this process woke its poller
+    (0: no longer than the queue's own interval). A ``nanogen worker`` takes no submissions, so
+    its work is enqueued elsewhere, and it keeps polling at its queues' intervals."""
+    if settings.queue_idle_polling_interval_s is not None:
+        return settings.queue_idle_polling_interval_s
+    return 0.0 if role == "worker" else SERVE_IDLE_POLLING_S
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     concurrency: int  # per worker process
@@ -287,6 +302,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     # Webhook deliveries are async workflows (a waiting retry holds no thread): not among the queues
     # whose slots are counted in threads above.
     DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
+    if work:  # before launch: the pollers start there, and recovered workflows are recorded
+        wakeups.install(_dbos(), idle_polling_s(settings, role))
     futex_hash.size_for_threads(threads)  # before DBOS starts them (tasks/futex_hash.py)
     if work:
         open_files.allow(threads)  # a slot waiting on a provider holds a connection (tasks/open_files.py)

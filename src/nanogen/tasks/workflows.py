@@ -45,7 +45,7 @@ from nanogen.errors import EngineError
 from nanogen.media.video import concat_videos
 from nanogen.products import Product
 from nanogen.storage import new_key
-from nanogen.tasks import jobs, store
+from nanogen.tasks import jobs, store, wakeups
 from nanogen.tasks.runtime import CONCATENATE, MEDIA_QUEUE, RUN_TASK, Runtime, current
 from nanogen.tasks.status import TaskStatus
 from nanogen.webhooks import events as webhook_events
@@ -365,7 +365,7 @@ def request_concat_step(generation_id: str) -> bool:
     rt = current()
     if not _concat_due(rt, generation_id):
         return False
-    rt.concat_requests.run(
+    if rt.concat_requests.run(
         generation_id,
         lambda: rt.dbos_client.enqueue(
             {
@@ -376,7 +376,8 @@ def request_concat_step(generation_id: str) -> bool:
             },
             generation_id,
         ),
-    )
+    ):
+        wakeups.wake([MEDIA_QUEUE])
     return True
 
 
