@@ -60,7 +60,7 @@ def test_a_burst_of_images_runs_through_one_slot_each_end_waking_the_queue(sleep
     account = sleepy.new_account(100)
     with account.client() as c:
         generations = [_image(c, f"picture {i}") for i in range(4)]
-        finals = [wait_for(lambda g=g: _ended(c, "nano-banana-2", g)) for g in generations]  # type: ignore[misc]
+        finals = [wait_for(lambda g=g: _ended(c, "nano-banana-2", g)) for g in generations]
     assert [f["status"] for f in finals] == ["completed"] * 4, finals
     assert account.balance() == 100 - 4 * 4
 
@@ -115,7 +115,12 @@ def test_a_waiting_poller_returns_at_a_wake_up_and_at_the_stop_not_at_its_idle_w
     waiter = wakes.waiter(stop, "nanogen.image.sandbox")
     assert waiter.wait(0.01) is False  # a new poller polls at once
     results: list[bool] = []
-    thread = threading.Thread(target=lambda: [results.append(waiter.wait(0.01)) for _ in range(2)])
+
+    def poller() -> None:
+        for _ in range(2):
+            results.append(waiter.wait(0.01))
+
+    thread = threading.Thread(target=poller)
     thread.start()
     wakes.wake("nanogen.image.other")  # another queue's wake-up leaves this one waiting
     time.sleep(0.2)
