@@ -62,11 +62,6 @@ class Server:
     database_url: str | None = None  # None: the embedded default, SQLite under ``home``
     port: int = field(default_factory=free_port)
     args: tuple[str, ...] = ()
-    # The spacing of queue polls while there is work (an idle server's pollers wait for its own
-    # submissions, tasks/wakeups.py): shots dispatched about as fast as images (the tests wait for
-    # many videos), and images every 0.1 s rather than the sandbox's 0.05 s, on a machine the suite
-    # keeps busy with several servers.
-    queue_polling_s: float = 0.1
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,8 +78,12 @@ class Server:
             NANOGEN_EXECUTOR_ID="test-serve",
             NANOGEN_LOG_LEVEL="warning",
             NANOGEN_WATCHDOG_INTERVAL_S="0.5",
-            NANOGEN_VIDEO_QUEUE_POLLING_INTERVAL_S=str(self.queue_polling_s),
-            NANOGEN_IMAGE_QUEUE_POLLING_INTERVAL_S=str(self.queue_polling_s),
+            # The spacing of queue polls while there is work (an idle server's pollers wait for its
+            # own submissions, tasks/wakeups.py): shots dispatched about as fast as images (the tests
+            # wait for many videos), and images every 0.1 s rather than the sandbox's 0.05 s, on a
+            # machine the suite keeps busy with several servers.
+            NANOGEN_VIDEO_QUEUE_POLLING_INTERVAL_S="0.1",
+            NANOGEN_IMAGE_QUEUE_POLLING_INTERVAL_S="0.1",
         )
         if self.database_url:
             env["NANOGEN_DATABASE_URL"] = self.database_url
