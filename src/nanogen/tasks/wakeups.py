@@ -108,14 +108,13 @@ def _queue_worker_thread(stop_event: threading.Event, dbos: Any, queue: Any) -> 
     _dbos_queue_worker(stop_event, dbos, queue)
 
 
-def install(dbos: Any, idle_s: float) -> QueueWakeups:
+def install(dbos: Any, idle_s: float) -> None:
     """Wake the pollers of ``dbos`` (constructed, not yet launched: the record of running workflows
     is replaced before any is added) and wait at most ``idle_s`` between polls otherwise."""
     global _installed
     _installed = QueueWakeups(idle_s)
     dbos._active_workflows_set = _ReleasingActiveWorkflows(_installed.wake)
     dbos_queue.queue_worker_thread = _queue_worker_thread  # DBOS starts each poller through it
-    return _installed
 
 
 def uninstall() -> None:
