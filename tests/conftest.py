@@ -6,16 +6,18 @@ DBOS is a process-wide singleton, so every server runs in its own process.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import io
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -41,7 +43,50 @@ SERVER_START_TIMEOUT_S = 180
 OUTCOME_WAIT_S = 480
 
 
+# Ports for the tests' own servers: each test worker takes them in turn from a block of its own, just
+# below the kernel's ephemeral range. A port the kernel picks (bind to port 0) is free only at that
+# moment: two workers were once given the same one before either server had bound it, so one test's
+# requests reached another test's server and then found nothing (2026-12-06 CI). Blocks of their own
+# never overlap, and outgoing connections, whose ports come from the ephemeral range, never take one.
+PORT_BLOCKS = 8
+PORT_BLOCK_SIZE = 1000
+
+
+def _port_block() -> range | None:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the kernel's pick
+        return None
+    first = ephemeral_low - PORT_BLOCKS * PORT_BLOCK_SIZE
+    if first < 10_000:  # an unusually wide ephemeral range leaves no room below it
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...; unset in one process and benches
+    index = int(worker[2:]) + 1 if worker[2:].isdigit() else 0
+    start = first + index % PORT_BLOCKS * PORT_BLOCK_SIZE
+    return range(start, start + PORT_BLOCK_SIZE)
+
+
+_PORT_BLOCK = _port_block()
+# A random place to start, so that two runs side by side (a benchmark beside the suite) rarely meet.
+_next_port = itertools.count(random.randrange(PORT_BLOCK_SIZE))
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port still in TIME_WAIT is passed over too
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    """A loopback port that nothing listens on, not handed out before in this run."""
+    if _PORT_BLOCK is not None:
+        for _ in range(PORT_BLOCK_SIZE):
+            port = _PORT_BLOCK[next(_next_port) % PORT_BLOCK_SIZE]
+            if _bindable(port):
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -220,8 +265,9 @@ def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     if info is not None:
         for defs in info.name2fixturedefs.values():
-            # A fixture parametrised over the databases is the callspec's to decide (above).
-            functions.extend(d.func for d in defs if not d.params)
+            # A fixture parametrised over the databases is the callspec's to decide (above); the
+            # slot's own fixture names PostgreSQL without touching it.
+            functions.extend(d.func for d in defs if not d.params and d.argname != "_postgres_slot")
     for function in functions:
         if function is None:
             continue
@@ -235,40 +281,42 @@ def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
     return False
 
 
-POSTGRES_GROUPS = 2
+# How many tests that touch PostgreSQL run at once across the test workers: each server holds up to 17
+# connections, a fault test's cluster several times that, and the server's default max_connections (100)
+# is shared with whatever else runs on the machine (with these tests on all three workers two sampled
+# runs peaked at 77 and 92 connections; two at a time, 43-52).
+POSTGRES_SLOTS = 2
+_touches_postgres: dict[Any, bool] = {}
 
 
-# Before pytest-xdist's own hook, which reads the xdist_group marks.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (scripts/test), the tests that touch the shared
-    PostgreSQL run on two workers, one at a time on each: each server holds up to 17 connections, a
-    fault test's cluster several times that, and the server's default max_connections (100) is
-    shared with whatever else runs on the machine. Every other test, including the SQLite cases of
-    the same files, spreads over the workers. Two groups, split by file, because one took longer
-    than the rest of the suite on the other two workers (2026-12-06: 882 s against 595 s; 43
-    connections at most, against 77 and 92 with the tests spread over all three)."""
-    memo: dict[Any, bool] = {}
-    for item in items:
-        if _uses_postgres(item, memo):
-            group = f"postgres-{zlib.crc32(item.nodeid.split('::')[0].encode()) % POSTGRES_GROUPS}"
-            item.add_marker(pytest.mark.xdist_group(group))
-            _name_the_group(config, item, group)
-
-
-def _name_the_group(config: pytest.Config, item: pytest.Item, group: str) -> None:
-    """pytest-xdist 3.8 tells its scheduler an item's group by renaming the item in the worker
-    (``<nodeid>@<group>``), but it writes the name's old field, which pytest 9.2 no longer reads
-    (its node ids are structured): the mark was ignored and these tests spread over every worker
-    (pytest-xdist#1386; on 2026-12-06 two sampled runs peaked at 77 and 92 connections). On such
-    a pytest the structured id is renamed here, as xdist means to."""
-    if not getattr(config.option, "loadgroup", False):
-        return  # not an xdist worker under loadgroup
-    try:
-        from _pytest.nodeid import NodeId
-    except ImportError:  # an older pytest, whose ids xdist renames itself
+@pytest.fixture(autouse=True)
+def _postgres_slot(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under ``pytest -n N`` (scripts/test), a test that touches PostgreSQL first takes one of
+    POSTGRES_SLOTS lock files shared by the run's workers, and holds it until it ends. A slot any
+    worker may take keeps every worker busy to the end; a fixed group of these tests per worker
+    did not (2026-12-06: one group's worker ran 790 s of them, the other 190 s, and the run took
+    1,085 s). The kernel releases a slot when its worker dies."""
+    if not hasattr(request.config, "workerinput") or not _uses_postgres(request.node, _touches_postgres):
+        yield  # one process: nothing runs beside it
         return
-    item._id = NodeId.parse(f"{item.nodeid}@{group}")
+    slots = tmp_path_factory.getbasetemp().parent / "postgres-slots"  # the run's, shared by its workers
+    slots.mkdir(exist_ok=True)
+    while True:
+        for slot in range(POSTGRES_SLOTS):
+            fd = os.open(slots / str(slot), os.O_CREAT | os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield
+            finally:
+                os.close(fd)  # and with it the lock
+            return
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
