@@ -281,7 +281,7 @@ def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
     return False
 
 
-# How many tests that touch PostgreSQL run at once across the test workers: each server holds up to 17
+# How many tests that touch PostgreSQL run at once across the test workers: each server holds up to 18
 # connections, a fault test's cluster several times that, and the server's default max_connections (100)
 # is shared with whatever else runs on the machine (with these tests on all three workers two sampled
 # runs peaked at 77 and 92 connections; two at a time, 43-52).

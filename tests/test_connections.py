@@ -21,8 +21,8 @@ IMAGES = 24  # image requests in the burst, from several clients at once
 VIDEOS = 2  # 3-shot videos, concatenated
 CLIENTS = 8
 # Beyond the three pools: DBOS's LISTEN connection, the DBOSClient's (one, made when a concatenation
-# is enqueued) and the executor id's advisory lock.
-FIXED = 3
+# is enqueued), the executor id's advisory lock and the queue wake-ups' LISTEN connection.
+FIXED = 4
 
 
 def budget(extra_env: dict[str, str]) -> int:

@@ -286,14 +286,14 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="How often a worker polls the concatenation queue."
     )
     # The intervals above are the spacing of polls while there is work; a process's pollers are woken
-    # by what it enqueues itself and by its own workflows' ends, and otherwise wait this long
-    # (tasks/wakeups.py).
-    queue_idle_polling_interval_s: float | None = Field(
-        default=None,
+    # by what it enqueues itself, by its own workflows' ends and, on PostgreSQL, by what other
+    # processes enqueue, and otherwise wait this long (tasks/wakeups.py, tasks/pg_wakeups.py).
+    queue_idle_polling_interval_s: float = Field(
+        default=1.0,
         gt=0,
-        description="How long a worker's queue pollers wait, when nothing in this process woke them, before "
-        "they look for work another process enqueued. Default: 1 s in `nanogen serve` (its own submissions "
-        "wake it at once); the queues' own intervals in `nanogen worker`.",
+        description="How long a worker's queue pollers wait, when nothing woke them, before they look for "
+        "work anyway. What this process enqueues wakes them at once, and on PostgreSQL so does what any "
+        "process enqueues (LISTEN/NOTIFY).",
     )
     max_executor_threads: int | None = Field(
         default=None,

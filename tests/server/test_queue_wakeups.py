@@ -1,7 +1,7 @@
 """A worker's queue pollers are woken by what the process enqueues and by its workflows' ends
-(tasks/wakeups.py): with the idle wait set far past every wait of these tests, an image, a slot
-freed for queued work, a concatenation and a webhook delivery each happen only if the wake-up that
-announces them works."""
+(tasks/wakeups.py), and on PostgreSQL by what other processes enqueue (tasks/pg_wakeups.py): with
+the idle wait set far past every wait of these tests, an image, a slot freed for queued work, a
+concatenation and a webhook delivery each happen only if the wake-up that announces them works."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from dbos._core import ActiveWorkflowById
 
-from nanogen.settings import Settings
-from nanogen.tasks import lifecycle, wakeups
+from nanogen.db import make_engine, write_transaction
+from nanogen.migrate import migrate
+from nanogen.tasks import pg_wakeups, wakeups
 from tests.conftest import OUTCOME_WAIT_S, Server, wait_for
+from tests.databases import PG_ADMIN_URL, postgres_database
+from tests.faults.cluster import Worker
 from tests.server.webhook_receiver import Receiver
 
 # Longer than any wait below: what these tests see happen was woken, not found by an idle poll.
@@ -100,14 +105,6 @@ def test_a_stopping_worker_does_not_wait_out_its_idle_pollers(tmp_path: Any) -> 
     assert "did not exit within timeout" not in server.log_tail()
 
 
-def test_the_idle_wait_is_the_setting_else_one_second_where_submissions_arrive() -> None:
-    assert lifecycle.idle_polling_s(Settings(), "serve") == lifecycle.SERVE_IDLE_POLLING_S == 1.0
-    assert lifecycle.idle_polling_s(Settings(), "worker") == 0.0  # a worker's work is enqueued elsewhere
-    configured = Settings(queue_idle_polling_interval_s=5)
-    assert lifecycle.idle_polling_s(configured, "worker") == 5
-    assert lifecycle.idle_polling_s(configured, "serve") == 5
-
-
 def test_a_waiting_poller_returns_at_a_wake_up_and_at_the_stop_not_at_its_idle_wait() -> None:
     wakes = wakeups.QueueWakeups(idle_s=IDLE_S)
     wakes.wake("nanogen.image.sandbox")  # before its poller started: kept
@@ -145,3 +142,87 @@ def test_a_workflow_s_end_wakes_its_queue_and_only_its_own() -> None:
     unqueued.release()
     assert woken == ["nanogen.video.sandbox"]
     assert active.activeList() == []
+
+
+def _listeners(url: str) -> list[int]:
+    """The backends of the database at ``url`` that listen for queue wake-ups."""
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (database, pg_wakeups.APPLICATION_NAME),
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
+def test_a_worker_runs_what_an_api_process_accepted_woken_over_postgres(tmp_path: Path) -> None:
+    """The API process's enqueues NOTIFY; the worker, idle far past the test, LISTENs and starts them."""
+    with postgres_database("wakeups") as url:
+        api = Server(tmp_path, database_url=url, args=("--no-worker",)).start()
+        idle = {"NANOGEN_QUEUE_IDLE_POLLING_INTERVAL_S": str(IDLE_S), "NANOGEN_SANDBOX_LATENCY_S": "0.2"}
+        worker = Worker(api, "test-wakeups-worker", extra_env=idle)
+        try:
+            assert _listeners(url) == [], "an API process runs no queue, so it listens for none"
+            worker.start()
+            wait_for(lambda: _listeners(url))
+            account = api.new_account(100)
+            shots = [{"id": s, "prompt": s, "generationType": "TEXT_2_VIDEO"} for s in ("one", "two")]
+            with account.client() as c:
+                # A worker's pollers start within a second of its launch and look at once: the first
+                # image may be found that way. Once it has run, and the polls that its end woke are
+                # long done, the pollers wait (a busy machine could only make this test pass unfairly).
+                first = _image(c, "a first picture")
+                assert wait_for(lambda: _ended(c, "nano-banana-2", first))["status"] == "completed"
+                time.sleep(2)
+                image = _image(c, "a picture from another process")
+                video = _post(c, "/api/veo-3/generate", {"shots": shots})["generationId"]
+                assert wait_for(lambda: _ended(c, "nano-banana-2", image))["status"] == "completed"
+                final = wait_for(lambda: _ended(c, "veo-3", video))
+                assert final["status"] == "completed" and final["concatenatedVideoUrl"], final
+                assert account.balance() == 100 - 2 * 4 - 20
+        finally:
+            worker.stop()
+            api.stop()
+        assert "Traceback" not in worker.log_path.read_text()
+
+
+class _Heard:
+    def __init__(self) -> None:
+        self.queues: list[str] = []
+        self.connects = 0
+
+    def wake(self, queues: Iterable[str]) -> None:
+        self.queues.extend(queues)
+
+    def wake_all(self) -> None:
+        self.connects += 1
+
+
+def test_notices_arrive_when_the_enqueue_commits_and_after_the_listener_reconnects(tmp_path: Path) -> None:
+    with postgres_database("notices") as url:
+        migrate(url)
+        engine = make_engine(url)
+        heard = _Heard()
+        listener = pg_wakeups.Listener(url, heard.wake, heard.wake_all)
+        listener.start()
+        try:
+            wait_for(lambda: heard.connects == 1 and _listeners(url))
+            with pytest.raises(RuntimeError), write_transaction(engine) as conn:
+                pg_wakeups.notify(conn, {"nanogen.image.sandbox"})
+                raise RuntimeError("the enqueue failed")  # rolled back: never announced
+            with write_transaction(engine) as conn:
+                pg_wakeups.notify(conn, {"nanogen.video.sandbox", "nanogen.media"})
+            wait_for(lambda: heard.queues)
+            assert sorted(heard.queues) == ["nanogen.media", "nanogen.video.sandbox"]
+            # The listening connection cut: it reconnects, and wakes every poller for what it missed.
+            [before] = _listeners(url)
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (before,))
+            wait_for(lambda: heard.connects == 2 and (now := _listeners(url)) and now != [before])
+            with write_transaction(engine) as conn:
+                pg_wakeups.notify(conn, {"nanogen.image.sandbox"})
+            wait_for(lambda: "nanogen.image.sandbox" in heard.queues)
+        finally:
+            listener.stop()
+            engine.dispose()
+        assert _listeners(url) == [], "a stopped listener leaves no connection"

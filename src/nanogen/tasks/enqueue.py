@@ -11,7 +11,8 @@ row (``_build_enqueue_status``: options checked, inputs serialised), the columns
 table definitions, and the statements are compiled once per dialect. It covers what nanogen
 enqueues: a new workflow id (an existing one is an IntegrityError rather than DBOS's conflict
 checks), no deduplication, no delay, an unsharded system database. Once the caller's
-``write_transaction`` commits, this process's pollers of the queues are woken (tasks/wakeups.py).
+``write_transaction`` commits, this process's pollers of the queues are woken (tasks/wakeups.py), and on
+PostgreSQL those of every other process that works (tasks/pg_wakeups.py).
 ``tests/test_submit_writer.py`` checks that both ways write equal rows, column by column, and every
 workflow the contract tests see run was enqueued here, so a DBOS upgrade that changes them fails
 there first.
@@ -29,7 +30,7 @@ from dbos._schemas import SCHEMA_PLACEHOLDER
 from dbos._schemas.system_database import SystemSchema
 
 from nanogen.db import Prepared, after_commit
-from nanogen.tasks import wakeups
+from nanogen.tasks import pg_wakeups, wakeups
 
 # DBOS's own columns for a new ENQUEUED workflow (see SystemDatabase._insert_workflow_status).
 _STATUS_COLUMNS: dict[str, str] = {  # column -> key of DBOS's status dict
@@ -102,8 +103,10 @@ class PreparedEnqueue:
         if statuses:
             self._status.run_many(conn, statuses)
             self._inputs.run_many(conn, inputs)
-            # This process's pollers of those queues look once it is committed (tasks/wakeups.py).
+            # Once it is committed this process's pollers of those queues look (tasks/wakeups.py), and
+            # on PostgreSQL every other worker's (tasks/pg_wakeups.py).
             after_commit(conn, lambda: wakeups.wake(queues))
+            pg_wakeups.notify(conn, queues)
 
     def _bind_processors(self, dialect: sa.Dialect) -> dict[str, Callable[[Any], Any]]:
         """What SQLAlchemy does to each value on its way to the driver (JSON, booleans ...)."""

@@ -25,7 +25,7 @@ from nanogen.engines.registry import default_registry
 from nanogen.products import MAX_SHOTS, Product
 from nanogen.settings import Settings
 from nanogen.storage import make_storage
-from nanogen.tasks import futex_hash, open_files, outcomes, store, version_read, wakeups
+from nanogen.tasks import futex_hash, open_files, outcomes, pg_wakeups, store, version_read, wakeups
 from nanogen.tasks import runtime as runtime_module
 from nanogen.tasks.periodic import Periodic
 from nanogen.tasks.retention import RetentionSweeper, UploadSweeper
@@ -75,8 +75,11 @@ class Process:
     queues: list[str] = field(default_factory=list)
     retention: RetentionSweeper | None = None
     uploads: UploadSweeper | None = None
+    listener: pg_wakeups.Listener | None = None
 
     def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         for sweeper in (self.watchdog, self.retention, self.uploads):
             if sweeper is not None:
                 sweeper.stop()
@@ -224,20 +227,6 @@ def freeze_the_startup_heap() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-# How long the pollers of a process that takes submissions wait when nothing woke them: what they
-# wait for then is work enqueued by another process, or recovered.
-SERVE_IDLE_POLLING_S = 1.0
-
-
-def idle_polling_s(settings: Settings, role: str) -> float:
-    """The longest wait between two polls of a queue when nothing in this process woke its poller
-    (0: no longer than the queue's own interval). A ``nanogen worker`` takes no submissions, so
-    its work is enqueued elsewhere, and it keeps polling at its queues' intervals."""
-    if settings.queue_idle_polling_interval_s is not None:
-        return settings.queue_idle_polling_interval_s
-    return 0.0 if role == "worker" else SERVE_IDLE_POLLING_S
-
-
 @dataclass(frozen=True)
 class QueueSettings:
     concurrency: int  # per worker process
@@ -303,7 +292,7 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
     # whose slots are counted in threads above.
     DBOS.listen_queues([*queues, *([webhook_events.WEBHOOK_QUEUE] if work else [])])
     if work:  # before launch: the pollers start there, and recovered workflows are recorded
-        wakeups.install(_dbos(), idle_polling_s(settings, role))
+        wakeups.install(_dbos(), settings.queue_idle_polling_interval_s)
     futex_hash.size_for_threads(threads)  # before DBOS starts them (tasks/futex_hash.py)
     if work:
         open_files.allow(threads)  # a slot waiting on a provider holds a connection (tasks/open_files.py)
@@ -341,6 +330,11 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
             process.retention.start()
         process.uploads = UploadSweeper(rt)  # on by default: uploads always expire
         process.uploads.start()
+        if not settings.resolved_database_url.startswith("sqlite"):  # other processes enqueue too
+            process.listener = pg_wakeups.Listener(
+                settings.resolved_database_url, wakeups.wake, wakeups.wake_all
+            )
+            process.listener.start()
     return process
 
 

@@ -10,10 +10,10 @@ is polled as often as before, but then it waits for a wake-up, for at most ``idl
   webhook event) or DBOS's client enqueued one here (a concatenation);
 * a workflow of the queue ended here, freeing a slot that queued work may be waiting for.
 
-Work another process enqueues (PostgreSQL, several processes) is found by the next poll, within
-``idle_s``: a process that takes no submissions (``nanogen worker``) polls at its queues' intervals.
-DBOS gives every poller one shared stop event; each poller of a nanogen queue is given a
-``_Waiter`` in its place, and ``wake_all`` (at stop) ends every wait at once.
+Work another process enqueues (PostgreSQL, several processes) wakes them through
+tasks/pg_wakeups.py, or is found by the next poll, within ``idle_s``. DBOS gives every poller one
+shared stop event; each poller of a nanogen queue is given a ``_Waiter`` in its place, and
+``wake_all`` (at stop) ends every wait at once.
 """
 
 from __future__ import annotations
@@ -122,6 +122,13 @@ def uninstall() -> None:
     if _installed is not None:
         _installed.wake_all()
     _installed = None
+
+
+def wake_all() -> None:
+    """Every poller here looks now (work may have been enqueued unannounced)."""
+    wakeups = _installed
+    if wakeups is not None:
+        wakeups.wake_all()
 
 
 def wake(queues: Iterable[str]) -> None:
