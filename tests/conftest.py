@@ -6,7 +6,6 @@ DBOS is a process-wide singleton, so every server runs in its own process.
 
 from __future__ import annotations
 
-import fcntl
 import inspect
 import io
 import itertools
@@ -265,9 +264,8 @@ def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     if info is not None:
         for defs in info.name2fixturedefs.values():
-            # A fixture parametrised over the databases is the callspec's to decide (above); the
-            # slot's own fixture names PostgreSQL without touching it.
-            functions.extend(d.func for d in defs if not d.params and d.argname != "_postgres_slot")
+            # A fixture parametrised over the databases is the callspec's to decide (above).
+            functions.extend(d.func for d in defs if not d.params)
     for function in functions:
         if function is None:
             continue
@@ -281,42 +279,46 @@ def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
     return False
 
 
-# How many tests that touch PostgreSQL run at once across the test workers: each server holds up to 18
-# connections, a fault test's cluster several times that, and the server's default max_connections (100)
-# is shared with whatever else runs on the machine (with these tests on all three workers two sampled
-# runs peaked at 77 and 92 connections; two at a time, 43-52).
-POSTGRES_SLOTS = 2
-_touches_postgres: dict[Any, bool] = {}
+POSTGRES_GROUPS = 2
 
 
-@pytest.fixture(autouse=True)
-def _postgres_slot(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    """Under ``pytest -n N`` (scripts/test), a test that touches PostgreSQL first takes one of
-    POSTGRES_SLOTS lock files shared by the run's workers, and holds it until it ends. A slot any
-    worker may take keeps every worker busy to the end; a fixed group of these tests per worker
-    did not (2026-12-06: one group's worker ran 790 s of them, the other 190 s, and the run took
-    1,085 s). The kernel releases a slot when its worker dies."""
-    if not hasattr(request.config, "workerinput") or not _uses_postgres(request.node, _touches_postgres):
-        yield  # one process: nothing runs beside it
+# Before pytest-xdist's own hook, which reads the xdist_group marks.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (scripts/test), the tests that touch the shared
+    PostgreSQL run on two workers, one at a time on each: each server holds up to 18 connections, a
+    fault test's cluster several times that, and the server's default max_connections (100) is
+    shared with whatever else runs on the machine. Every other test, including the SQLite cases of
+    the same files, spreads over the workers. Two groups, split by file, because one took longer
+    than the rest of the suite on the other two workers (2026-12-06: 882 s against 595 s; 43
+    connections at most, against 77 and 92 with the tests spread over all three). Dealt out one
+    test at a time, in order, so that each group gets about half of every file (split by file,
+    one group's worker ran 790 s of these tests, the other 190 s). Not slots that any worker
+    takes (tried: the work evened out, 972 s against 1,055 s, but every worker then kept a shared
+    PostgreSQL server up, and the run peaked at 75 and then 91 connections of the 100)."""
+    memo: dict[Any, bool] = {}
+    dealt = 0
+    for item in items:
+        if _uses_postgres(item, memo):
+            group = f"postgres-{dealt % POSTGRES_GROUPS}"
+            dealt += 1
+            item.add_marker(pytest.mark.xdist_group(group))
+            _name_the_group(config, item, group)
+
+
+def _name_the_group(config: pytest.Config, item: pytest.Item, group: str) -> None:
+    """pytest-xdist 3.8 tells its scheduler an item's group by renaming the item in the worker
+    (``<nodeid>@<group>``), but it writes the name's old field, which pytest 9.2 no longer reads
+    (its node ids are structured): the mark was ignored and these tests spread over every worker
+    (pytest-xdist#1386; on 2026-12-06 two sampled runs peaked at 77 and 92 connections). On such
+    a pytest the structured id is renamed here, as xdist means to."""
+    if not getattr(config.option, "loadgroup", False):
+        return  # not an xdist worker under loadgroup
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # an older pytest, whose ids xdist renames itself
         return
-    slots = tmp_path_factory.getbasetemp().parent / "postgres-slots"  # the run's, shared by its workers
-    slots.mkdir(exist_ok=True)
-    while True:
-        for slot in range(POSTGRES_SLOTS):
-            fd = os.open(slots / str(slot), os.O_CREAT | os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                yield
-            finally:
-                os.close(fd)  # and with it the lock
-            return
-        time.sleep(0.2)
+    item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
