@@ -80,7 +80,7 @@ def _bindable(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A loopback port that nothing listens on, not handed out before in this run."""
+    """A loopback port that nothing listens on now, which no other test worker of this run is given."""
     if _PORT_BLOCK is not None:
         for _ in range(PORT_BLOCK_SIZE):
             port = _PORT_BLOCK[next(_next_port) % PORT_BLOCK_SIZE]

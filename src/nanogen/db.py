@@ -223,6 +223,12 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
 SQLITE_SYSTEM_POOL_SIZE = 20
 
 
+def libpq_conninfo(url: str | sa.URL) -> str:
+    """A PostgreSQL SQLAlchemy URL (``postgresql+psycopg://...``) as libpq takes it, for the
+    connections psycopg makes directly."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def make_system_engine(url: str) -> sa.Engine | None:
     """The engine DBOS is given for its tables on SQLite (None on PostgreSQL: DBOS makes its own).
 
@@ -654,7 +660,7 @@ class AsyncReadPool:
     as SQLAlchemy's, like every other database error (a lost connection: 503)."""
 
     def __init__(self, url: sa.URL, size: int) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conninfo = libpq_conninfo(url)
         self._slots = asyncio.Semaphore(size)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
 

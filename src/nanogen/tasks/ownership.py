@@ -26,6 +26,7 @@ from typing import IO, Any
 import psycopg
 import sqlalchemy as sa
 
+from nanogen.db import libpq_conninfo
 from nanogen.errors import NanogenError
 from nanogen.settings import Settings
 
@@ -84,8 +85,7 @@ def _lock_sqlite(database: Path) -> IO[str]:
 
 
 def _claim_executor_id(url: sa.URL, settings: Settings, role: str) -> Claim:
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, options=KEEPALIVES)
+    conn = psycopg.connect(libpq_conninfo(url), autocommit=True, connect_timeout=10, options=KEEPALIVES)
     try:
         if settings.executor_id:  # set (empty counts as unset, as executor_id_for reads it)
             if _try_lock(conn, settings.executor_id, EXPLICIT_WAIT_S):

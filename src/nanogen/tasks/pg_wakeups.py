@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Iterable
 import psycopg
 import sqlalchemy as sa
 
+from nanogen.db import libpq_conninfo
 from nanogen.tasks.ownership import KEEPALIVES
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ class Listener:
         wake: Callable[[Iterable[str]], None],
         wake_all: Callable[[], None],
     ) -> None:
-        url = sa.make_url(database_url).set(drivername="postgresql")  # libpq's own form
-        self._dsn = url.render_as_string(hide_password=False)
+        self._dsn = libpq_conninfo(database_url)
         self._wake = wake
         self._wake_all = wake_all
         self._stop = threading.Event()
