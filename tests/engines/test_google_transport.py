@@ -5,6 +5,7 @@ arrive as httpx responses and the network's failures as the httpx errors the ret
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import socket
@@ -85,8 +86,10 @@ class ScriptedServer:
 
 
 @pytest.fixture
-def http() -> LoopHttp:
-    return LoopHttp(limit=8, ssl_context=ssl_context())
+def http() -> Iterator[LoopHttp]:
+    client = LoopHttp(limit=8, ssl_context=ssl_context())
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -284,7 +287,10 @@ def test_a_proxy_set_in_the_environment_is_used(
     monkeypatch.delenv("no_proxy", raising=False)
     http = LoopHttp(limit=2, ssl_context=ssl_context())
     nobody = f"http://127.0.0.1:{free_port()}/v1beta/op"
-    response = http.request("GET", nobody, headers={}, timeout_s=10)
+    try:
+        response = http.request("GET", nobody, headers={}, timeout_s=10)
+    finally:
+        http.close()
     assert response.json() == {"via": "proxy"}
     [request] = proxy.requests
     assert request.startswith(f"GET {nobody} HTTP/1.1\r\n".encode())
@@ -333,7 +339,46 @@ def test_calls_run_on_uvloop_where_installed_and_asyncio_without_it(
             monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
         server = scripted(answer(200, b"answered"))  # one client each: it keeps its connection
         http = LoopHttp(limit=2, ssl_context=ssl_context())
-        r = http.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
-        assert (r.status_code, r.content) == (200, b"answered")
-        assert isinstance(http._loop, asyncio.AbstractEventLoop)
-        assert isinstance(http._loop, uvloop.Loop) is installed
+        try:
+            r = http.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
+            assert (r.status_code, r.content) == (200, b"answered")
+            assert isinstance(http._loop, asyncio.AbstractEventLoop)
+            assert isinstance(http._loop, uvloop.Loop) is installed
+        finally:
+            http.close()
+
+
+def _loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "nanogen-google-http"]
+
+
+def test_close_ends_the_loop_thread_and_the_connections(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(answer(200, b"kept open"))
+    before = set(_loop_threads())
+    http = LoopHttp(limit=2, ssl_context=ssl_context())
+    assert http.request("GET", f"{server.url}/x", headers={}, timeout_s=5).content == b"kept open"
+    [thread] = set(_loop_threads()) - before
+    loop = http._loop
+    assert loop is not None
+    http.close()
+    assert not thread.is_alive() and loop.is_closed()
+    http.close()  # a second close is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        http.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
+
+
+def test_a_client_dropped_unclosed_ends_its_loop_on_the_loop_thread(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """Dropped with a connection kept alive, the client's session is closed by the loop's own thread
+    (the loop is not thread-safe: a collector in another thread tearing the connections down under
+    the running loop crashed the test process), and the thread ends."""
+    server = scripted(answer(200, b"kept open"))
+    before = set(_loop_threads())
+    http = LoopHttp(limit=2, ssl_context=ssl_context())
+    assert http.request("GET", f"{server.url}/x", headers={}, timeout_s=5).content == b"kept open"
+    [thread] = set(_loop_threads()) - before
+    del http
+    gc.collect()  # the client is gone now, whatever cycles held it
+    thread.join(5)
+    assert not thread.is_alive()

@@ -22,6 +22,7 @@ import json as json_module
 import ssl
 import threading
 import urllib.request
+import weakref
 from collections.abc import Awaitable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,13 +55,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class LoopHttp:
     """One aiohttp session on a loop thread of its own, started on first use; ``request`` and
     ``download`` block the calling thread until Google answers. ``limit``: connections open at once,
-    as many as the calls that may be in flight (every job waiting on Google holds one)."""
+    as many as the calls that may be in flight (every job waiting on Google holds one).
+
+    ``close`` ends the session and the loop thread; one that is dropped unclosed ends them as well.
+    Either way that happens on the loop's own thread: the loop's objects are not thread-safe, and
+    left to the garbage collector a session's connections would be torn down by whatever thread
+    collected them, under a loop still running in another (uvloop crashed the process so)."""
 
     def __init__(self, *, limit: int, ssl_context: ssl.SSLContext) -> None:
         self._limit = limit
         self._ssl = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._thread: threading.Thread | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._closed = False
         self._starting = threading.Lock()
 
     def request(
@@ -87,20 +96,43 @@ class LoopHttp:
         returned then carries no content); any other answer is returned whole."""
         return self._run(self._download(url, dict(headers), dest, timeout_s))
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the session (calls still in flight fail) and stop the loop thread, waiting up to
+        ``timeout_s`` for it. Idempotent; the object cannot be used afterwards."""
+        with self._starting:
+            self._closed = True
+            finalizer, thread = self._finalizer, self._thread
+        if finalizer is not None and thread is not None:
+            finalizer()  # runs at most once, whoever calls it first
+            thread.join(timeout_s)
+
     # -- the loop's side ---------------------------------------------------------------------------------
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
-        loop = self._started()
+        try:
+            loop = self._started()
+        except BaseException:
+            call.close()  # never to be awaited
+            raise
         return asyncio.run_coroutine_threadsafe(_translated(call), loop).result()
 
     def _started(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
-        if loop is not None:
+        if loop is not None and not self._closed:
             return loop
         with self._starting:
+            if self._closed:
+                raise RuntimeError("this LoopHttp is closed")
             if self._loop is None:
                 loop = _new_loop()
-                threading.Thread(target=loop.run_forever, name="nanogen-google-http", daemon=True).start()
-                self._session = asyncio.run_coroutine_threadsafe(self._open(), loop).result()
+                thread = threading.Thread(
+                    target=_serve, args=(loop,), name="nanogen-google-http", daemon=True
+                )
+                thread.start()
+                session = asyncio.run_coroutine_threadsafe(self._open(), loop).result()
+                # Holds the loop and the session, never self: dropping self is what triggers it.
+                finalizer = weakref.finalize(self, _shut_down, loop, session)
+                finalizer.atexit = False  # at exit the daemon thread simply ends with the process
+                self._session, self._thread, self._finalizer = session, thread, finalizer
                 self._loop = loop
             return self._loop
 
@@ -146,6 +178,30 @@ class LoopHttp:
                 async for chunk in answer.content.iter_chunked(CHUNK):
                     out.write(chunk)
             return _response(answer, b"")
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread: runs until ``_shut_down`` stops it, then closes the loop on this thread."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
+    """Close ``session`` and then stop ``loop``, both on the loop's thread; returns at once."""
+
+    async def close_then_stop() -> None:
+        try:
+            await session.close()
+        finally:
+            asyncio.get_running_loop().stop()
+
+    closing = close_then_stop()
+    try:
+        asyncio.run_coroutine_threadsafe(closing, loop)
+    except RuntimeError:  # the loop is already closed
+        closing.close()
 
 
 def _response(answer: aiohttp.ClientResponse, content: bytes) -> httpx.Response:
