@@ -138,7 +138,8 @@ def test_a_safety_block_fails_with_googles_reason_and_refunds(
 ) -> None:
     prompt = f"Something Google refuses {marker}"
     accepted = generate_image(account, {"prompt": prompt, "imageQuality": "4K"})
-    assert account.balance() == 1000 - 16
+    # No balance check here: the fake refuses at once, and the refund may land before any read.
+    # The ledger's sums below show the debit and the one refund.
     final, _ = wait_image(account, accepted["generationId"])
     assert final["success"] is False and final["status"] == "failed" and final["progress"] == 0
     assert expected in final["error"], final
