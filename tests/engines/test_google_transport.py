@@ -362,6 +362,7 @@ def test_close_ends_the_loop_thread_and_the_connections(scripted: Callable[..., 
     assert loop is not None
     http.close()
     assert not thread.is_alive() and loop.is_closed()
+    assert http._session is not None and http._session.closed
     http.close()  # a second close is harmless
     with pytest.raises(RuntimeError, match="closed"):
         http.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
@@ -372,7 +373,7 @@ def test_a_client_dropped_unclosed_ends_its_loop_on_the_loop_thread(
 ) -> None:
     """Dropped with a connection kept alive, the client's session is closed by the loop's own thread
     (the loop is not thread-safe: a collector in another thread tearing the connections down under
-    the running loop crashed the test process), and the thread ends."""
+    the running loop is the likeliest cause of a crash of the test process), and the thread ends."""
     server = scripted(answer(200, b"kept open"))
     before = set(_loop_threads())
     http = LoopHttp(limit=2, ssl_context=ssl_context())

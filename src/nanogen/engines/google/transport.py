@@ -60,7 +60,8 @@ class LoopHttp:
     ``close`` ends the session and the loop thread; one that is dropped unclosed ends them as well.
     Either way that happens on the loop's own thread: the loop's objects are not thread-safe, and
     left to the garbage collector a session's connections would be torn down by whatever thread
-    collected them, under a loop still running in another (uvloop crashed the process so)."""
+    collected them, under a loop still running in another (the likeliest cause of a uvloop crash in
+    the test suite, where each test dropped its client)."""
 
     def __init__(self, *, limit: int, ssl_context: ssl.SSLContext) -> None:
         self._limit = limit
