@@ -658,6 +658,7 @@ class Outcome:
                 "polls_per_operation",
                 "done_seen_after_ready_s",
                 "submit_span_s",
+                "image_call_span_s",
                 "sent_429_total",
                 "sent_503",
                 "rejected",
@@ -961,6 +962,9 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
                 "",
             )
         )
+        span = o.fake.get("image_call_span_s")
+        if span is not None:  # an image call may reach Google before its task starts (tasks/early.py)
+            report.add(Row("   image calls reached the fake within", f"{span:.1f} s", "", "", ""))
 
 
 def credits_row(report: Report, credits: dict[str, Any]) -> None:

@@ -121,6 +121,7 @@ class Stats:
     unfinished: int = 0  # submitted, and no poll has yet been told it is done
     peak_unfinished: int = 0
     submit_times: list[float] = field(default_factory=list)
+    image_call_times: list[float] = field(default_factory=list)  # each generateContent's arrival
     done_lags: list[float] = field(default_factory=list)  # ready at the fake -> first poll that saw it
     started_at: float = field(default_factory=time.monotonic)
 
@@ -270,6 +271,7 @@ class FakeGoogle:
         if ratio not in IMAGE_SIZES or quality not in ("1K", "2K", "4K"):
             return self.error(400, "INVALID_ARGUMENT", f"Invalid imageConfig {image_config}")
         stats = self.stats
+        stats.image_call_times.append(time.monotonic())
         stats.open_image_calls += 1
         stats.peak_open_image_calls = max(stats.peak_open_image_calls, stats.open_image_calls)
         try:
@@ -386,6 +388,10 @@ class FakeGoogle:
             },
             # Where a wave's wall time goes: its submissions' spread, then the latency and the lag.
             "submit_span_s": round(s.submit_times[-1] - s.submit_times[0], 3) if s.submit_times else None,
+            # The same for a burst of images: the first call's arrival to the last one's.
+            "image_call_span_s": (
+                round(s.image_call_times[-1] - s.image_call_times[0], 3) if s.image_call_times else None
+            ),
             "downloads": s.downloads,
             "signed_downloads": s.signed_downloads,
             "model_gets": s.model_gets,

@@ -90,6 +90,12 @@ PROVIDER_QUOTA_WAITS = Counter(
     "before going to the provider, by engine and call.",
     ["engine", "call"],
 )
+PROVIDER_CALLS_BEGUN = Counter(
+    "nanogen_provider_calls_begun_at_acceptance",
+    "Provider calls sent as their request was accepted, before a worker slot took the task (the "
+    "task's job then waits on that call), by engine and call.",
+    ["engine", "call"],
+)
 PROVIDER_POLLS = Counter(
     "nanogen_provider_polls",
     "Polls of long-running provider operations (Veo), by engine: compare with operations completed "

@@ -89,3 +89,31 @@ def test_final_answers_are_not_retried() -> None:
     ):
         retrying(call, what="x", deadline=time.time() + 60, backoff=Backoff(0.01, 0.01), idempotent=True)
     assert len(calls) == 1
+
+
+def test_a_call_begun_earlier_is_not_admitted_again_and_counts_from_its_beginning() -> None:
+    """The first attempt of a call begun at acceptance (tasks/early.py) was admitted by the quota then:
+    only a retry waits for the gate again, and the call's duration counts from when it began."""
+    from prometheus_client import REGISTRY
+
+    def seconds_observed() -> float:
+        value = REGISTRY.get_sample_value(
+            "nanogen_provider_request_duration_seconds_sum", {"engine": "google", "call": "generate_image"}
+        )
+        return value or 0.0
+
+    admitted: list[int] = []
+    before = seconds_observed()
+    calls, call = failing(ProviderError(503, "UNAVAILABLE", "overloaded"))
+    result = retrying(
+        call,
+        what="image generation",
+        deadline=time.time() + 60,
+        backoff=Backoff(0.01, 0.01),
+        idempotent=False,
+        before=lambda: admitted.append(1),
+        begun_at=time.perf_counter() - 5.0,
+    )
+    assert result == "done" and len(calls) == 2
+    assert len(admitted) == 1, "the retry went through the gate; the begun attempt did not"
+    assert seconds_observed() - before >= 5.0, "the begun attempt's duration counts from its beginning"

@@ -383,3 +383,37 @@ def test_a_client_dropped_unclosed_ends_its_loop_on_the_loop_thread(
     gc.collect()  # the client is gone now, whatever cycles held it
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_calls_begun_together_each_end_in_their_future(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    """``begin`` sends without waiting; each future holds its answer or the error ``request`` raises."""
+    from nanogen.engines.google.transport import JsonCall
+
+    ok, busy = scripted(answer(200, b'{"n": 1}')), scripted(answer(503, b"busy"))
+    nobody = f"http://127.0.0.1:{free_port()}/gen"
+    first, second, refused = http.begin(
+        [
+            JsonCall("POST", f"{ok.url}/gen", {"x-goog-api-key": "k"}, {"a": 1}, 10),
+            JsonCall("POST", f"{busy.url}/gen", {"x-goog-api-key": "k"}, {"a": 2}, 10),
+            JsonCall("POST", nobody, {}, {"a": 3}, 10),
+        ]
+    )
+    assert (first.result(timeout=10).status_code, first.result().content) == (200, b'{"n": 1}')
+    assert (second.result(timeout=10).status_code, second.result().content) == (503, b"busy")
+    for server, body in ((ok, b'{"a": 1}'), (busy, b'{"a": 2}')):
+        [request] = server.requests
+        assert request.endswith(b"\r\n\r\n" + body)
+        assert b"\r\ncontent-type: application/json\r\n" in request.lower()
+    with pytest.raises(httpx.ConnectError):
+        refused.result(timeout=10)
+
+
+def test_calls_begun_on_a_closed_client_fail_unsent(scripted: Callable[..., ScriptedServer]) -> None:
+    from nanogen.engines.google.transport import JsonCall
+
+    client = LoopHttp(limit=2, ssl_context=ssl_context())
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        client.begin([JsonCall("POST", "http://127.0.0.1:9/gen", {}, {}, 10)])

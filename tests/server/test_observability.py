@@ -289,6 +289,9 @@ def test_no_key_in_any_log_line_and_provider_metrics(fake: FakeGoogle, tmp_path:
         assert (
             value(samples, "nanogen_provider_request_duration_seconds_count", **call) == 3
         )  # 429, ok, blocked
+        # Both calls were sent as their requests were accepted (tasks/early.py): the 429 one's retry
+        # was its job's own.
+        assert value(samples, "nanogen_provider_calls_begun_at_acceptance_total", **call) == 2
         assert (
             value(samples, "nanogen_tasks_failed_total", product="image", engine="google", cause="engine")
             == 1

@@ -131,6 +131,37 @@ def test_a_waiting_poller_returns_at_a_wake_up_and_at_the_stop_not_at_its_idle_w
     assert results == [False, True]
 
 
+def test_a_held_queue_s_poll_waits_out_the_hold_never_past_max_hold_and_not_past_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tasks/early.py holds the image queue while a burst's calls are begun at acceptance."""
+    queue = "nanogen.image.google"
+    wakes = wakeups.QueueWakeups(idle_s=IDLE_S)
+    stop = threading.Event()
+    waiter = wakes.waiter(stop, queue)  # a new poller's wake-up is set: only the hold delays it
+    wakes.hold(queue, 0.3)
+    started = time.monotonic()
+    assert waiter.wait(0.0) is False
+    assert time.monotonic() - started >= 0.3, "held until the hold ended"
+
+    monkeypatch.setattr(wakeups, "MAX_HOLD_S", 0.2)
+    wakes.hold(queue, IDLE_S)  # a stream of holds: one poll waits at most MAX_HOLD_S for them
+    wakes.wake(queue)
+    started = time.monotonic()
+    assert waiter.wait(0.0) is False
+    assert 0.2 <= time.monotonic() - started < IDLE_S
+
+    monkeypatch.setattr(wakeups, "MAX_HOLD_S", IDLE_S)
+    results: list[bool] = []
+    thread = threading.Thread(target=lambda: results.append(waiter.wait(0.0)))
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive() and results == []
+    stop.set()
+    thread.join(timeout=60)
+    assert results == [True], "a stopping process does not wait out a hold"
+
+
 def test_a_workflow_s_end_wakes_its_queue_and_only_its_own() -> None:
     woken: list[str] = []
     active: ActiveWorkflowById = wakeups._ReleasingActiveWorkflows(woken.append)

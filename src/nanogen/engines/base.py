@@ -21,10 +21,10 @@ import math
 import threading
 import time
 from abc import ABC
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from nanogen.errors import EngineError, NanogenError
 from nanogen.products import (
@@ -148,6 +148,15 @@ class ShotJob(Job):
     started_at: float | None = None  # epoch seconds the task started (a recovered job is older)
 
 
+class PreparedCalls(Protocol):
+    """Provider calls prepared for tasks being committed (``Engine.prepare_image_calls``)."""
+
+    def send(self, committed: Collection[str]) -> int:
+        """Send the calls of the ``committed`` task ids and give up the others; how many went.
+        Called once, after the transaction."""
+        ...
+
+
 @dataclass(frozen=True)
 class Output:
     """What an engine made: the file it wrote and its media type."""
@@ -184,6 +193,8 @@ class Engine(ABC):
     spends_money: ClassVar[bool] = False
     # Products whose jobs run as a provider's long-running operation: submit_shot / await_shot.
     long_running: ClassVar[frozenset[Product]] = frozenset()
+    # Whether ``prepare_image_calls`` may prepare calls (a hosted engine's image job is one call).
+    begins_image_calls: ClassVar[bool] = False
     # How many jobs one worker process runs at once by default (a setting overrides it).
     default_concurrency: ClassVar[int] = 4
     # How often a worker polls each product's queue by default (a setting overrides it). Every poll
@@ -196,6 +207,14 @@ class Engine(ABC):
 
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
         raise NotImplementedError(f"engine {self.name!r} does not make images")
+
+    def prepare_image_calls(self, jobs: Sequence[ImageJob]) -> PreparedCalls | None:
+        """Prepare the provider calls of image jobs whose tasks are about to be committed, to send
+        once they are (``PreparedCalls.send``), before a worker slot takes them; ``generate_image``
+        of such a task then waits on its call instead of making one. Called only in the process
+        that will run those tasks (tasks/early.py). None: nothing to send (the default: an engine
+        whose job is its own work)."""
+        return None
 
     def generate_shot(self, job: ShotJob, dest: Path, progress: ProgressFn) -> Output:
         raise NotImplementedError(f"engine {self.name!r} does not make videos")

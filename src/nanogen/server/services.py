@@ -14,6 +14,7 @@ from nanogen.db import Reads
 from nanogen.media.fetch import FetchPolicy, ImageFetcher
 from nanogen.ratelimit import RateLimiter
 from nanogen.settings import Settings
+from nanogen.tasks.early import EarlyImageCalls
 from nanogen.tasks.lifecycle import Process, launch
 from nanogen.tasks.runtime import Runtime
 from nanogen.tasks.submit import SubmitWriter, dbos_enqueue
@@ -38,7 +39,9 @@ async def start_services(settings: Settings, *, work: bool) -> AsyncIterator[Ser
     # DBOS.launch on a worker thread: launched on uvicorn's loop, async workflows would share it.
     process = await asyncio.to_thread(launch, settings, "serve" if work else "api", work=work)
     writer = SubmitWriter(
-        process.runtime.db, dbos_enqueue(process.runtime.dbos_client, settings.application_version)
+        process.runtime.db,
+        dbos_enqueue(process.runtime.dbos_client, settings.application_version),
+        ahead=EarlyImageCalls.for_process(process.runtime, process.queues),
     )
     writer.start()
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))

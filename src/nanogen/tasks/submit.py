@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from dbos import DBOSClient
@@ -47,6 +47,9 @@ class Workflow(NamedTuple):
     queue: str
     account_id: str
 
+
+# Tries of a batch's transaction that the database rolled back for a conflict.
+ATTEMPTS = 3
 
 # Enqueue workflows inside the caller's transaction.
 Enqueue = Callable[[sa.Connection, Sequence[Workflow]], None]
@@ -193,12 +196,33 @@ class _Pending:
     error: APIError | None = field(default=None)
 
 
-class SubmitWriter:
-    """One thread that commits submissions in batches. ``await submit(...)`` returns once committed."""
+# Calls to make after a batch's transaction, with the submissions it committed (none: rolled back).
+AfterCommit = Callable[[Sequence[Submission]], None]
 
-    def __init__(self, engine: sa.Engine, enqueue: Enqueue, max_batch: int = 64) -> None:
+
+class CallsAhead(Protocol):
+    """Work a SubmitWriter's owner begins around each batch's commit (tasks/early.py)."""
+
+    def prepare(self, submissions: Sequence[Submission]) -> AfterCommit | None:
+        """Before the batch's transaction. What it returns is called exactly once after it."""
+        ...
+
+
+class SubmitWriter:
+    """One thread that commits submissions in batches. ``await submit(...)`` returns once committed.
+    ``ahead``, if given, prepares work for each batch before its transaction and is told, once the
+    batch's requests have been answered, which submissions committed (tasks/early.py)."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        enqueue: Enqueue,
+        max_batch: int = 64,
+        ahead: CallsAhead | None = None,
+    ) -> None:
         self._engine = engine
         self._enqueue = enqueue
+        self._ahead = ahead
         self._batches: BatchQueue[_Pending] = BatchQueue(max_batch)
         self._thread = threading.Thread(target=self._run, name="nanogen-submit-writer", daemon=True)
 
@@ -222,7 +246,7 @@ class SubmitWriter:
         while (batch := self._batches.take()) is not None:
             self._write(batch)
 
-    def _write(self, batch: list[_Pending], attempts: int = 3) -> None:
+    def _write(self, batch: list[_Pending], attempts: int = ATTEMPTS) -> None:
         """One transaction for the batch, its accounts' rows locked in one order (so that writers in
         several processes cannot deadlock each other). A conflict the database resolved by rolling
         the batch back is retried; a statement that fails (rare: a database error, not a short
@@ -230,31 +254,37 @@ class SubmitWriter:
         request's failure never touches another's (cheaper than a savepoint per request). While the
         database is unreachable every request of the batch gets 503 (retry), nothing written."""
         ordered = sorted(batch, key=lambda i: i.submission.account_id)
+        after = self._prepare([i.submission for i in ordered])
+        accepted: list[Submission] = []
+        again: list[tuple[list[_Pending], int]] = []  # written anew once this try's work is given up
         try:
             with write_transaction(self._engine) as conn:
                 charged = write_submissions(conn, [i.submission for i in ordered], self._enqueue)
             for item, ok in zip(ordered, charged, strict=True):
                 item.error = None if ok else InsufficientCredits(item.submission.credits)
-            _count_submitted([i.submission for i, ok in zip(ordered, charged, strict=True) if ok])
+            accepted = [i.submission for i, ok in zip(ordered, charged, strict=True) if ok]
+            _count_submitted(accepted)
         except Exception as exc:
             if conflict(exc) and attempts > 1:
                 log.info("submit batch of %d rolled back by a conflict; again", len(batch))
-                self._write(batch, attempts - 1)
-                return
-            if unavailable(exc):
+                again = [(batch, attempts - 1)]
+            elif unavailable(exc):
                 log.warning("submit of %d request(s): database unavailable: %s", len(batch), exc)
                 for item in batch:
                     item.error = ServiceUnavailable()
             elif len(batch) > 1:
                 log.warning("submit batch of %d failed; writing each on its own", len(batch))
-                for item in batch:
-                    self._write([item])
-                return
+                again = [([item], ATTEMPTS) for item in batch]
             elif isinstance(exc, APIError):  # refused on purpose (IdempotencyKeyInUse)
                 batch[0].error = exc
             else:
                 log.exception("submit of generation %s failed", batch[0].submission.generation_id)
                 batch[0].error = CreditReservationFailed()
+        if again:
+            _after_commit(after, [])
+            for items, tries in again:
+                self._write(items, tries)
+            return
         # One wake-up per event loop, not per request: each call_soon_threadsafe writes to the loop's
         # self-pipe (a tenth of the writer thread's time when done per request).
         loops: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
@@ -262,6 +292,25 @@ class SubmitWriter:
             loops.setdefault(item.loop, []).append(item)
         for loop, settled in loops.items():
             loop.call_soon_threadsafe(_settle_all, settled)
+        _after_commit(after, accepted)
+
+    def _prepare(self, submissions: Sequence[Submission]) -> AfterCommit | None:
+        if self._ahead is None:
+            return None
+        try:
+            return self._ahead.prepare(submissions)
+        except Exception:  # nothing begun: the tasks' workflows do the work
+            log.exception("preparing the calls of %d submission(s)", len(submissions))
+            return None
+
+
+def _after_commit(after: AfterCommit | None, committed: Sequence[Submission]) -> None:
+    if after is None:
+        return
+    try:
+        after(committed)
+    except Exception:  # committed and answered already: the tasks' workflows do the work
+        log.exception("after committing %d submission(s)", len(committed))
 
 
 def _count_submitted(committed: Sequence[Submission]) -> None:

@@ -10,6 +10,11 @@ is polled as often as before, but then it waits for a wake-up, for at most ``idl
   webhook event) or DBOS's client enqueued one here (a concatenation);
 * a workflow of the queue ended here, freeing a slot that queued work may be waiting for.
 
+A process may also hold a queue's polls for a while (``hold``): the image tasks whose calls it began
+at acceptance (tasks/early.py) need no slot until their answers come, and a poll taken in the middle
+of a burst spends the interpreter lock on starting workflows that the acceptances need. A hold
+delays one poll by at most ``MAX_HOLD_S``, so a stream of holds slows the polls but never stops them.
+
 Work another process enqueues (PostgreSQL, several processes) wakes them through
 tasks/pg_wakeups.py, or is found by the next poll, within ``idle_s``. DBOS gives every poller one
 shared stop event; each poller of a nanogen queue is given a ``_Waiter`` in its place, and
@@ -19,6 +24,7 @@ shared stop event; each poller of a nanogen queue is given a ``_Waiter`` in its 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,16 +32,24 @@ import dbos._queue as dbos_queue
 from dbos._core import ActiveWorkflowById
 
 QUEUE_PREFIX = "nanogen."  # the queues nanogen names; DBOS's own keep their polling
+MAX_HOLD_S = 2.0  # the longest one poll waits for holds
 
 
 class _Waiter:
     """What a queue's poller sees as its stop event: ``wait`` returns at a wake-up or past
     ``idle_s`` (at least the poller's interval), True once the process stops."""
 
-    def __init__(self, stop: threading.Event, wake: threading.Event, idle_s: float) -> None:
+    def __init__(
+        self,
+        stop: threading.Event,
+        wake: threading.Event,
+        idle_s: float,
+        held_for: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._stop = stop
         self._wake = wake
         self._idle_s = idle_s
+        self._held_for = held_for
 
     def is_set(self) -> bool:
         return self._stop.is_set()
@@ -44,6 +58,12 @@ class _Waiter:
         interval = 0.0 if timeout is None else timeout
         if self._stop.wait(interval):  # the queue's own spacing between two polls
             return True
+        held = 0.0
+        while held < MAX_HOLD_S and (left := self._held_for()) > 0:
+            wait = min(left, MAX_HOLD_S - held)
+            if self._stop.wait(wait):
+                return True
+            held += wait
         if self._idle_s > interval:
             self._wake.wait(self._idle_s - interval)
         # A wake-up set after this clear is kept for the next wait; one set between the wait and
@@ -58,6 +78,7 @@ class QueueWakeups:
     def __init__(self, idle_s: float) -> None:
         self.idle_s = idle_s
         self._events: dict[str, threading.Event] = {}
+        self._held_until: dict[str, float] = {}  # time.monotonic()
         self._lock = threading.Lock()
 
     def wake(self, queue: str) -> None:
@@ -69,11 +90,18 @@ class QueueWakeups:
         for event in events:
             event.set()
 
+    def hold(self, queue: str, seconds: float) -> None:
+        """The next polls of ``queue`` wait until ``seconds`` from now (at most MAX_HOLD_S each)."""
+        self._held_until[queue] = time.monotonic() + seconds
+
+    def held_for(self, queue: str) -> float:
+        return self._held_until.get(queue, 0.0) - time.monotonic()
+
     def waiter(self, stop: threading.Event, queue: str) -> _Waiter:
         """A new poller's first poll does not wait for a wake-up: work may be queued already."""
         event = self._event(queue)
         event.set()
-        return _Waiter(stop, event, self.idle_s)
+        return _Waiter(stop, event, self.idle_s, lambda: self.held_for(queue))
 
     def _event(self, queue: str) -> threading.Event:
         event = self._events.get(queue)
@@ -138,3 +166,10 @@ def wake(queues: Iterable[str]) -> None:
     if wakeups is not None:
         for queue in queues:
             wakeups.wake(queue)
+
+
+def hold(queue: str, seconds: float) -> None:
+    """Hold this process's polls of ``queue`` for ``seconds`` (no-op in a process that polls none)."""
+    wakeups = _installed
+    if wakeups is not None:
+        wakeups.hold(queue, seconds)

@@ -183,19 +183,25 @@ def retrying(
     sleep: Callable[[float], None] = time.sleep,
     before: Callable[[], None] | None = None,
     throttled: Callable[[float], None] | None = None,
+    begun_at: float | None = None,
 ) -> T:
     """``call()`` until it succeeds, retrying transient failures until ``deadline`` (epoch seconds).
     Raises :class:`EngineError` with the reason when it gives up or the failure is final.
 
     ``before`` runs ahead of every attempt (a quota's wait); ``throttled(delay)`` hears of each 429,
-    so that the other calls of its kind wait out the same delay (quota.CallGate)."""
+    so that the other calls of its kind wait out the same delay (quota.CallGate). ``begun_at``: the
+    first attempt was begun earlier (at this ``time.perf_counter()``, admitted by its quota then),
+    and ``call()`` first waits for its answer; its duration counts from then."""
     attempt = 0
     label = CALL_LABELS.get(what, "other")
     duration = metrics.PROVIDER_DURATION.labels(ENGINE, label)
     while True:
-        if before is not None:
-            before()
-        started = time.perf_counter()
+        if attempt == 0 and begun_at is not None:
+            started = begun_at
+        else:
+            if before is not None:
+                before()
+            started = time.perf_counter()
         try:
             return call()
         except ProviderError as exc:

@@ -8,21 +8,32 @@ awaited (``await_shot``) as often as the task is recovered, so Google is never a
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import httpx
 
 from nanogen import metrics
-from nanogen.engines.base import Check, Engine, ImageJob, Job, Output, ProgressFn, ShotJob
+from nanogen.engines.base import (
+    Check,
+    Engine,
+    ImageJob,
+    Job,
+    Output,
+    PreparedCalls,
+    ProgressFn,
+    ShotJob,
+)
 from nanogen.engines.google import images
 from nanogen.engines.google.backends import BACKENDS, Backend, ssl_context
+from nanogen.engines.google.begun import BegunCalls
 from nanogen.engines.google.calls import (
     CALL_LABELS,
     Backoff,
@@ -77,6 +88,7 @@ class GoogleEngine(Engine):
     supports_google_search = True
     spends_money = True
     long_running: ClassVar[frozenset[Product]] = frozenset({Product.VIDEO})
+    begins_image_calls = True
     # A job is a wait on Google (a shot's operation runs for minutes, an image call tens of seconds)
     # and costs one blocked thread and one connection while it waits, so a worker holds thousands
     # (docs/deploy.md sizes them). Google's quotas, not this process, are what limits them.
@@ -100,9 +112,8 @@ class GoogleEngine(Engine):
         # and waiting requests: ~19 ms of CPU per call at 2,000 open, encode/httpx#3215), so the
         # connections are spread over pools of POOL_CONNECTIONS, one client (and SDK client) each; a
         # thread always uses the same one.
-        in_flight = (settings.image_concurrency or self.default_concurrency) + (
-            settings.video_concurrency or self.default_concurrency
-        )
+        image_slots = settings.image_concurrency or self.default_concurrency
+        in_flight = image_slots + (settings.video_concurrency or self.default_concurrency)
         self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context())
         first = self._make_backend()  # checks the settings now: serve refuses to start
         shards = max(1, math.ceil(in_flight / POOL_CONNECTIONS)) if first.jobs_use_sdk else 1
@@ -123,6 +134,9 @@ class GoogleEngine(Engine):
             "downloading the video": CallGate("downloading the video"),
         }
         self._polls = PollSchedule(settings.google_poll_interval_s)
+        # Image calls begun at acceptance (prepare_image_calls), and the jobs' own, within the slots.
+        self._image_calls = BegunCalls(image_slots, keep_s=settings.google_request_timeout_s)
+        self._begun_metric = metrics.PROVIDER_CALLS_BEGUN.labels("google", CALL_LABELS["image generation"])
         self._polls_made = metrics.PROVIDER_POLLS.labels("google")
 
     def _make_backend(self) -> Backend:
@@ -176,16 +190,42 @@ class GoogleEngine(Engine):
         return None if usd is None else to_micros(usd)
 
     # -- images: one synchronous call ---------------------------------------------------------------------
+    def prepare_image_calls(self, jobs: Sequence[ImageJob]) -> PreparedCalls | None:
+        """Reserve calls for ``jobs`` (Gemini API only; not an edit, whose input images the job
+        reads from storage; only while the image quota's gate is open, within the image slots)."""
+        calls = self._backend.image_calls
+        if not isinstance(calls, images.ImagesRest) or not self._gates["image generation"].open_now():
+            return None
+        now = time.time()
+        wanted = {job.task_id: job for job in jobs if not job.images and job.deadline > now}
+        reserved = self._image_calls.reserve(list(wanted))
+        if not reserved:
+            return None
+        return _PreparedImages(
+            self, calls, [(wanted[task_id], future) for task_id, future in reserved.items()]
+        )
+
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
+        with self._image_calls.running():
+            return self._generate_image(job, dest, progress)
+
+    def _generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
         call = images.request(job)
         model = self.models[Product.IMAGE]
         progress(10)  # the request is on its way; nothing else is known until Google answers
+        begun = self._image_calls.claim(job.task_id)  # sent at acceptance: its answer is this call's
 
         def send() -> images.Answer:
+            nonlocal begun
+            if begun is not None:
+                waiting, begun = begun.future, None
+                return images.ImagesRest.answer(waiting.result())
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
             return self._backend.image_calls.generate(call, model, timeout)
 
-        answer = self._retry(send, "image generation", job, idempotent=False)
+        answer = self._retry(
+            send, "image generation", job, idempotent=False, begun_at=begun.began_at if begun else None
+        )
         try:
             png = images.png_from(answer)
         except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
@@ -194,6 +234,33 @@ class GoogleEngine(Engine):
         dest.write_bytes(png)
         progress(90)
         return Output(dest, "image/png", {"model": model})
+
+    def _send_prepared(
+        self,
+        calls: images.ImagesRest,
+        prepared: list[tuple[ImageJob, concurrent.futures.Future[httpx.Response]]],
+        committed: Collection[str],
+    ) -> int:
+        going = [(job, future) for job, future in prepared if job.task_id in committed]
+        self._image_calls.drop([job.task_id for job, _ in prepared if job.task_id not in committed])
+        if not going:
+            return 0
+        model = self.models[Product.IMAGE]
+        cap = self.settings.google_request_timeout_s
+        now = time.time()
+        try:
+            calls.begin(
+                [(images.request(job), model, max(1.0, min(cap, job.deadline - now))) for job, _ in going],
+                [future for _, future in going],
+            )
+        except Exception as exc:  # never sent: each job makes its own call (a connection error is retried)
+            log.warning("could not send %d image call(s) at acceptance: %s", len(going), exc)
+            for _, future in going:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(httpx.ConnectError(f"not sent at acceptance: {exc}"))
+            return 0
+        self._begun_metric.inc(len(going))
+        return len(going)
 
     # -- shots: a long-running operation, submitted once -----------------------------------------------
     def submit_shot(self, job: ShotJob) -> str:
@@ -250,7 +317,9 @@ class GoogleEngine(Engine):
     def _timeout(self, job: ShotJob) -> float:
         return remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
 
-    def _retry(self, call: Callable[[], T], what: str, job: Job, *, idempotent: bool) -> T:
+    def _retry(
+        self, call: Callable[[], T], what: str, job: Job, *, idempotent: bool, begun_at: float | None = None
+    ) -> T:
         gate = self._gates[what]
         return retrying(
             call,
@@ -261,6 +330,7 @@ class GoogleEngine(Engine):
             sleep=job.wait,
             before=lambda: gate.admit(job),
             throttled=gate.pause,
+            begun_at=begun_at,
         )
 
     # -- nanogen doctor ---------------------------------------------------------------------------------
@@ -311,3 +381,20 @@ class GoogleEngine(Engine):
         return Check(
             f"{product.value} price", True, f"{listed} {unit} (list prices checked {PRICES_CHECKED})"
         )
+
+
+class _PreparedImages:
+    """Image calls reserved before their tasks' transaction (GoogleEngine.prepare_image_calls)."""
+
+    def __init__(
+        self,
+        engine: GoogleEngine,
+        calls: images.ImagesRest,
+        prepared: list[tuple[ImageJob, concurrent.futures.Future[httpx.Response]]],
+    ) -> None:
+        self._engine = engine
+        self._calls = calls
+        self._prepared = prepared
+
+    def send(self, committed: Collection[str]) -> int:
+        return self._engine._send_prepared(self._calls, self._prepared, committed)

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import httpx
 from google import genai
 from google.genai import types
 from PIL import Image, UnidentifiedImageError
@@ -30,7 +33,7 @@ from pydantic import SecretStr
 
 from nanogen.engines.base import ImageJob, InputImage
 from nanogen.engines.google.calls import checked, json_object, sdk
-from nanogen.engines.google.transport import LoopHttp
+from nanogen.engines.google.transport import JsonCall, LoopHttp
 from nanogen.errors import EngineError
 from nanogen.media.images import png_bytes
 
@@ -121,10 +124,36 @@ class ImagesRest:
         return body
 
     def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
-        url = f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
-        headers = {"x-goog-api-key": self._key.get_secret_value()}
-        response = self._http.request("POST", url, headers=headers, json=self.body(call), timeout_s=timeout_s)
+        response = self._http.request(
+            "POST", self._url(model), headers=self._headers(), json=self.body(call), timeout_s=timeout_s
+        )
+        return self.answer(response)
+
+    def begin(
+        self,
+        calls: Sequence[tuple[Request, str, float]],
+        futures: Sequence[concurrent.futures.Future[httpx.Response]],
+    ) -> None:
+        """Send ``(request, model, timeout_s)`` calls without waiting, each into its future (pending);
+        ``answer`` reads a future's response."""
+        headers = self._headers()
+        self._http.begin(
+            [
+                JsonCall("POST", self._url(model), headers, self.body(call), timeout)
+                for call, model, timeout in calls
+            ],
+            futures,
+        )
+
+    @staticmethod
+    def answer(response: httpx.Response) -> Answer:
         return _from_json(json_object(checked(response)))
+
+    def _url(self, model: str) -> str:
+        return f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self._key.get_secret_value()}
 
 
 def _from_json(answer: dict[str, Any]) -> Answer:

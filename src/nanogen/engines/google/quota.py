@@ -78,6 +78,11 @@ class CallGate:
                 waited = True
             job.wait(wait)
 
+    def open_now(self) -> bool:
+        """A call may go this instant with nothing to count: no rate is configured and no 429 pause
+        is in force (a call under a rate takes its turn through ``admit``)."""
+        return self._item is None and self._paused_for() <= 0
+
     def pause(self, seconds: float) -> None:
         """Google said 429: hold every call of this kind here for ``seconds``."""
         until = self._clock() + seconds

@@ -18,12 +18,15 @@ repeated only for calls Google does not bill.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json as json_module
 import ssl
 import threading
 import urllib.request
 import weakref
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +53,17 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # Windows, or an install without uvicorn's standard extra
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+@dataclass(frozen=True)
+class JsonCall:
+    """A request whose body is ``json``, for :meth:`LoopHttp.begin`."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    json: Any
+    timeout_s: float
 
 
 class LoopHttp:
@@ -89,6 +103,42 @@ class LoopHttp:
             content = json_module.dumps(json).encode()
             sent["Content-Type"] = "application/json"
         return self._run(self._request(method, url, sent, content, timeout_s))
+
+    def begin(
+        self,
+        calls: Sequence[JsonCall],
+        futures: Sequence[concurrent.futures.Future[httpx.Response]] | None = None,
+    ) -> list[concurrent.futures.Future[httpx.Response]]:
+        """Start ``calls`` now without waiting for them: one future each (``futures``, pending, or
+        new ones), ending with the whole answer or raising what ``request`` would; a future
+        cancelled before the loop took it up is not sent. The calls reach the loop in one hand-off
+        (a wake of the loop per call costs the caller a write to the loop's self-pipe each)."""
+        loop = self._started()
+        prepared = [
+            (
+                call.method,
+                call.url,
+                {**call.headers, "Content-Type": "application/json"},
+                json_module.dumps(call.json).encode(),
+                call.timeout_s,
+            )
+            for call in calls
+        ]
+        futures = list(futures) if futures is not None else [concurrent.futures.Future() for _ in calls]
+
+        def start_all() -> None:
+            for arguments, future in zip(prepared, futures, strict=True):
+                if future.set_running_or_notify_cancel():
+                    task = loop.create_task(_translated(self._request(*arguments)))
+                    task.add_done_callback(functools.partial(_settle, future))
+
+        try:
+            loop.call_soon_threadsafe(start_all)
+        except RuntimeError as exc:  # closed meanwhile: nothing was sent
+            for future in futures:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(httpx.ConnectError(f"the HTTP loop is closed: {exc}"))
+        return futures
 
     def download(
         self, url: str, *, headers: Mapping[str, str], dest: Path, timeout_s: float
@@ -203,6 +253,16 @@ def _shut_down(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) 
         asyncio.run_coroutine_threadsafe(closing, loop)
     except RuntimeError:  # the loop is already closed
         closing.close()
+
+
+def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    """Hand a task's outcome to the future a thread waits on (a stopped loop's task: an error)."""
+    if task.cancelled():
+        future.set_exception(httpx.ReadError("the call was cancelled: its HTTP loop stopped"))
+    elif (error := task.exception()) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(task.result())
 
 
 def _response(answer: aiohttp.ClientResponse, content: bytes) -> httpx.Response:
