@@ -248,7 +248,7 @@ class GoogleEngine(Engine):
         model = self.models[Product.IMAGE]
         cap = self.settings.google_request_timeout_s
         now = time.time()
-        try:
+        try:  # a floor on the timeout: aiohttp reads 0 or less as no limit at all
             calls.begin(
                 [(images.request(job), model, max(1.0, min(cap, job.deadline - now))) for job, _ in going],
                 [future for _, future in going],
