@@ -87,7 +87,7 @@ def test_a_call_sent_at_acceptance_is_taken_up_by_its_job_not_made_again(
     prepared = engine.prepare_image_calls([job])
     assert prepared is not None
     assert fake.requests_for(job.prompt) == [], "nothing is sent before the tasks commit"
-    assert prepared.send({job.task_id}) == 1
+    assert prepared({job.task_id}) == 1
     wait_for(lambda: fake.requests_for(job.prompt))  # at Google before the job has started
 
     progress: list[int] = []
@@ -112,7 +112,7 @@ def test_a_job_that_starts_before_its_call_is_sent_waits_for_it(
         taken = engine._image_calls
         wait_for(lambda: len(taken) == 0 and taken.room() == taken.capacity - 1)  # claimed, waiting
         assert not running.done(), "the job waits: its call is not sent yet"
-        prepared.send({job.task_id})
+        prepared({job.task_id})
         assert running.result(timeout=30).path.read_bytes() == fake.images[job.prompt]
     assert len(fake.requests_for(job.prompt)) == 1
 
@@ -124,14 +124,14 @@ def test_calls_of_tasks_that_did_not_commit_are_never_sent(
     kept, refused = image("A green bench"), image("A short balance")
     prepared = engine.prepare_image_calls([kept, refused])
     assert prepared is not None
-    assert prepared.send({kept.task_id}) == 1
+    assert prepared({kept.task_id}) == 1
     engine.generate_image(refused, tmp_path / "refused.png", lambda _: None)  # as a later task would
     engine.generate_image(kept, tmp_path / "kept.png", lambda _: None)
     assert len(fake.requests_for(kept.prompt)) == 1
     assert len(fake.requests_for(refused.prompt)) == 1, "only the job's own call: none was begun for it"
     rolled_back = image("A rolled back batch")
     again = engine.prepare_image_calls([rolled_back])
-    assert again is not None and again.send(set()) == 0
+    assert again is not None and again(set()) == 0
     assert len(engine._image_calls) == 0, "a batch that did not commit leaves nothing reserved"
 
 
@@ -141,7 +141,7 @@ def test_a_call_begun_that_failed_is_retried_by_its_job(
     engine = make_engine()
     job = image("A lighthouse [google:500x2]")
     prepared = engine.prepare_image_calls([job])
-    assert prepared is not None and prepared.send({job.task_id}) == 1
+    assert prepared is not None and prepared({job.task_id}) == 1
     output = engine.generate_image(job, tmp_path / "out.png", lambda _: None)
     assert output.path.read_bytes() == fake.images[job.prompt]
     assert len(fake.requests_for(job.prompt)) == 3, "the begun call, then two retries"
@@ -153,7 +153,7 @@ def test_a_begun_call_google_answered_badly_fails_its_job_without_another_call(
     engine = make_engine()
     job = image("A garbled answer [google:malformed]")
     prepared = engine.prepare_image_calls([job])
-    assert prepared is not None and prepared.send({job.task_id}) == 1
+    assert prepared is not None and prepared({job.task_id}) == 1
     with pytest.raises(EngineError, match="malformed response"):
         engine.generate_image(job, tmp_path / "out.png", lambda _: None)
     assert len(fake.requests_for(job.prompt)) == 1, "a paid call is not repeated"
@@ -166,7 +166,7 @@ def test_no_more_calls_begin_than_the_image_slots_hold(
     first, second, third = image("One"), image("Two"), image("Three")
     prepared = engine.prepare_image_calls([first, second, third])
     assert prepared is not None
-    assert prepared.send({first.task_id, second.task_id, third.task_id}) == 2
+    assert prepared({first.task_id, second.task_id, third.task_id}) == 2
     assert engine.prepare_image_calls([image("Four")]) is None, "no room until a job takes one up"
     for job in (first, second, third):
         engine.generate_image(job, tmp_path / "out.png", lambda _: None)

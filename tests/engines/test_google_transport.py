@@ -5,6 +5,7 @@ arrive as httpx responses and the network's failures as the httpx errors the ret
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import gzip
 import json
@@ -393,12 +394,14 @@ def test_calls_begun_together_each_end_in_their_future(
 
     ok, busy = scripted(answer(200, b'{"n": 1}')), scripted(answer(503, b"busy"))
     nobody = f"http://127.0.0.1:{free_port()}/gen"
-    first, second, refused = http.begin(
+    first, second, refused = futures = [concurrent.futures.Future[httpx.Response]() for _ in range(3)]
+    http.begin(
         [
             JsonCall("POST", f"{ok.url}/gen", {"x-goog-api-key": "k"}, {"a": 1}, 10),
             JsonCall("POST", f"{busy.url}/gen", {"x-goog-api-key": "k"}, {"a": 2}, 10),
             JsonCall("POST", nobody, {}, {"a": 3}, 10),
-        ]
+        ],
+        futures,
     )
     assert (first.result(timeout=10).status_code, first.result().content) == (200, b'{"n": 1}')
     assert (second.result(timeout=10).status_code, second.result().content) == (503, b"busy")
@@ -416,4 +419,4 @@ def test_calls_begun_on_a_closed_client_fail_unsent(scripted: Callable[..., Scri
     client = LoopHttp(limit=2, ssl_context=ssl_context())
     client.close()
     with pytest.raises(RuntimeError, match="closed"):
-        client.begin([JsonCall("POST", "http://127.0.0.1:9/gen", {}, {}, 10)])
+        client.begin([JsonCall("POST", "http://127.0.0.1:9/gen", {}, {}, 10)], [concurrent.futures.Future()])

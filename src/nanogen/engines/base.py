@@ -24,7 +24,7 @@ from abc import ABC
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar
 
 from nanogen.errors import EngineError, NanogenError
 from nanogen.products import (
@@ -148,13 +148,10 @@ class ShotJob(Job):
     started_at: float | None = None  # epoch seconds the task started (a recovered job is older)
 
 
-class PreparedCalls(Protocol):
-    """Provider calls prepared for tasks being committed (``Engine.prepare_image_calls``)."""
-
-    def send(self, committed: Collection[str]) -> int:
-        """Send the calls of the ``committed`` task ids and give up the others; how many went.
-        Called once, after the transaction."""
-        ...
+# Provider calls prepared for tasks being committed (``Engine.prepare_image_calls``), called once
+# after the transaction with the task ids that committed: it sends their calls, gives up the others
+# and returns how many went.
+PreparedCalls = Callable[[Collection[str]], int]
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,7 @@ class Engine(ABC):
 
     def prepare_image_calls(self, jobs: Sequence[ImageJob]) -> PreparedCalls | None:
         """Prepare the provider calls of image jobs whose tasks are about to be committed, to send
-        once they are (``PreparedCalls.send``), before a worker slot takes them; ``generate_image``
+        once they are (calling what it returns), before a worker slot takes them; ``generate_image``
         of such a task then waits on its call instead of making one. Called only in the process
         that will run those tasks (tasks/early.py). None: nothing to send (the default: an engine
         whose job is its own work)."""

@@ -72,7 +72,7 @@ class EarlyImageCalls:
             return None
 
         def send(committed: Sequence[Submission]) -> None:
-            if prepared.send({task.id for s in committed for task in s.tasks}):
+            if prepared({task.id for s in committed for task in s.tasks}):
                 wakeups.hold(self._queue, QUIET_S)
 
         return send

@@ -54,7 +54,7 @@ class BegunCalls:
         """How many more calls may begin now."""
         self._sweep()
         with self._lock:
-            return max(0, self.capacity - len(self._begun) - self._running)
+            return self._room()
 
     def reserve(self, task_ids: Sequence[str]) -> dict[str, concurrent.futures.Future[httpx.Response]]:
         """An entry for each of ``task_ids`` that the room allows, in order: its future, not yet
@@ -63,8 +63,7 @@ class BegunCalls:
         began_at = time.perf_counter()
         made: dict[str, Begun] = {}
         with self._lock:
-            room = self.capacity - len(self._begun) - self._running
-            for task_id in task_ids[: max(0, room)]:
+            for task_id in task_ids[: self._room()]:
                 made[task_id] = self._begun[task_id] = Begun(concurrent.futures.Future(), began_at)
         for begun in made.values():
             begun.future.add_done_callback(functools.partial(self._answered, begun))
@@ -98,6 +97,9 @@ class BegunCalls:
     def __len__(self) -> int:
         with self._lock:
             return len(self._begun)
+
+    def _room(self) -> int:  # with the lock held
+        return max(0, self.capacity - len(self._begun) - self._running)
 
     def _answered(self, begun: Begun, _: concurrent.futures.Future[httpx.Response]) -> None:
         begun.answered_at = self._clock()

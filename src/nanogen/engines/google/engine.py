@@ -9,6 +9,7 @@ awaited (``await_shot``) as often as the task is recovered, so Google is never a
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import logging
 import math
@@ -201,9 +202,8 @@ class GoogleEngine(Engine):
         reserved = self._image_calls.reserve(list(wanted))
         if not reserved:
             return None
-        return _PreparedImages(
-            self, calls, [(wanted[task_id], future) for task_id, future in reserved.items()]
-        )
+        prepared = [(wanted[task_id], future) for task_id, future in reserved.items()]
+        return functools.partial(self._send_prepared, calls, prepared)
 
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
         with self._image_calls.running():
@@ -381,20 +381,3 @@ class GoogleEngine(Engine):
         return Check(
             f"{product.value} price", True, f"{listed} {unit} (list prices checked {PRICES_CHECKED})"
         )
-
-
-class _PreparedImages:
-    """Image calls reserved before their tasks' transaction (GoogleEngine.prepare_image_calls)."""
-
-    def __init__(
-        self,
-        engine: GoogleEngine,
-        calls: images.ImagesRest,
-        prepared: list[tuple[ImageJob, concurrent.futures.Future[httpx.Response]]],
-    ) -> None:
-        self._engine = engine
-        self._calls = calls
-        self._prepared = prepared
-
-    def send(self, committed: Collection[str]) -> int:
-        return self._engine._send_prepared(self._calls, self._prepared, committed)

@@ -100,31 +100,20 @@ class LoopHttp:
         """The whole answer, whatever its status. ``json``: a body sent as JSON (in place of ``content``)."""
         sent = dict(headers)
         if json is not None:
-            content = json_module.dumps(json).encode()
-            sent["Content-Type"] = "application/json"
+            sent, content = _as_json(headers, json)
         return self._run(self._request(method, url, sent, content, timeout_s))
 
     def begin(
-        self,
-        calls: Sequence[JsonCall],
-        futures: Sequence[concurrent.futures.Future[httpx.Response]] | None = None,
-    ) -> list[concurrent.futures.Future[httpx.Response]]:
-        """Start ``calls`` now without waiting for them: one future each (``futures``, pending, or
-        new ones), ending with the whole answer or raising what ``request`` would; a future
-        cancelled before the loop took it up is not sent. The calls reach the loop in one hand-off
-        (a wake of the loop per call costs the caller a write to the loop's self-pipe each)."""
+        self, calls: Sequence[JsonCall], futures: Sequence[concurrent.futures.Future[httpx.Response]]
+    ) -> None:
+        """Start ``calls`` now without waiting for them, each ending in its future (pending): the
+        whole answer, or what ``request`` would raise; a future cancelled before the loop took it up
+        is not sent. The calls reach the loop in one hand-off (a wake of the loop per call costs the
+        caller a write to the loop's self-pipe each)."""
         loop = self._started()
         prepared = [
-            (
-                call.method,
-                call.url,
-                {**call.headers, "Content-Type": "application/json"},
-                json_module.dumps(call.json).encode(),
-                call.timeout_s,
-            )
-            for call in calls
+            (call.method, call.url, *_as_json(call.headers, call.json), call.timeout_s) for call in calls
         ]
-        futures = list(futures) if futures is not None else [concurrent.futures.Future() for _ in calls]
 
         def start_all() -> None:
             for arguments, future in zip(prepared, futures, strict=True):
@@ -138,7 +127,6 @@ class LoopHttp:
             for future in futures:
                 if future.set_running_or_notify_cancel():
                     future.set_exception(httpx.ConnectError(f"the HTTP loop is closed: {exc}"))
-        return futures
 
     def download(
         self, url: str, *, headers: Mapping[str, str], dest: Path, timeout_s: float
@@ -253,6 +241,11 @@ def _shut_down(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) 
         asyncio.run_coroutine_threadsafe(closing, loop)
     except RuntimeError:  # the loop is already closed
         closing.close()
+
+
+def _as_json(headers: Mapping[str, str], body: Any) -> tuple[dict[str, str], bytes]:
+    """The headers and bytes of a request whose body is ``body`` as JSON."""
+    return {**headers, "Content-Type": "application/json"}, json_module.dumps(body).encode()
 
 
 def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
