@@ -109,6 +109,7 @@ class Fake:
             f"--submit-error-rate={a.submit_error_rate}",
             f"--poll-error-rate={a.poll_error_rate}",
             f"--image-error-rate={a.image_error_rate}",
+            f"--image-kb={a.image_kb}",
         ] + ([f"--certfile={a.tls_files[0]}", f"--keyfile={a.tls_files[1]}"] if a.tls_files else [])
 
     def start(self) -> Fake:
@@ -965,6 +966,9 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
         span = o.fake.get("image_call_span_s")
         if span is not None:  # an image call may reach Google before its task starts (tasks/early.py)
             report.add(Row("   image calls reached the fake within", f"{span:.1f} s", "", "", ""))
+        answer = o.fake.get("image_answer_bytes")
+        if answer:
+            report.add(Row("   image answer (JSON) size", f"{answer / 1e6:.2f} MB", "", "", ""))
 
 
 def credits_row(report: Report, credits: dict[str, Any]) -> None:
@@ -1017,6 +1021,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--multi-shots", type=int, default=21, help="b: shots per request")
     parser.add_argument("--images", type=int, help="c: image requests (2,000; quick 400)")
     parser.add_argument("--image-latency-s", type=float, help="generateContent latency (15; quick 5)")
+    parser.add_argument(
+        "--image-kb",
+        type=int,
+        default=0,
+        help="fake: each image answer's PNG about this many KB (a photo-like 1K image: 1,000-2,000); "
+        "0: one colour, a few KB",
+    )
     parser.add_argument("--kill-at-s", type=float, help="e: kill -9 this long after the first submit (L/2)")
     parser.add_argument("--timeout-s", type=float, help="give up on a case after this (max(300, 10 L))")
     parser.add_argument("--shots-per-account", type=int, default=21, help="0: every request on one account")
@@ -1211,6 +1222,7 @@ def run(args: argparse.Namespace) -> None:
             else ""
         )
         + (" The fake spoke HTTPS (--tls)." if args.tls else "")
+        + (f" Image answers of about {args.image_kb} KB of PNG (--image-kb)." if args.image_kb else "")
     )
 
 

@@ -14,7 +14,9 @@ Endpoints (the API key in ``x-goog-api-key``, as the engine sends it):
   after submission with the file URI
 * ``GET  /v1beta/files/{id}:download?alt=media``   302 to a signed URL (``/signed/{id}``), which serves the
   MP4 (one H.264/AAC 8 s clip per frame size, encoded once)
-* ``POST /v1beta/models/{m}:generateContent``      answers after ``--image-latency-s`` with a PNG
+* ``POST /v1beta/models/{m}:generateContent``      answers after ``--image-latency-s`` with a PNG of the
+  asked size: one colour (a few KB), or about ``--image-kb`` KB with rows of noise in it, as a
+  photo-like image of Google's weighs (a 1K one is 1-2 MB as PNG, a third more as base64 in the JSON)
 * ``GET  /v1beta/models/{m}``                      the model exists
 * ``GET  /_stats`` (``?prompts=1`` adds per-prompt counts), ``POST /_reset``: the fake's own
 
@@ -145,7 +147,8 @@ class FakeGoogle:
         self.stats = Stats()
         self.videos: dict[tuple[int, int], bytes] = {}
         self.video_lock = asyncio.Lock()
-        self.images: dict[tuple[str, str], str] = {}  # (ratio, size) -> base64 PNG
+        self.image_kb = args.image_kb
+        self.answers: dict[tuple[str, str, str], bytes] = {}  # (model, ratio, size) -> the JSON answer
         self.settings = {k: v for k, v in vars(args).items() if k != "api_key"}
 
     # -- media, made once
@@ -156,12 +159,29 @@ class FakeGoogle:
                     self.videos[size] = await asyncio.to_thread(mp4, size, COLOUR)
         return self.videos[size]
 
-    def image(self, ratio: str, quality: str) -> str:
-        key = (ratio, quality)
-        if key not in self.images:
-            picture = png(Image.new("RGB", IMAGE_SIZES[ratio][quality], COLOUR))
-            self.images[key] = base64.b64encode(picture).decode()
-        return self.images[key]
+    def image(self, ratio: str, quality: str) -> bytes:
+        """One colour, or with ``--image-kb`` as many rows of noise as make the PNG about that size
+        (noise does not compress: a row of it weighs its width x 3 bytes)."""
+        width, height = IMAGE_SIZES[ratio][quality]
+        picture = Image.new("RGB", (width, height), COLOUR)
+        rows = min(height, self.image_kb * 1024 // (width * 3))
+        if rows:
+            noise = random.Random(f"{ratio} {quality}").randbytes(width * rows * 3)
+            picture.paste(Image.frombytes("RGB", (width, rows), noise), (0, 0))
+        return png(picture)
+
+    def answer(self, model: str, ratio: str, quality: str) -> bytes:
+        """The JSON answer, encoded once: a megabyte-sized one would cost the fake milliseconds of
+        the machine's CPU a call, which the server under test would lose."""
+        key = (model, ratio, quality)
+        if key not in self.answers:
+            data = base64.b64encode(self.image(ratio, quality)).decode()
+            part = {"inlineData": {"mimeType": "image/png", "data": data}}
+            candidate = {"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}
+            usage = {"promptTokenCount": 12, "candidatesTokenCount": 1120, "totalTokenCount": 1132}
+            body = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
+            self.answers[key] = json.dumps(body).encode()
+        return self.answers[key]
 
     # -- the ASGI entry: one route, dispatched here (Starlette's router does not split at ':')
     async def handle(self, request: Request) -> Response:
@@ -279,10 +299,7 @@ class FakeGoogle:
         finally:
             stats.open_image_calls -= 1
         stats.image_calls[prompt] += 1
-        part = {"inlineData": {"mimeType": "image/png", "data": self.image(ratio, quality)}}
-        candidate = {"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}
-        usage = {"promptTokenCount": 12, "candidatesTokenCount": 1120, "totalTokenCount": 1132}
-        return JSONResponse({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})
+        return Response(self.answer(model, ratio, quality), media_type="application/json")
 
     # -- videos
     async def predict(self, request: Request, model: str) -> Response:
@@ -392,6 +409,7 @@ class FakeGoogle:
             "image_call_span_s": (
                 round(s.image_call_times[-1] - s.image_call_times[0], 3) if s.image_call_times else None
             ),
+            "image_answer_bytes": max((len(a) for a in self.answers.values()), default=0),
             "downloads": s.downloads,
             "signed_downloads": s.signed_downloads,
             "model_gets": s.model_gets,
@@ -437,6 +455,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--poll-error-rate", type=float, default=0.0, help="fraction of polls answered 503")
     parser.add_argument("--image-error-rate", type=float, default=0.0, help="fraction of image calls 503")
+    parser.add_argument(
+        "--image-kb",
+        type=int,
+        default=0,
+        help="make each answer's PNG about this many KB (noise rows); 0: one colour, a few KB",
+    )
     parser.add_argument("--seed", type=int, default=0, help="for the error rates")
     parser.add_argument("--certfile", help="speak HTTPS with this certificate (PEM; --keyfile with it)")
     parser.add_argument("--keyfile", help="the certificate's private key (PEM)")

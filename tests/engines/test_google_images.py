@@ -185,12 +185,18 @@ def test_a_png_cut_short_fails_once_and_refunds(fake: FakeGoogle, account: Accou
     account.assert_books_balance()
 
 
-def test_the_output_is_what_google_returned(fake: FakeGoogle, server: Server, account: Account) -> None:
-    """Byte for byte: nanogen stores Google's PNG (the final part, not the thought parts before it)."""
-    prompt = "A bowl of ramen, top view"
+@pytest.mark.parametrize("marker", ["", " [google:photo]"], ids=["small", "photo-sized"])
+def test_the_output_is_what_google_returned(
+    fake: FakeGoogle, server: Server, account: Account, marker: str
+) -> None:
+    """Byte for byte: nanogen stores Google's PNG (the final part, not the thought parts before it),
+    also from an answer as large as a photo's."""
+    prompt = "A bowl of ramen, top view" + marker
     accepted = generate_image(account, {"prompt": prompt, "aspectRatio": "3:4"})
     final, _ = wait_image(account, accepted["generationId"])
     assert final["status"] == "completed"
     stored = download(account, final["imageUrl"], server)
     assert stored == fake.images[prompt]
     assert open_png(stored).size == (896, 1200)
+    if marker:
+        assert len(stored) > 500_000, "as large as a photo's PNG"

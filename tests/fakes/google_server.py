@@ -27,6 +27,7 @@ Behaviour comes from markers in the prompt, so tests running side by side never 
 ``[google:never]``         the operation never finishes
 ``[google:hold]``          the operation finishes once the test calls ``release()``
 ``[google:slow]``          an image answer takes SLOW_S seconds; an operation runs for SLOW_S seconds
+``[google:photo]``         an image that weighs as a photo does (noise in a quarter of it: about a MB as PNG)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import base64
 import hashlib
 import io
 import json
+import random
 import re
 import threading
 import time
@@ -123,6 +125,10 @@ def png(image: Image.Image) -> bytes:
 def picture(size: tuple[int, int], prompt: str, inputs: list[bytes]) -> bytes:
     """The prompt's colour, with the input images pasted along the top (proof they arrived)."""
     image = Image.new("RGB", size, colour_of(prompt))
+    if "photo" in markers(prompt):  # noise does not compress, as a photo's detail hardly does
+        rows = size[1] // 4
+        noise = random.Random(prompt).randbytes(size[0] * rows * 3)
+        image.paste(Image.frombytes("RGB", (size[0], rows), noise), (0, size[1] - rows))
     cell = size[0] // 8
     for i, data in enumerate(inputs):
         with Image.open(io.BytesIO(data)) as source:

@@ -8,14 +8,12 @@ Errors leave in Google's shape ``{"error": {"code", "message", "status", "detail
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from nanogen import errors
+from nanogen import b64, errors
 from nanogen.products import (
     DEFAULT_IMAGE_ASPECT_RATIO,
     DEFAULT_IMAGE_QUALITY,
@@ -164,10 +162,10 @@ def _string(value: Any, where: str) -> str:
 
 def b64decode(value: Any, where: str) -> bytes:
     """A proto3 ``bytes`` field: the standard or URL-safe alphabet, padded or not."""
-    text = _string(value, where).strip().replace("-", "+").replace("_", "/")
+    text = _string(value, where).strip()
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
+        return b64.decode(text)
+    except ValueError:
         raise invalid(f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed") from None
 
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -37,7 +37,10 @@ SWEEP_EVERY_S = 10.0
 class Begun:
     future: concurrent.futures.Future[httpx.Response]
     began_at: float  # time.perf_counter(), for the call's duration
-    answered_at: float | None = None  # the clock's time
+    # When the answer came (the clock's time), set by the future's callback: a list that callback
+    # holds rather than this object, which holds the future (a cycle would keep each answer in
+    # memory until the cyclic collector ran).
+    answered: list[float] = field(default_factory=list)
 
 
 class BegunCalls:
@@ -66,7 +69,7 @@ class BegunCalls:
             for task_id in task_ids[: self._room()]:
                 made[task_id] = self._begun[task_id] = Begun(concurrent.futures.Future(), began_at)
         for begun in made.values():
-            begun.future.add_done_callback(functools.partial(self._answered, begun))
+            begun.future.add_done_callback(functools.partial(self._answered, begun.answered))
         return {task_id: begun.future for task_id, begun in made.items()}
 
     def drop(self, task_ids: Sequence[str]) -> None:
@@ -101,8 +104,8 @@ class BegunCalls:
     def _room(self) -> int:  # with the lock held
         return max(0, self.capacity - len(self._begun) - self._running)
 
-    def _answered(self, begun: Begun, _: concurrent.futures.Future[httpx.Response]) -> None:
-        begun.answered_at = self._clock()
+    def _answered(self, answered: list[float], _: concurrent.futures.Future[httpx.Response]) -> None:
+        answered.append(self._clock())
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -113,7 +116,7 @@ class BegunCalls:
             stale = [
                 task_id
                 for task_id, begun in self._begun.items()
-                if begun.answered_at is not None and now - begun.answered_at >= self.keep_s
+                if begun.answered and now - begun.answered[0] >= self.keep_s
             ]
             for task_id in stale:
                 del self._begun[task_id]

@@ -16,8 +16,6 @@ read by one function (``png_from``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import concurrent.futures
 import io
 from collections.abc import Sequence
@@ -31,7 +29,9 @@ from google.genai import types
 from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
+from nanogen import b64
 from nanogen.engines.base import ImageJob, InputImage
+from nanogen.engines.google import blobs
 from nanogen.engines.google.calls import checked, json_object, sdk
 from nanogen.engines.google.transport import JsonCall, LoopHttp
 from nanogen.errors import EngineError
@@ -111,7 +111,7 @@ class ImagesRest:
     def body(call: Request) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"text": call.prompt}]
         for data, mime_type in call.images:
-            parts.append({"inlineData": {"mimeType": mime_type, "data": base64.b64encode(data).decode()}})
+            parts.append({"inlineData": {"mimeType": mime_type, "data": b64.encode(data)}})
         body: dict[str, Any] = {
             "contents": [{"role": "user", "parts": parts}],
             "generationConfig": {
@@ -125,7 +125,11 @@ class ImagesRest:
 
     def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
         response = self._http.request(
-            "POST", self._url(model), headers=self._headers(), json=self.body(call), timeout_s=timeout_s
+            "POST",
+            self._url(model),
+            headers=self._headers(),
+            json=self.body(call),
+            timeout_s=timeout_s,
         )
         return self.answer(response)
 
@@ -147,7 +151,7 @@ class ImagesRest:
 
     @staticmethod
     def answer(response: httpx.Response) -> Answer:
-        return _from_json(json_object(checked(response)))
+        return _from_json(json_object(checked(response), blobs.loads))
 
     def _url(self, model: str) -> str:
         return f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
@@ -171,7 +175,7 @@ def _from_json(answer: dict[str, Any]) -> Answer:
         text = part.get("text")
         parts.append(
             Part(
-                data=_base64(data) if isinstance(data, str) and data else None,
+                data=_base64(data) if isinstance(data, str | memoryview) and data else None,
                 thought=part.get("thought") is True,
                 text=text if isinstance(text, str) else None,
             )
@@ -198,12 +202,11 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _base64(data: str) -> bytes:
+def _base64(data: str | memoryview) -> bytes:
     """As Google's JSON carries bytes: standard or URL-safe base64, padded or not."""
     try:
-        padded = data.replace("-", "+").replace("_", "/") + "=" * (-len(data) % 4)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return b64.decode(data)
+    except ValueError as exc:
         raise EngineError("Google returned a malformed response (an image that is not base64)") from exc
 
 

@@ -14,7 +14,6 @@ Images by generation type: FIRST_AND_LAST_FRAMES sends the first image as ``imag
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
+from nanogen import b64
 from nanogen.engines.base import InputImage, ShotJob
 from nanogen.engines.google.calls import checked, json_object, sdk
 from nanogen.engines.google.images import input_image
@@ -97,7 +97,7 @@ class VeoRest:
     def body(job: ShotJob) -> dict[str, Any]:
         def image(picture: InputImage) -> dict[str, str]:
             data, mime_type = input_image(picture)
-            return {"bytesBase64Encoded": base64.b64encode(data).decode(), "mimeType": mime_type}
+            return {"bytesBase64Encoded": b64.encode(data), "mimeType": mime_type}
 
         frames = Frames.of(job)
         instance: dict[str, Any] = {"prompt": job.prompt}

@@ -9,7 +9,6 @@ uploads are before any credit moves. Keys come in ``x-goog-api-key`` or ``?key=`
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -19,7 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from nanogen import errors, ledger, schemas
+from nanogen import b64, errors, ledger, schemas
 from nanogen.dialects import gemini as dialect
 from nanogen.dialects.gemini import GoogleError
 from nanogen.engines.base import InputImage
@@ -224,7 +223,7 @@ async def generate_content(request: Request) -> Response:
             dialect.unmade_response(task.error or "Generation failed", model, generation_id)
         )
     data = await run_in_threadpool(svc.runtime.storage.read_bytes, task.output_key)
-    png_b64 = base64.b64encode(data).decode()
+    png_b64 = b64.encode(data)
     return FastJSONResponse(dialect.content_response(png_b64, model, body.imageQuality, generation_id))
 
 

@@ -10,7 +10,6 @@ documents the native API.
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import time
@@ -26,7 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import Message
 
-from nanogen import errors
+from nanogen import b64, errors
 from nanogen.db import read_connection, write_transaction
 from nanogen.dialects import openai as dialect
 from nanogen.engines.base import InputImage
@@ -265,7 +264,7 @@ async def _image(
         item = {"url": task.output_url}
     else:
         data_bytes = await run_in_threadpool(svc.runtime.storage.read_bytes, task.output_key)
-        item = {"b64_json": base64.b64encode(data_bytes).decode()}
+        item = {"b64_json": b64.encode(data_bytes)}
     body = {
         "created": int(task.created_at),
         "data": [item | {"revised_prompt": None}],
