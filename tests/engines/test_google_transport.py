@@ -9,6 +9,7 @@ import concurrent.futures
 import gc
 import gzip
 import json
+import os
 import socket
 import sys
 import threading
@@ -420,3 +421,62 @@ def test_calls_begun_on_a_closed_client_fail_unsent(scripted: Callable[..., Scri
     client.close()
     with pytest.raises(RuntimeError, match="closed"):
         client.begin([JsonCall("POST", "http://127.0.0.1:9/gen", {}, {}, 10)], [concurrent.futures.Future()])
+
+
+LARGE = b'{"data": "' + b"A" * (1 << 20) + b'"}'  # a megabyte, as an image's answer
+
+
+def files_open_in(folder: Path) -> int:
+    """This process's descriptors on files in ``folder`` (an unnamed file's link reads
+    ``<folder>/#<inode> (deleted)``)."""
+    found = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        found += target.startswith(f"{folder}/")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_a_large_answer_waits_in_a_file_until_read(
+    scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    server = scripted(answer(200, LARGE, "Content-Type: application/json"), answer(200, LARGE))
+    client = LoopHttp(limit=2, ssl_context=ssl_context(), spool_dir=tmp_path / "spool")
+    try:
+        spooled = client.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+        assert spooled.status_code == 200 and files_open_in(tmp_path / "spool") == 1
+        with pytest.raises(httpx.ResponseNotRead):
+            spooled.content  # noqa: B018 - the access is the check
+        assert spooled.read() == LARGE and spooled.json()["data"] == "A" * (1 << 20)
+        assert files_open_in(tmp_path / "spool") == 0, "read back, the file is let go"
+        unread = client.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+        assert files_open_in(tmp_path / "spool") == 1
+        del unread
+        gc.collect()
+        assert files_open_in(tmp_path / "spool") == 0, "dropped unread, the file is let go too"
+        assert list((tmp_path / "spool").iterdir()) == [], "no name was ever left behind"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("status, body", [(200, b'{"small": true}'), (500, LARGE)], ids=["small", "error"])
+def test_small_and_error_answers_are_read_at_once_even_when_spooled(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer], status: int, body: bytes
+) -> None:
+    server = scripted(answer(status, body))
+    response = http.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+    assert (response.status_code, response.content) == (status, body)
+
+
+def test_a_large_answer_begun_spooled_is_read_from_its_future(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    from nanogen.engines.google.transport import JsonCall
+
+    server = scripted(answer(200, LARGE))
+    future = concurrent.futures.Future[httpx.Response]()
+    http.begin([JsonCall("POST", f"{server.url}/gen", {}, {"a": 1}, 10, spool=True)], [future])
+    assert future.result(timeout=10).read() == LARGE

@@ -115,7 +115,7 @@ class GoogleEngine(Engine):
         # thread always uses the same one.
         image_slots = settings.image_concurrency or self.default_concurrency
         in_flight = image_slots + (settings.video_concurrency or self.default_concurrency)
-        self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context())
+        self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context(), spool_dir=settings.scratch_dir)
         first = self._make_backend()  # checks the settings now: serve refuses to start
         shards = max(1, math.ceil(in_flight / POOL_CONNECTIONS)) if first.jobs_use_sdk else 1
         self._backends: list[Backend | None] = [None] * shards  # made when a thread first needs one

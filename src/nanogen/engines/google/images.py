@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -100,6 +102,13 @@ class ImageCaller(Protocol):
         ...
 
 
+# Answers read and decoded at once. The answers of a burst come within a second and their jobs all wake
+# together; each reading its answer back (a large one is spooled: transport.py) at once held every
+# answer in memory again (5.2 GB for 2,000 of 2 MB). Decoding takes the interpreter lock anyway, so a
+# few at a time lose nothing.
+_DECODING = threading.BoundedSemaphore(max(4, 2 * (os.cpu_count() or 1)))
+
+
 # -- Gemini API: REST ----------------------------------------------------------------------------------
 class ImagesRest:
     def __init__(self, http: LoopHttp, base_url: str, api_key: SecretStr) -> None:
@@ -130,6 +139,7 @@ class ImagesRest:
             headers=self._headers(),
             json=self.body(call),
             timeout_s=timeout_s,
+            spool=True,
         )
         return self.answer(response)
 
@@ -143,7 +153,7 @@ class ImagesRest:
         headers = self._headers()
         self._http.begin(
             [
-                JsonCall("POST", self._url(model), headers, self.body(call), timeout)
+                JsonCall("POST", self._url(model), headers, self.body(call), timeout, spool=True)
                 for call, model, timeout in calls
             ],
             futures,
@@ -151,7 +161,10 @@ class ImagesRest:
 
     @staticmethod
     def answer(response: httpx.Response) -> Answer:
-        return _from_json(json_object(checked(response), blobs.loads))
+        """The answer read (a spooled one back from its file) and decoded, a few at a time."""
+        with _DECODING:
+            response.read()
+            return _from_json(json_object(checked(response), blobs.loads))
 
     def _url(self, model: str) -> str:
         return f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"

@@ -13,6 +13,12 @@ here: a connection that was never made (refused, DNS, TLS, a connect timeout) is
 or ``httpx.ConnectTimeout``, which are repeated; one that broke after the request went (a read timeout,
 a reset, a server that closed it) is a ``httpx.ReadTimeout`` or ``httpx.ReadError``, which are
 repeated only for calls Google does not bill.
+
+A large answer asked to be spooled (an image's JSON: a photo-like 1K image is 1-2 MB of PNG, a third
+more as base64; a 4K one tens of MB) is written to an unnamed file as it arrives and read back when
+its caller reads the response: the answers of a burst come within a second and are decoded one job at
+a time, and held in memory meanwhile, 2,000 of 2 MB took the worker to 5-7 GB, most of its CPU spent
+by the kernel bringing that fresh memory into use.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import concurrent.futures
 import functools
 import json as json_module
 import ssl
+import tempfile
 import threading
 import urllib.request
 import weakref
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import httpx
@@ -39,6 +46,9 @@ T = TypeVar("T")
 CHUNK = 1 << 20
 # Answer headers that describe the bytes on the wire, not the (decompressed) body handed on.
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+# A 2xx answer of at least this many bytes (or of no stated length) to a call with ``spool`` is
+# written to a file as it arrives; a smaller one is read into memory.
+SPOOL_FROM_BYTES = 256 * 1024
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -64,6 +74,7 @@ class JsonCall:
     headers: Mapping[str, str]
     json: Any
     timeout_s: float
+    spool: bool = False  # as ``LoopHttp.request``'s
 
 
 class LoopHttp:
@@ -77,9 +88,10 @@ class LoopHttp:
     collected them, under a loop still running in another (the likeliest cause of a uvloop crash in
     the test suite, where each test dropped its client)."""
 
-    def __init__(self, *, limit: int, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, *, limit: int, ssl_context: ssl.SSLContext, spool_dir: Path | None = None) -> None:
         self._limit = limit
         self._ssl = ssl_context
+        self._spool_dir = spool_dir  # None: the system's temporary directory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._thread: threading.Thread | None = None
@@ -96,12 +108,15 @@ class LoopHttp:
         content: bytes | None = None,
         json: Any = None,
         timeout_s: float,
+        spool: bool = False,
     ) -> httpx.Response:
-        """The whole answer, whatever its status. ``json``: a body sent as JSON (in place of ``content``)."""
+        """The whole answer, whatever its status. ``json``: a body sent as JSON (in place of ``content``).
+        ``spool``: a large 2xx answer waits in an unnamed file (in ``spool_dir``) until the caller
+        calls ``Response.read()``, which reads it back and lets the file go."""
         sent = dict(headers)
         if json is not None:
             sent, content = _as_json(headers, json)
-        return self._run(self._request(method, url, sent, content, timeout_s))
+        return self._run(self._request(method, url, sent, content, timeout_s, spool))
 
     def begin(
         self, calls: Sequence[JsonCall], futures: Sequence[concurrent.futures.Future[httpx.Response]]
@@ -112,7 +127,8 @@ class LoopHttp:
         caller a write to the loop's self-pipe each)."""
         loop = self._started()
         prepared = [
-            (call.method, call.url, *_as_json(call.headers, call.json), call.timeout_s) for call in calls
+            (call.method, call.url, *_as_json(call.headers, call.json), call.timeout_s, call.spool)
+            for call in calls
         ]
 
         def start_all() -> None:
@@ -190,7 +206,13 @@ class LoopHttp:
         return aiohttp.ClientTimeout(total=seconds if whole else None, connect=seconds, sock_read=seconds)
 
     async def _request(
-        self, method: str, url: str, headers: dict[str, str], content: bytes | None, timeout_s: float
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None,
+        timeout_s: float,
+        spool: bool = False,
     ) -> httpx.Response:
         assert self._session is not None
         async with self._session.request(
@@ -201,7 +223,21 @@ class LoopHttp:
             allow_redirects=False,
             timeout=self._timeout(timeout_s, whole=True),
         ) as answer:
-            return _response(answer, await answer.read())
+            length = answer.content_length
+            if not (spool and 200 <= answer.status < 300 and (length is None or length >= SPOOL_FROM_BYTES)):
+                return _response(answer, await answer.read())
+            if self._spool_dir is not None:
+                self._spool_dir.mkdir(parents=True, exist_ok=True)
+            # Unnamed (O_TMPFILE where the system has it): nothing to clean up after a crash.
+            file = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 - the stream closes it
+            try:
+                # Written from the loop: a chunk at a time into the page cache, as a download is.
+                async for chunk in answer.content.iter_chunked(CHUNK):
+                    file.write(chunk)
+            except BaseException:
+                file.close()
+                raise
+            return _response(answer, stream=_Spooled(file))
 
     async def _download(
         self, url: str, headers: dict[str, str], dest: Path, timeout_s: float
@@ -217,6 +253,22 @@ class LoopHttp:
                 async for chunk in answer.content.iter_chunked(CHUNK):
                     out.write(chunk)
             return _response(answer, b"")
+
+
+class _Spooled(httpx.SyncByteStream):
+    """A spooled answer's body: read back whole by ``Response.read()``, which then closes the file
+    (a response dropped unread closes it when it is collected)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        weakref.finalize(self, file.close)
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        yield self._file.read()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -258,9 +310,14 @@ def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None
         future.set_result(task.result())
 
 
-def _response(answer: aiohttp.ClientResponse, content: bytes) -> httpx.Response:
+def _response(
+    answer: aiohttp.ClientResponse,
+    content: bytes | None = None,
+    *,
+    stream: httpx.SyncByteStream | None = None,
+) -> httpx.Response:
     headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in _WIRE_HEADERS]
-    return httpx.Response(answer.status, headers=headers, content=content)
+    return httpx.Response(answer.status, headers=headers, content=content, stream=stream)
 
 
 async def _translated(call: Awaitable[T]) -> T:
