@@ -28,14 +28,6 @@ from nanogen.tasks.early import EarlyImageCalls
 from nanogen.tasks.lifecycle import build_runtime, worker_queues
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle()
-    yield fake
-    assert fake.failures == []
-    fake.close()
-
-
 @pytest.fixture
 def make_engine(fake: FakeGoogle, tmp_path: Path) -> Iterator[Callable[..., GoogleEngine]]:
     made: list[GoogleEngine] = []

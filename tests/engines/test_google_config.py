@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from tests.conftest import Server, assert_envelope, free_port, nanogen_cli
 from tests.engines.google_support import (
     IMAGE_GENERATE,
@@ -22,14 +20,6 @@ from tests.engines.google_support import (
 from tests.fakes.google_server import API_KEY, FakeGoogle
 
 WRONG_KEY = "AIzaSy-a-key-google-does-not-know"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle()
-    yield fake
-    assert fake.failures == []
-    fake.close()
 
 
 def cli_env(tmp_path: Path, fake: FakeGoogle, **env: str) -> dict[str, str]:

@@ -21,14 +21,6 @@ MODEL_PATH = "/v1beta/models/gemini-3.1-flash-image-preview:generateContent"
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle()
-    yield fake
-    assert fake.failures == [], "every request nanogen sent was readable"
-    fake.close()
-
-
-@pytest.fixture(scope="module")
 def server(fake: FakeGoogle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with google_server(tmp_path_factory.mktemp("google-images"), fake) as server:
         yield server

@@ -25,14 +25,6 @@ VERTEX_MODELS = f"/v1beta1/projects/{PROJECT}/locations/{{location}}/publishers/
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle()
-    yield fake
-    assert fake.failures == []
-    fake.close()
-
-
-@pytest.fixture(scope="module")
 def credentials(fake: FakeGoogle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fake.service_account_file(tmp_path_factory.mktemp("adc") / "service-account.json")
 

@@ -23,14 +23,6 @@ SUBMIT = "/v1beta/models/veo-3.1-generate-preview:predictLongRunning"
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle()
-    yield fake
-    assert fake.failures == [], "every request nanogen sent was readable"
-    fake.close()
-
-
-@pytest.fixture(scope="module")
 def server(fake: FakeGoogle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with google_server(tmp_path_factory.mktemp("google-videos"), fake) as server:
         yield server
