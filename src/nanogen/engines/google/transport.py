@@ -231,9 +231,7 @@ class LoopHttp:
             # Unnamed (O_TMPFILE where the system has it): nothing to clean up after a crash.
             file = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 - the stream closes it
             try:
-                # Written from the loop: a chunk at a time into the page cache, as a download is.
-                async for chunk in answer.content.iter_chunked(CHUNK):
-                    file.write(chunk)
+                await _write_body(answer, file)
             except BaseException:
                 file.close()
                 raise
@@ -248,11 +246,16 @@ class LoopHttp:
         ) as answer:
             if not 200 <= answer.status < 300:
                 return _response(answer, await answer.read())
-            # Written from the loop: a chunk at a time into the page cache, well under a millisecond.
             with dest.open("wb") as out:
-                async for chunk in answer.content.iter_chunked(CHUNK):
-                    out.write(chunk)
+                await _write_body(answer, out)
             return _response(answer, b"")
+
+
+async def _write_body(answer: aiohttp.ClientResponse, out: IO[bytes]) -> None:
+    """The answer's body into ``out``, from the loop: a chunk at a time into the page cache, well
+    under a millisecond."""
+    async for chunk in answer.content.iter_chunked(CHUNK):
+        out.write(chunk)
 
 
 class _Spooled(httpx.SyncByteStream):
