@@ -817,6 +817,64 @@ def run_case(
     )
 
 
+def image_floor(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """bench/image_floor.py against a fake of its own with c's settings: the same calls (nanogen's
+    default model, aspect ratio and size), answers and latency, with nothing of a gateway around them."""
+    fake = Fake(args, tmp / "fake-c-floor.log").start()
+    try:
+        fake_cpu0 = fake.cpu_s()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "image_floor.py"),
+                f"--url={fake.url}",
+                f"--api-key={API_KEY}",
+                f"--calls={args.images}",
+                f"--timeout-s={args.timeout_s}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=args.timeout_s + 60,
+            check=False,
+        )
+        fake_cpu = fake.cpu_s() - fake_cpu0
+    finally:
+        fake.stop()
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/image_floor.py failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["fake_cpu_s"] = round(fake_cpu, 2)
+    return result
+
+
+def floor_rows(report: Report, floor: dict[str, Any], o: Outcome, latency_s: float) -> None:
+    """The floor's wall time beside c's: what the machine itself costs for these answers."""
+    report.emit(bench="google_c_floor", **floor)
+    wall = floor.get("wall_s")
+    report.add(
+        Row(
+            "   floor: bare aiohttp client, same calls + answers",
+            f"{wall:.1f} s" if wall is not None else "not done",
+            f"latency {latency_s:g} s; fake CPU {floor['fake_cpu_s']:.1f} s",
+            f"{wall / latency_s:.2f}x" if wall is not None else "",
+            f"{floor['done']}/{floor['calls']} done",
+            floor["done"] == floor["calls"],
+        )
+    )
+    if wall is not None and o.wall_s is not None:
+        report.add(
+            Row(
+                "   c wall over the floor's; CPU per image",
+                f"{o.wall_s / wall:.2f}x",
+                f"floor {floor['cpu_s'] / max(1, floor['calls']) * 1e3:.1f} ms,"
+                f" RSS {floor['peak_rss_mb']} MB",
+                "",
+                "",
+            )
+        )
+
+
 # -- d: one 21-shot request against one 1-shot request ----------------------------------------------
 
 
@@ -1199,6 +1257,9 @@ def run(args: argparse.Namespace) -> None:
             IL = args.image_latency_s
             timed("c images", lambda: outcome.append(run_case(args, tmp, "c", [0] * args.images, IL)))
             load_rows(report, f"c. {args.images} images, latency {IL:g}s", outcome[0], IL)
+            floor: list[dict[str, Any]] = []
+            timed("c floor: a bare client", lambda: floor.append(image_floor(args, tmp)))
+            floor_rows(report, floor[0], outcome[0], IL)
         if "d" in args.cases:
             timed("d 21-shot vs 1-shot", lambda: bench_21_vs_1(args, tmp, report))
         if "e" in args.cases:

@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import gc
 import gzip
+import itertools
 import json
 import os
 import socket
@@ -480,3 +481,28 @@ def test_a_large_answer_begun_spooled_is_read_from_its_future(
     future = concurrent.futures.Future[httpx.Response]()
     http.begin([JsonCall("POST", f"{server.url}/gen", {}, {"a": 1}, 10, spool=True)], [future])
     assert future.result(timeout=10).read() == LARGE
+
+
+def test_a_large_answer_arriving_in_pieces_is_spooled_whole_and_in_order(
+    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    """The loop writes what has arrived each time (the connection's small read buffer pauses the
+    socket in between): every piece, in order, whatever the pieces' sizes."""
+    body = os.urandom(600_000)
+
+    def in_pieces(conn: socket.socket) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        sizes = [1, 7, 4096, 16_384, 16_385, 65_536, 100_000]
+        offset = 0
+        for i in itertools.count():
+            if offset >= len(body):
+                return
+            piece = body[offset : offset + sizes[i % len(sizes)]]
+            conn.sendall(piece)
+            offset += len(piece)
+            if i % 5 == 0:
+                time.sleep(0.002)  # the reader catches up and waits for more
+
+    server = scripted(in_pieces)
+    response = http.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+    assert response.read() == body
