@@ -12,7 +12,9 @@ a. N one-shot video requests (default 1,000) at L s provider latency (default 60
    ERROR/Traceback lines in its log (goal 0), duplicate submissions at the fake (goal 0).
 b. 48 requests of 21 shots at L: the same measures (the wall time includes the 48 concatenations, and
    so does the CPU: the issue's goal excludes them; a stream-copy join costs ~0.07 s, ~3 ms a shot).
-c. 2,000 image requests at 15 s image latency: wall time over the latency (goal <= 1.25x).
+c. 2,000 image requests at 15 s image latency: wall time over the latency (goal <= 1.25x). Then a floor in
+   the same run (bench/image_floor.py): a bare aiohttp client making the same calls to a fake of its own
+   with the same answers, doing nothing but read, parse, decode and write each PNG; c's wall over its.
 d. one 21-shot request after one 1-shot request, at L: wall time ratio (goal <= 1.1x), seen by a client
    polling check-status every 0.25 s (the 21-shot one until its concatenated video is ready).
 e. a's run with a ``kill -9`` of the server at L/2 (30 s) and a restart on the same data directory and
