@@ -26,6 +26,10 @@ import aiohttp
 import pybase64
 import uvloop
 
+from fake_google import raise_open_files_limit
+from nanogen.products import DEFAULT_IMAGE_ASPECT_RATIO, DEFAULT_IMAGE_QUALITY
+from nanogen.settings import Settings
+
 
 async def one_call(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], dest: Path, timeout_s: float
@@ -81,13 +85,13 @@ def main() -> None:
     parser.add_argument("--url", required=True, help="the fake's base URL")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--model", default="gemini-3.1-flash-image-preview")
-    parser.add_argument("--aspect-ratio", default="16:9")
-    parser.add_argument("--size", default="1K")
+    # What nanogen sends for an image request that names none of them.
+    parser.add_argument("--model", default=Settings.model_fields["google_image_model"].default)
+    parser.add_argument("--aspect-ratio", default=DEFAULT_IMAGE_ASPECT_RATIO.value)
+    parser.add_argument("--size", default=DEFAULT_IMAGE_QUALITY.value)
     parser.add_argument("--timeout-s", type=float, default=300.0)
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per call in flight
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()  # a socket per call in flight
     with tempfile.TemporaryDirectory(prefix="nanogen-image-floor-") as name:
         print(json.dumps(uvloop.run(all_calls(args, Path(name)))), flush=True)
 
