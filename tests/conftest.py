@@ -9,10 +9,13 @@ from __future__ import annotations
 import inspect
 import io
 import itertools
+import json
 import os
 import random
+import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -280,6 +283,28 @@ def _uses_postgres(item: pytest.Item, memo: dict[Any, bool]) -> bool:
 
 
 POSTGRES_GROUPS = 2
+# Each PostgreSQL test's seconds in a recent full run (``./scripts/test --store-durations`` writes it),
+# to give the two groups even work: dealt one test at a time in order, the groups' longest tests fell
+# on one side (2026-12-07: one group's worker ran 758 s of the 80 slowest tests, the other's 248 s).
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
+DURATIONS_OPTION = "--store-durations"
+_GROUP_SUFFIX = re.compile(r"@postgres-\d+$")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        DURATIONS_OPTION,
+        action="store_true",
+        help=f"write each PostgreSQL test's seconds to {DURATIONS_FILE.name} (balances the groups)",
+    )
+
+
+def _known_durations() -> dict[str, float]:
+    try:
+        known = json.loads(DURATIONS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in known.items()} if isinstance(known, dict) else {}
 
 
 # Before pytest-xdist's own hook, which reads the xdist_group marks.
@@ -289,21 +314,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     PostgreSQL run on two workers, one at a time on each: each server holds up to 18 connections, a
     fault test's cluster several times that, and the server's default max_connections (100) is
     shared with whatever else runs on the machine. Every other test, including the SQLite cases of
-    the same files, spreads over the workers. Two groups, split by file, because one took longer
-    than the rest of the suite on the other two workers (2026-12-06: 882 s against 595 s; 43
-    connections at most, against 77 and 92 with the tests spread over all three). Dealt out one
-    test at a time, in order, so that each group gets about half of every file (split by file,
-    one group's worker ran 790 s of these tests, the other 190 s). Not slots that any worker
-    takes (tried: the work evened out, 972 s against 1,055 s, but every worker then kept a shared
-    PostgreSQL server up, and the run peaked at 75 and then 91 connections of the 100)."""
+    the same files, spreads over the workers. Two groups, because one took longer than the rest of
+    the suite on the other two workers (2026-12-06: 882 s against 595 s; 43 connections at most,
+    against 77 and 92 with the tests spread over all three). Not slots that any worker takes
+    (tried: the work evened out, 972 s against 1,055 s, but every worker then kept a shared
+    PostgreSQL server up, and the run peaked at 75 and then 91 connections of the 100).
+
+    The tests are dealt longest first, each to the group with less work so far (by their seconds in
+    DURATIONS_FILE; a test not there counts as the median one), so the two groups end together. Every
+    worker deals the same way from the same file, as pytest-xdist requires (each worker collects)."""
     memo: dict[Any, bool] = {}
-    dealt = 0
-    for item in items:
-        if _uses_postgres(item, memo):
-            group = f"postgres-{dealt % POSTGRES_GROUPS}"
-            dealt += 1
-            item.add_marker(pytest.mark.xdist_group(group))
-            _name_the_group(config, item, group)
+    chosen = [item for item in items if _uses_postgres(item, memo)]
+    known = _known_durations()
+    typical = statistics.median(known.values()) if known else 1.0
+    seconds = {item.nodeid: known.get(item.nodeid, typical) for item in chosen}
+    work = [0.0] * POSTGRES_GROUPS
+    for item in sorted(chosen, key=lambda item: seconds[item.nodeid], reverse=True):
+        index = work.index(min(work))
+        work[index] += seconds[item.nodeid]
+        group = f"postgres-{index}"
+        item.add_marker(pytest.mark.xdist_group(group))
+        _name_the_group(config, item, group)
+
+
+class _DurationRecorder:
+    """On the controller (or a run without workers): each PostgreSQL test's setup, call and teardown
+    seconds, written to DURATIONS_FILE at the end of a run that passed. Tests that did not run keep
+    their old figure; a group suffix (``@postgres-1``) is not part of a test's id."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if _GROUP_SUFFIX.search(report.nodeid):
+            nodeid = _GROUP_SUFFIX.sub("", report.nodeid)
+            self.seconds[nodeid] = self.seconds.get(nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if exitstatus != 0 or not self.seconds:
+            return
+        merged = _known_durations() | {k: round(v, 1) for k, v in self.seconds.items()}
+        DURATIONS_FILE.write_text(json.dumps(merged, indent=0, sort_keys=True) + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption(DURATIONS_OPTION) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_DurationRecorder(), "nanogen-durations")
 
 
 def _name_the_group(config: pytest.Config, item: pytest.Item, group: str) -> None:
