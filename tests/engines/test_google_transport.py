@@ -22,10 +22,10 @@ import httpx
 import pytest
 from tests.conftest import free_port
 
-from nanogen.engines.google.backends import ssl_context
 from nanogen.engines.google.calls import UNSENT, Backoff, retrying
 from nanogen.engines.google.transport import LoopHttp
 from nanogen.errors import EngineError
+from nanogen.tls import ssl_context
 
 Reply = Callable[[socket.socket], None]
 

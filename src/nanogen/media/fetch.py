@@ -37,6 +37,7 @@ from nanogen import __version__
 from nanogen.engines.base import InputImage
 from nanogen.errors import FetchError
 from nanogen.media.images import probe_image_async
+from nanogen.tls import ssl_context
 
 if TYPE_CHECKING:
     from nanogen.settings import Settings
@@ -273,7 +274,7 @@ class ImageFetcher:
         self._resolve: Resolver = resolver or system_resolver
         self._owns_transport = transport is None
         self._transport: httpx.AsyncBaseTransport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_keepalive_connections=0), retries=0
+            verify=ssl_context(), limits=httpx.Limits(max_keepalive_connections=0), retries=0
         )
 
     async def __aenter__(self) -> ImageFetcher:

@@ -34,6 +34,7 @@ from nanogen.db import (
 from nanogen.errors import FetchError
 from nanogen.media.fetch import CheckedTarget, FetchPolicy, check_target
 from nanogen.tasks.runtime import Runtime, current
+from nanogen.tls import ssl_context
 from nanogen.webhooks import secrets, store
 from nanogen.webhooks.events import DELIVER_WEBHOOK
 
@@ -168,7 +169,9 @@ async def _send(
     target: CheckedTarget, headers: dict[str, str], body: bytes, timeout: float
 ) -> tuple[int | None, str | None]:
     """POST to each checked address in turn until one connects; redirects are not followed."""
-    transport = httpx.AsyncHTTPTransport(retries=0, limits=httpx.Limits(max_keepalive_connections=0))
+    transport = httpx.AsyncHTTPTransport(
+        verify=ssl_context(), retries=0, limits=httpx.Limits(max_keepalive_connections=0)
+    )
     async with transport:
         failure = "connection failed"
         for request in target.requests("POST", headers, body, timeout):

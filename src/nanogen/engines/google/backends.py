@@ -15,8 +15,6 @@ errors are the same everywhere.
 
 from __future__ import annotations
 
-import functools
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +27,7 @@ from nanogen.engines.google.images import ImageCaller, ImagesRest, ImagesSdk
 from nanogen.engines.google.transport import LoopHttp
 from nanogen.engines.google.veo import VeoBackend, VeoRest, VeoVertex
 from nanogen.settings import Settings
+from nanogen.tls import ssl_context
 
 GEMINI_API = "https://generativelanguage.googleapis.com"
 CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -45,13 +44,6 @@ class Backend:
     # The jobs' calls go through the SDK and its httpx client (Vertex AI), not the shared loop: the
     # engine spreads such clients over pools (engine.POOL_CONNECTIONS).
     jobs_use_sdk: bool
-
-
-@functools.cache
-def ssl_context() -> ssl.SSLContext:
-    """One TLS context for every client: loading the CA bundle costs ~50 ms each time, and the SDK
-    would load it twice for each of its clients (the engine makes one per connection pool)."""
-    return httpx.create_ssl_context()
 
 
 def _options(settings: Settings, http: httpx.Client, api_version: str | None) -> types.HttpOptions:

@@ -33,7 +33,7 @@ from nanogen.engines.base import (
     ShotJob,
 )
 from nanogen.engines.google import images
-from nanogen.engines.google.backends import BACKENDS, Backend, ssl_context
+from nanogen.engines.google.backends import BACKENDS, Backend
 from nanogen.engines.google.begun import BegunCalls
 from nanogen.engines.google.calls import (
     CALL_LABELS,
@@ -61,6 +61,7 @@ from nanogen.products import (
     video_list_price,
 )
 from nanogen.settings import Settings
+from nanogen.tls import ssl_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
