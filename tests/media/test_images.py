@@ -111,13 +111,15 @@ class CountingFace:
         return self.face.getlength(text)
 
 
-def clip_one_character_at_a_time(text: str, face: CountingFace, width: int) -> str:
+def clip_one_character_at_a_time(
+    text: str, face: CountingFace, width: int, force_ellipsis: bool = False
+) -> str:
     """What the sandbox did until 2026-12-07: the reference for what a clip keeps."""
     if face.getlength(text) <= width:
         return text
     while text and face.getlength(text + "…") > width:
         text = text[:-1]
-    return text + "…" if text else text
+    return text + "…" if (text or force_ellipsis) else text
 
 
 @pytest.mark.parametrize(
@@ -155,12 +157,7 @@ def wrap_as_before(text: str, size: int, max_width: int, max_lines: int) -> list
         current = ""
     if current or len(lines) > max_lines:
         lines = lines[:max_lines]
-        last = lines[-1] + "…"
-        if face.getlength(last) > max_width:
-            while last and face.getlength(last + "…") > max_width:
-                last = last[:-1]
-            last += "…"
-        lines[-1] = last
+        lines[-1] = clip_one_character_at_a_time(lines[-1] + "…", face, max_width, force_ellipsis=True)
     return lines
 
 
