@@ -11,7 +11,7 @@ Run with ``.venv/bin/python bench/bench_media.py``. Prints one JSON line per mea
     with apt-get when it is not on PATH.
 (c) CPU time per sandbox image (1K, 16:9) with the longest prompt the contract allows (10,000
     characters, one unbroken word) against the same image with a short prompt, median of 3 each
-    (goal: <= 1.5x). Clipping the word one character at a time made it ~60 s of a core.
+    (goal: <= 1.5x). Clipping the word one character at a time made it 154 s of a core.
 """
 
 from __future__ import annotations
