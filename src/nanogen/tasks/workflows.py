@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -260,27 +260,51 @@ def _paid(engine: Engine, job: ImageJob | ShotJob, record: store.TaskRecord) -> 
     return None if cost is None else cost * max(1, record.attempts)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Ending:
+    """A task's end with its output, as the task writer's batch completes it with the others."""
+
+    completion: store.Completion
+    generation_id: str
+    seed: int | None
+
+
+def _end_tasks(conn: sa.Connection, endings: Sequence[_Ending]) -> list[tuple[bool, str | None]]:
+    """Complete every task of ``endings`` (a batch's: one UPDATE, and one statement that finds the
+    generations a webhook applies to) and record what goes with it: for each, whether it completed
+    the task and the output the task holds. The writer's transaction holds the database's write
+    lock, and on SQLite each statement gives the interpreter lock away: these are a few statements
+    for a batch where they were two or three a task."""
+    rt = current()
+    done = store.complete_many(conn, [e.completion for e in endings])
+    for ending, completed in zip(endings, done, strict=True):
+        task_id, cost = ending.completion.task_id, ending.completion.cost_micros
+        if not completed and cost is not None:  # ended meanwhile: the provider was paid all the same
+            store.set_provider_cost(conn, task_id, cost)
+        if ending.seed is not None:  # a local engine's: to make it again
+            store.record_seed(conn, task_id, ending.seed)
+    webhook_events.generations_ended(
+        rt, conn, [e.generation_id for e, completed in zip(endings, done, strict=True) if completed]
+    )
+    held: list[tuple[bool, str | None]] = []
+    for ending, completed in zip(endings, done, strict=True):
+        if completed:
+            held.append((True, ending.completion.output_key))
+        else:
+            now = store.get_task(conn, ending.completion.task_id)
+            held.append((False, now and now.output_key))
+    return held
+
+
 def _complete(
     rt: Runtime, record: store.TaskRecord, key: str, cost: int | None, seed: int | None
 ) -> dict[str, str]:
-    """``record``: the task as its start wrote it. Three statements in the common case (the
-    transition with the provider's charge, and the generation's webhook target): this write holds
-    the database's write lock, and on SQLite each statement gives the interpreter lock away."""
-    url = rt.storage.url_for(key)
-
-    def write(conn: sa.Connection) -> tuple[bool, str | None]:
-        done = store.complete(conn, record.id, url, key, cost)
-        if not done and cost is not None:  # ended meanwhile: the provider was paid all the same
-            store.set_provider_cost(conn, record.id, cost)
-        if seed is not None:  # a local engine's: to make it again
-            store.record_seed(conn, record.id, seed)
-        if done:
-            webhook_events.generation_ended(rt, conn, record.generation_id)
-            return True, key
-        now = store.get_task(conn, record.id)
-        return False, now and now.output_key
-
-    done, recorded = _settle(lambda: rt.task_writes.write(write))
+    """``record``: the task as its start wrote it. Written with the other ends of the task writer's
+    batch (``_end_tasks``)."""
+    ending = _Ending(
+        store.Completion(record.id, rt.storage.url_for(key), key, cost), record.generation_id, seed
+    )
+    done, recorded = _settle(lambda: rt.task_writes.write_in(_end_tasks, ending))
     rt.progress.forget(record.id)
     if done:
         metrics.task_completed(record)

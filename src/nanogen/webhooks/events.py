@@ -11,6 +11,7 @@ and its delivery workflow commit with the transition, or neither does.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,15 @@ def status_answer(conn: sa.Connection, generation_id: str, product: Product) -> 
 def iso_now() -> tuple[float, str]:
     now = datetime.now(UTC)
     return now.timestamp(), now.isoformat().replace("+00:00", "Z")
+
+
+def generations_ended(rt: Runtime, conn: sa.Connection, generation_ids: Collection[str]) -> None:
+    """``generation_ended`` once for each of these, after a batch of task ends (every transition of
+    the batch made): one statement finds those a webhook URL applies to, and only they are locked
+    and read (the others have no event to record), in the order of their ids, so that two batches
+    ending shots of the same generations lock them in the same order."""
+    for generation_id in sorted(store.generations_with_webhook(conn, set(generation_ids))):
+        generation_ended(rt, conn, generation_id)
 
 
 def generation_ended(rt: Runtime, conn: sa.Connection, generation_id: str) -> str | None:

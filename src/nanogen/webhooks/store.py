@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -114,6 +115,22 @@ def lock_generation_target(conn: sa.Connection, generation_id: str) -> Target | 
     so exactly one of them sees the generation ended. (SQLite: writers are serial already.)"""
     rows = _LOCK_GENERATION.all(conn, {"generation_id": generation_id})
     return Target(*rows[0]) if rows else None
+
+
+def generations_with_webhook(conn: sa.Connection, generation_ids: Collection[str]) -> set[str]:
+    """Which of these generations a webhook URL applies to (their own, else their account's default),
+    in one statement: a batch of task ends locks and reads the target of only those."""
+    if not generation_ids:
+        return set()
+    query = (
+        sa.select(generations.c.id)
+        .select_from(generations.outerjoin(webhook_accounts, _A.account_id == generations.c.account_id))
+        .where(
+            generations.c.id.in_(sorted(generation_ids)),
+            sa.func.coalesce(generations.c.webhook_url, _A.url).is_not(None),
+        )
+    )
+    return set(conn.execute(query).scalars())
 
 
 def has_delivery(conn: sa.Connection, generation_id: str) -> bool:
