@@ -4,16 +4,18 @@ through the SubmitWriter as the server does, then started, failed and completed 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 import pytest
 import sqlalchemy as sa
 
 from nanogen import ledger
-from nanogen.db import after_commit, read_connection, write_transaction
+from nanogen.db import after_commit, generations, read_connection, write_transaction
 from nanogen.tasks import store
 from nanogen.tasks.status import TaskStatus
 from nanogen.tasks.task_writer import TaskWriter
+from nanogen.webhooks import store as webhooks_store
 from tests.test_submit_writer import Database, _account, _run, _submission, open_database
 
 
@@ -139,3 +141,144 @@ def test_what_a_write_asks_to_run_after_its_commit_runs_once_committed_and_never
     assert ran == [] and _statuses(db, ids)[ids[0]] is TaskStatus.PENDING
     start(ids[1], then_raise=False)  # the pool may hand it the rolled-back transaction's connection
     assert ran == [ids[1]] and _statuses(db, ids)[ids[1]] is TaskStatus.GENERATING
+
+
+def _held_batch(writer: TaskWriter, jobs: list[threading.Thread]) -> None:
+    """Run ``jobs`` while the writer is held by a write of its own, so that theirs queue into one
+    batch behind it; then let it go and wait for all of them."""
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(conn: sa.Connection) -> None:
+        holding.set()
+        gate.wait(10)
+
+    holder = threading.Thread(target=writer.write, args=(hold,))
+    holder.start()
+    assert holding.wait(10)
+    for thread in jobs:
+        thread.start()
+    deadline = time.monotonic() + 10
+    # Every write queued behind the held one (the queue's own count: nothing else says it).
+    while writer._batches._queue.qsize() < len(jobs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for thread in [holder, *jobs]:
+        thread.join()
+
+
+def test_writes_of_a_group_run_in_one_call_per_batch_and_each_hears_its_own_result(db: Database) -> None:
+    _, ids = _tasks(db, 12)
+    with write_transaction(db.engine) as conn:
+        for task_id in ids:
+            store.start(conn, task_id)
+    calls: list[list[str]] = []
+
+    def complete_all(conn: sa.Connection, task_ids: Sequence[str]) -> list[str | bool]:
+        calls.append(list(task_ids))
+        ends = [store.Completion(t, f"http://x.invalid/{t}", f"out/{t}.png") for t in task_ids]
+        return [
+            t if done else False for t, done in zip(task_ids, store.complete_many(conn, ends), strict=True)
+        ]
+
+    writer = TaskWriter(db.engine, max_batch=64)
+    results: dict[str, object] = {}
+
+    def grouped(task_id: str) -> None:
+        results[task_id] = writer.write_in(complete_all, task_id)
+
+    def plain(task_id: str) -> None:  # a plain write in the same batch runs as before
+        results[task_id] = writer.write(lambda conn: store.fail_and_refund(conn, task_id, "boom"))
+
+    jobs = [threading.Thread(target=plain if i == 0 else grouped, args=(t,)) for i, t in enumerate(ids)]
+    try:
+        _held_batch(writer, jobs)
+    finally:
+        writer.stop()
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(ids[1:]), "one call for the batch's group"
+    assert results == {ids[0]: True} | {t: t for t in ids[1:]}
+    statuses = _statuses(db, ids)
+    assert statuses == {ids[0]: TaskStatus.FAILED} | {t: TaskStatus.COMPLETED for t in ids[1:]}
+
+
+def test_a_group_that_raises_rolls_its_batch_back_and_each_of_its_writes_runs_alone(db: Database) -> None:
+    _, ids = _tasks(db, 6)
+    calls: list[list[str]] = []
+
+    def start_all(conn: sa.Connection, task_ids: Sequence[str]) -> list[bool]:
+        calls.append(list(task_ids))
+        started = [store.start(conn, t) is not None for t in task_ids]
+        if ids[2] in task_ids:
+            raise RuntimeError(f"no start for {ids[2]}")
+        return started
+
+    writer = TaskWriter(db.engine, max_batch=64)
+    outcomes: dict[str, object] = {}
+
+    def job(task_id: str) -> None:
+        try:
+            outcomes[task_id] = writer.write_in(start_all, task_id)
+        except RuntimeError as exc:
+            outcomes[task_id] = str(exc)
+
+    try:
+        _held_batch(writer, [threading.Thread(target=job, args=(t,)) for t in ids])
+    finally:
+        writer.stop()
+    assert sorted(calls[0]) == sorted(ids) and sorted(map(tuple, calls[1:])) == sorted((t,) for t in ids)
+    assert outcomes == {t: f"no start for {ids[2]}" if t == ids[2] else True for t in ids}
+    statuses = _statuses(db, ids)
+    assert statuses[ids[2]] is TaskStatus.PENDING, "the raising write's start was rolled back"
+    assert all(statuses[t] is TaskStatus.GENERATING for t in ids if t != ids[2])
+
+
+def test_complete_many_completes_the_open_tasks_only_and_says_which(db: Database) -> None:
+    account, ids = _tasks(db, 7)
+    with write_transaction(db.engine) as conn:
+        for task_id in ids:
+            store.start(conn, task_id)
+        store.set_provider_cost(conn, ids[1], 5_000)
+        assert store.fail_and_refund(conn, ids[3], "past its deadline")
+    ends = [
+        store.Completion(t, f"http://x.invalid/{t}.png", f"out/{t}.png", 39_000 if i % 2 == 0 else None)
+        for i, t in enumerate(ids)
+    ]
+    with write_transaction(db.engine) as conn:  # 7 tasks: statements of 4, 2 and 1 rows
+        done = store.complete_many(conn, ends)
+    assert done == [i != 3 for i in range(len(ids))]
+    with read_connection(db.engine) as conn:
+        found = store.get_tasks(conn, ids)
+        balance = ledger.balance(conn, account)
+    for i, task_id in enumerate(ids):
+        task = found[task_id]
+        if i == 3:
+            assert (task.status, task.output_key, task.output_url) == (TaskStatus.FAILED, None, None)
+            continue
+        assert task.status is TaskStatus.COMPLETED and task.progress == 100
+        assert (task.output_url, task.output_key) == (f"http://x.invalid/{task_id}.png", f"out/{task_id}.png")
+        expected_cost = 39_000 if i % 2 == 0 else (5_000 if i == 1 else None)
+        assert task.provider_cost_micros == expected_cost, "an unknown charge keeps the one recorded"
+    assert balance == 10, "only the failed task refunded"
+    with write_transaction(db.engine) as conn:
+        assert store.complete_many(conn, ends[:2]) == [False, False], "each completes at most once"
+        with pytest.raises(ValueError, match="twice"):
+            store.complete_many(conn, [ends[0], ends[0]])
+
+
+def test_the_generations_a_webhook_applies_to_are_found_in_one_statement(db: Database) -> None:
+    own, default, neither = (_tasks(db, 1)[0] for _ in range(3))
+    gens: dict[str, str] = {}
+    with write_transaction(db.engine) as conn:
+        for account in (own, default, neither):
+            gens[account] = conn.execute(
+                sa.select(generations.c.id).where(generations.c.account_id == account)
+            ).scalar_one()
+        conn.execute(
+            sa.update(generations)
+            .where(generations.c.id == gens[own])
+            .values(webhook_url="https://hooks.invalid/own")
+        )
+        webhooks_store.set_url(conn, default, "https://hooks.invalid/default")
+    with read_connection(db.engine) as conn:
+        found = webhooks_store.generations_with_webhook(conn, set(gens.values()) | {"gen_missing"})
+        assert webhooks_store.generations_with_webhook(conn, set()) == set()
+    assert found == {gens[own], gens[default]}

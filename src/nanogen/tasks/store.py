@@ -434,9 +434,12 @@ def complete_many(conn: sa.Connection, ends: Sequence[Completion]) -> list[bool]
         if updated == count:
             done += [True] * count
             continue
-        # Some had ended meanwhile (a deadline, a cancel): the ones this UPDATE completed hold its key.
-        held = {t.id: t.output_key for t in get_tasks(conn, [e.task_id for e in chunk]).values()}
-        done += [held.get(e.task_id) == e.output_key for e in chunk]
+        # Some had ended meanwhile (a deadline, a cancel, an earlier try of this write whose COMMIT's
+        # answer was lost): the ones this UPDATE completed hold its key and its time.
+        held = {
+            t.id: (t.output_key, t.finished_at) for t in get_tasks(conn, [e.task_id for e in chunk]).values()
+        }
+        done += [held.get(e.task_id) == (e.output_key, now) for e in chunk]
     return done
 
 
