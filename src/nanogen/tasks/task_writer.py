@@ -10,8 +10,8 @@ transaction has committed: a job never goes on believing a write was kept that w
 Writes of one kind can also be given as an argument to a function that runs them all at once
 (``write_in(group, arg)``): the batch calls ``group(conn, args)`` once for all of them, so that its
 transaction runs one statement for many tasks. On SQLite each statement gives the interpreter lock
-away, and the writer, holding the file's write lock, takes it back behind every job thread that is
-running: while 2,000 images ended, a batch of 64 completions one UPDATE each took 100-400 ms.
+away, and the writer, holding the file's write lock, takes it back behind every thread that wants it;
+on PostgreSQL each is a round trip (64 ends: bench/bench_task_ends.py).
 
 A write that raises rolls the whole batch back, and then each write of the batch runs again in a
 transaction of its own, so one job's failure never touches another's (the SubmitWriter does the
