@@ -160,7 +160,8 @@ class Server:
                     if probe.get(f"{self.base_url}/healthz").status_code == 200:
                         return self
                 except httpx.HTTPError:
-                    time.sleep(0.1)
+                    pass
+                time.sleep(0.1)  # refused, timed out or not ready yet: the same pause before the next probe
         self.process.kill()  # not left running for the rest of the session
         self.process.wait()
         raise RuntimeError(f"server did not start:\n{self.log_tail()}")
