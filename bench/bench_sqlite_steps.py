@@ -14,11 +14,13 @@ millisecond, in turns, and prints the median and p90 of each and the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 COLUMNS = 8
@@ -31,6 +33,21 @@ def busy(stop: threading.Event) -> None:
         for i in range(200):
             total += i
         time.sleep(0.0005)
+
+
+@contextlib.contextmanager
+def busy_threads(count: int) -> Iterator[None]:
+    """``count`` threads running ``busy`` until the block ends (bench/bench_task_ends.py uses them too)."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=busy, args=(stop,), daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def measure(db: sqlite3.Connection, multi_row: bool, reps: int, first_id: int) -> list[float]:
@@ -69,23 +86,17 @@ def main() -> None:
         next_id = 0
         table = []
         for count in (int(n) for n in args.threads.split(",")):
-            stop = threading.Event()
-            threads = [threading.Thread(target=busy, args=(stop,), daemon=True) for _ in range(count)]
-            for thread in threads:
-                thread.start()
-            time.sleep(0.5)
             reps = 10 if count >= 200 else 30
             result = {}
-            for multi_row in (False, True):
-                seconds = measure(db, multi_row, reps, next_id)
-                next_id += reps * ROWS
-                result["multi_row" if multi_row else "executemany"] = {
-                    "p50_ms": round(seconds[len(seconds) // 2] * 1e3, 2),
-                    "p90_ms": round(seconds[int(len(seconds) * 0.9)] * 1e3, 2),
-                }
-            stop.set()
-            for thread in threads:
-                thread.join()
+            with busy_threads(count):
+                time.sleep(0.5)
+                for multi_row in (False, True):
+                    seconds = measure(db, multi_row, reps, next_id)
+                    next_id += reps * ROWS
+                    result["multi_row" if multi_row else "executemany"] = {
+                        "p50_ms": round(seconds[len(seconds) // 2] * 1e3, 2),
+                        "p90_ms": round(seconds[int(len(seconds) * 0.9)] * 1e3, 2),
+                    }
             ratio = result["executemany"]["p50_ms"] / max(1e-6, result["multi_row"]["p50_ms"])
             print(json.dumps({"bench": "sqlite_steps", "busy_threads": count, "rows": ROWS, **result}))
             table.append((count, result, ratio))

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,20 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from tests.test_submit_writer import Database, _account, _run, _submission, open_database  # noqa: E402
 
+from bench_sqlite_steps import busy_threads  # noqa: E402
 from nanogen.db import write_transaction  # noqa: E402 - after the path is set
 from nanogen.storage import new_key  # noqa: E402
 from nanogen.tasks import store  # noqa: E402
 from nanogen.webhooks import store as webhooks_store  # noqa: E402
 
 BATCH = 64
-
-
-def busy(stop: threading.Event) -> None:
-    total = 0
-    while not stop.is_set():
-        for i in range(200):
-            total += i
-        time.sleep(0.0005)
 
 
 def started_tasks(db: Database, count: int) -> list[tuple[str, str]]:
@@ -118,16 +110,8 @@ def main() -> None:
             db = next(opened)
             try:
                 for count in [int(n) for n in args.threads.split(",")] if kind == "sqlite" else [0]:
-                    stop = threading.Event()
-                    threads = [threading.Thread(target=busy, args=(stop,), daemon=True) for _ in range(count)]
-                    for thread in threads:
-                        thread.start()
-                    try:
+                    with busy_threads(count):
                         result = measure(db, args.reps)
-                    finally:
-                        stop.set()
-                        for thread in threads:
-                            thread.join()
                     ratio = result["one_by_one"]["p50_ms"] / max(1e-6, result["batched"]["p50_ms"])
                     print(
                         json.dumps({"bench": "task_ends", "database": kind, "busy_threads": count, **result})
