@@ -282,3 +282,24 @@ def test_the_generations_a_webhook_applies_to_are_found_in_one_statement(db: Dat
         found = webhooks_store.generations_with_webhook(conn, set(gens.values()) | {"gen_missing"})
         assert webhooks_store.generations_with_webhook(conn, set()) == set()
     assert found == {gens[own], gens[default]}
+
+
+def test_start_many_starts_the_open_tasks_counts_each_attempt_and_leaves_the_ended_out(db: Database) -> None:
+    _, ids = _tasks(db, 7)
+    with write_transaction(db.engine) as conn:
+        assert store.fail_and_refund(conn, ids[5], "canceled before it started")
+        first = store.start_many(conn, ids)  # 7 tasks: statements of 4, 2 and 1 rows
+    assert sorted(first) == sorted(t for i, t in enumerate(ids) if i != 5), "an ended task does not start"
+    assert all(r.status is TaskStatus.GENERATING and r.attempts == 1 for r in first.values())
+    with write_transaction(db.engine) as conn:  # a re-run after a crash starts again: its attempt counts
+        again = store.start_many(conn, ids[:2])
+        with pytest.raises(ValueError, match="twice"):
+            store.start_many(conn, [ids[0], ids[0]])
+    assert [again[t].attempts for t in ids[:2]] == [2, 2]
+    assert [again[t].started_at for t in ids[:2]] == [first[t].started_at for t in ids[:2]], (
+        "first start kept"
+    )
+    with read_connection(db.engine) as conn:
+        assert store.get_tasks(conn, ids)[ids[5]].status is TaskStatus.FAILED
+        generations_found = store.get_generations(conn, {r.generation_id for r in first.values()} | {"gen_x"})
+    assert set(generations_found) == {r.generation_id for r in first.values()}

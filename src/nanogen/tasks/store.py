@@ -206,6 +206,14 @@ def get_generation(conn: sa.Connection, generation_id: str) -> GenerationRecord 
     return _generation(rows[0]) if rows else None
 
 
+def get_generations(conn: sa.Connection, generation_ids: Iterable[str]) -> dict[str, GenerationRecord]:
+    ids = sorted(set(generation_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(sa.select(*_GENERATION_COLUMNS).where(generations.c.id.in_(ids)))
+    return {g.id: g for g in map(_generation, rows)}
+
+
 # -- polls: the caller's key lookup and the tasks asked about, in one statement (ledger.with_caller) --
 _POLL_GENERATION = Prepared(
     ledger.with_caller(_TASK_COLUMNS, tasks, tasks.c.generation_id == sa.bindparam("generation_id")).order_by(
@@ -283,26 +291,46 @@ def _open_task_update() -> sa.Update:
 
 _OPEN_BINDS = {f"open_{s}": s for s in OPEN}
 
-_START = Prepared(
-    _open_task_update()
-    .values(
-        status=sa.bindparam("generating"),
-        started_at=sa.func.coalesce(tasks.c.started_at, sa.bindparam("now")),
-        attempts=tasks.c.attempts + sa.literal_column("1"),
-    )
-    .returning(*_TASK_COLUMNS)
-)
-
 
 def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
     """pending -> generating, counting the engine's attempt (a re-run after a crash counts again):
-    the task as it now is, or None once terminal. One prepared statement, the row as updated
-    returned by it: every job's start goes through the task writer's one thread, and on SQLite
-    each statement gives the interpreter lock away and waits to get it back, holding the file's
-    write lock meanwhile."""
-    values = {"task_id": task_id, "now": time.time(), "generating": TaskStatus.GENERATING.value}
-    rows = _START.all(conn, values | _OPEN_BINDS)
-    return _task(rows[0]) if rows else None
+    the task as it now is, or None once terminal."""
+    return start_many(conn, [task_id]).get(task_id)
+
+
+def start_many(conn: sa.Connection, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+    """``start`` for each of these (distinct) tasks, as one UPDATE per chunk of them that returns the
+    rows it changed: the tasks it started, by id (a terminal one is not there). Every job's start
+    goes through the task writer's one thread, and the writer's batch starts its jobs' tasks at once:
+    one statement where there was one a task (each a round trip on PostgreSQL)."""
+    if len(set(task_ids)) != len(task_ids):
+        raise ValueError("a task started twice in one call")
+    started: dict[str, TaskRecord] = {}
+    now = time.time()
+    for first, count in row_chunks(len(task_ids)):
+        values: dict[str, Any] = {"now": now, "generating": TaskStatus.GENERATING.value, **_OPEN_BINDS}
+        values |= {f"task_id_{i}": task_id for i, task_id in enumerate(task_ids[first : first + count])}
+        for row in _start_rows(count).all(conn, values):
+            record = _task(row)
+            started[record.id] = record
+    return started
+
+
+@functools.cache
+def _start_rows(count: int) -> Prepared:
+    return Prepared(
+        sa.update(tasks)
+        .where(
+            tasks.c.id.in_([sa.bindparam(f"task_id_{i}") for i in range(count)]),
+            tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
+        )
+        .values(
+            status=sa.bindparam("generating"),
+            started_at=sa.func.coalesce(tasks.c.started_at, sa.bindparam("now")),
+            attempts=tasks.c.attempts + sa.literal_column("1"),
+        )
+        .returning(*_TASK_COLUMNS)
+    )
 
 
 _RAISE_PROGRESS = Prepared(

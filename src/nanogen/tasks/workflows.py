@@ -91,16 +91,7 @@ def execute(task_id: str) -> dict[str, Any]:
     recorded on the task row before anything waits on it; a re-run (after a crash, or a database
     outage) finds it there and awaits it again instead of paying twice."""
     rt = current()
-
-    def start(conn: sa.Connection) -> tuple[store.TaskRecord | None, store.GenerationRecord | None]:
-        started = store.start(conn, task_id)
-        if started is None or started.product is not Product.VIDEO:
-            # Only a video's shots are joined: an image's start reads no generation (on SQLite one
-            # statement less in the task writer's transaction, which holds the file's write lock).
-            return started, None
-        return started, store.get_generation(conn, started.generation_id)
-
-    started, generation = rt.task_writes.write(start)
+    started, generation = rt.task_writes.write_in(_start_tasks, task_id)
     if started is None:
         return _ended_before(rt, task_id)
     metrics.task_started(started)
@@ -115,6 +106,24 @@ def execute(task_id: str) -> dict[str, Any]:
             return shape | submitted
         operation = submitted["operation"]
     return _with_shots_done(rt, shape | _run(rt, started, operation))
+
+
+def _start_tasks(
+    conn: sa.Connection, task_ids: Sequence[str]
+) -> list[tuple[store.TaskRecord | None, store.GenerationRecord | None]]:
+    """Start the tasks of a batch of the task writer (one UPDATE): each as started (None once
+    terminal), with its generation for a video's shot (one SELECT for all of them). Only a video's
+    shots are joined: an image's start reads no generation."""
+    started = store.start_many(conn, task_ids)
+    joined = store.get_generations(
+        conn, (t.generation_id for t in started.values() if t.product is Product.VIDEO)
+    )
+    results: list[tuple[store.TaskRecord | None, store.GenerationRecord | None]] = []
+    for task_id in task_ids:
+        record = started.get(task_id)
+        video = record is not None and record.product is Product.VIDEO
+        results.append((record, joined.get(record.generation_id) if record is not None and video else None))
+    return results
 
 
 def _ended_before(rt: Runtime, task_id: str) -> dict[str, Any]:
