@@ -281,15 +281,15 @@ def ended_task_ids(conn: sa.Connection, task_ids: list[str]) -> list[str]:
 
 
 # -- transitions -------------------------------------------------------------------------------------
-def _open_task_update() -> sa.Update:
-    """An UPDATE of task ``task_id`` while it is open (pending or generating): bind ``_OPEN_BINDS`` too."""
+_OPEN_BINDS = {f"open_{s}": s for s in OPEN}
+
+
+def _open_tasks_update(count: int) -> sa.Update:
+    """An UPDATE of the ``count`` tasks ``task_id_0`` ... while they are open: bind ``_OPEN_BINDS`` too."""
     return sa.update(tasks).where(
-        tasks.c.id == sa.bindparam("task_id"),
+        tasks.c.id.in_([sa.bindparam(f"task_id_{i}") for i in range(count)]),
         tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
     )
-
-
-_OPEN_BINDS = {f"open_{s}": s for s in OPEN}
 
 
 def start(conn: sa.Connection, task_id: str) -> TaskRecord | None:
@@ -319,11 +319,7 @@ def start_many(conn: sa.Connection, task_ids: Sequence[str]) -> dict[str, TaskRe
 @functools.cache
 def _start_rows(count: int) -> Prepared:
     return Prepared(
-        sa.update(tasks)
-        .where(
-            tasks.c.id.in_([sa.bindparam(f"task_id_{i}") for i in range(count)]),
-            tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
-        )
+        _open_tasks_update(count)
         .values(
             status=sa.bindparam("generating"),
             started_at=sa.func.coalesce(tasks.c.started_at, sa.bindparam("now")),
@@ -489,12 +485,7 @@ def _complete_rows(count: int) -> Prepared:
         return sa.case(*whens)
 
     return Prepared(
-        sa.update(tasks)
-        .where(
-            tasks.c.id.in_([sa.bindparam(f"task_id_{i}") for i in range(count)]),
-            tasks.c.status.in_([sa.bindparam(f"open_{s}") for s in OPEN]),
-        )
-        .values(
+        _open_tasks_update(count).values(
             status=sa.bindparam("completed"),
             progress=sa.bindparam("progress"),
             output_url=each("output_url"),
