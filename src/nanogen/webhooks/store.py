@@ -93,15 +93,15 @@ class Target(NamedTuple):
     url: str | None
 
 
+# The URL a generation's event goes to: its own, else its account's default (None: no event), read
+# with the generation in one statement.
+_WITH_ACCOUNT = generations.outerjoin(webhook_accounts, _A.account_id == generations.c.account_id)
+_TARGET_URL = sa.func.coalesce(generations.c.webhook_url, _A.url)
+
 # Prepared statements: every task's end runs these on the task writer's one thread.
-# The account's default URL in the same statement (one statement less on every task's end).
 _LOCK_GENERATION = Prepared(
-    sa.select(
-        generations.c.account_id,
-        generations.c.product,
-        sa.func.coalesce(generations.c.webhook_url, _A.url),
-    )
-    .select_from(generations.outerjoin(webhook_accounts, _A.account_id == generations.c.account_id))
+    sa.select(generations.c.account_id, generations.c.product, _TARGET_URL)
+    .select_from(_WITH_ACCOUNT)
     .where(generations.c.id == sa.bindparam("generation_id"))
     .with_for_update(of=generations)
 )
@@ -124,11 +124,8 @@ def generations_with_webhook(conn: sa.Connection, generation_ids: Collection[str
         return set()
     query = (
         sa.select(generations.c.id)
-        .select_from(generations.outerjoin(webhook_accounts, _A.account_id == generations.c.account_id))
-        .where(
-            generations.c.id.in_(sorted(generation_ids)),
-            sa.func.coalesce(generations.c.webhook_url, _A.url).is_not(None),
-        )
+        .select_from(_WITH_ACCOUNT)
+        .where(generations.c.id.in_(sorted(generation_ids)), _TARGET_URL.is_not(None))
     )
     return set(conn.execute(query).scalars())
 
