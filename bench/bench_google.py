@@ -5,7 +5,7 @@ sizes once the engine meets its goals; ``--quick``: about 2) or as part of ``ben
 
 a. N one-shot video requests (default 1,000) at L s provider latency (default 60): wall time until every
    shot is done over L (goal <= 1.25x), the server's peak RSS (VmHWM; goal <= 1 GB), its CPU per shot
-   (utime + stime of the server process and its children over the run, submits included; goal <= 20 ms;
+   (utime + stime of the server process and its HTTP child over the run, submits included; goal <= 20 ms;
    beside it the share an idle server would have spent over the same time, measured before the load,
    and the share of the kernel: stime, where contended locks show up; and split at the last accepted
    submission and at L after the first: the submissions, the waiting, the ends),
@@ -72,6 +72,7 @@ from bench_server import (
     timed,
 )
 from fake_google import raise_open_files_limit
+from nanogen.engines.google.process_http import CHILD_NAME as HTTP_CHILD_NAME
 
 API_KEY = "AIzaSy-bench-key-for-the-fake-google"
 CASES = ("a", "b", "c", "d", "e")
@@ -215,16 +216,30 @@ def tree_cpu_s(pid: int) -> float:
 
 
 def process_cpu_s(pid: int) -> float:
-    """utime + stime of the process alone: the gateway's own CPU, the joins' child processes apart."""
+    """utime + stime of the process alone."""
     fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields is not None else 0.0
 
 
+def gateway_pids(pid: int) -> list[int]:
+    """The server and its HTTP child (the Google engine's calls, process_http.py): the gateway's own
+    work. The joins' child processes are left out, as the issue's goal excludes concatenation."""
+    return [pid] + [c for c in descendants(pid) if _comm(c) == HTTP_CHILD_NAME]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class CpuReading:
-    """The server's CPU seconds at one moment: with its children (the joins), alone, and alone in
-    the kernel (stime: system calls, futex waits and wake-ups, task switches; where contended locks
-    show up). Differences of readings are the CPU spent between them."""
+    """The server's CPU seconds at one moment: with its children (the joins), the gateway's own (the
+    server process and its HTTP child), and the gateway's in the kernel (stime: system calls, futex
+    waits and wake-ups, task switches; where contended locks show up). Differences of readings are
+    the CPU spent between them."""
 
     tree: float = 0.0
     own: float = 0.0
@@ -232,8 +247,11 @@ class CpuReading:
 
     @classmethod
     def of(cls, pid: int) -> CpuReading:
-        fields = _stat(pid)  # the process alone: user and kernel from one snapshot
-        own, kernel = (int(fields[11]) + int(fields[12]), int(fields[12])) if fields is not None else (0, 0)
+        own = kernel = 0
+        for member in gateway_pids(pid):
+            fields = _stat(member)  # user and kernel from one snapshot
+            if fields is not None:
+                own, kernel = own + int(fields[11]) + int(fields[12]), kernel + int(fields[12])
         return cls(tree_cpu_s(pid), own / CLK_TCK, kernel / CLK_TCK)
 
     def __add__(self, other: CpuReading) -> CpuReading:
@@ -611,7 +629,7 @@ class Outcome:
     completed: int
     failed: int
     server_cpu_s: float
-    process_cpu_s: float  # the server process alone (the joins' child processes excluded)
+    process_cpu_s: float  # the server process and its HTTP child (the joins' child processes excluded)
     process_kernel_cpu_s: float  # of which in the kernel
     peak_rss: int
     peak_threads: int
@@ -970,11 +988,11 @@ def load_rows(report: Report, label: str, o: Outcome, latency_s: float, full: bo
     report.add(
         Row("   server RSS peak", f"{o.peak_rss / 2**20:.0f} MB", "", "", "<= 1024 MB", o.peak_rss <= 2**30)
     )
-    # The goal is the gateway's own CPU, concatenation excluded: the server process alone (the joins
-    # run in its child processes); with the children, for the record.
+    # The goal is the gateway's own CPU, concatenation excluded: the server process and its HTTP child
+    # (the joins run in child processes of their own); with the joins, for the record.
     report.add(
         Row(
-            "   server CPU per shot (process; joins apart)",
+            "   server CPU per shot (+ HTTP child; joins apart)",
             f"{o.process_ms_per_shot:.1f} ms",
             f"with joins {o.cpu_ms_per_shot:.1f} ms; idle {o.idle_ms_per_shot:.1f} ms; "
             f"kernel {o.process_kernel_cpu_s / max(o.process_cpu_s, 1e-9):.0%}",

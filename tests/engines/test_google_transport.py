@@ -1,6 +1,9 @@
 """The Google engine's event-loop transport on its own, against a loopback server that answers each
 request as the test scripts it (well, compressed, late, not at all, or by hanging up): the answers
-arrive as httpx responses and the network's failures as the httpx errors the retry policy reads."""
+arrive as httpx responses and the network's failures as the httpx errors the retry policy reads.
+Both forms, the loop in this process (``LoopHttp``) and in a child process (``ProcessHttp``), run
+every test that does not look at the loop itself (tests/engines/test_google_process_http.py has
+the child's own)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import pytest
 from tests.conftest import free_port
 
 from nanogen.engines.google.calls import UNSENT, Backoff, retrying
-from nanogen.engines.google.transport import LoopHttp
+from nanogen.engines.google.process_http import ProcessHttp
+from nanogen.engines.google.transport import LoopHttp, Transport
 from nanogen.errors import EngineError
 from nanogen.tls import ssl_context
 
@@ -88,11 +92,31 @@ class ScriptedServer:
         self.listener.close()
 
 
+MakeHttp = Callable[..., Transport]
+
+
+@pytest.fixture(params=["loop", "process"])
+def make_http(request: pytest.FixtureRequest) -> Iterator[MakeHttp]:
+    """A transport of either form: ``make_http(limit, spool_dir=None)``; closed after the test."""
+    made: list[Transport] = []
+
+    def make(limit: int, spool_dir: Path | None = None) -> Transport:
+        client: Transport
+        if request.param == "loop":
+            client = LoopHttp(limit=limit, ssl_context=ssl_context(), spool_dir=spool_dir)
+        else:
+            client = ProcessHttp(limit=limit, spool_dir=spool_dir)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
 @pytest.fixture
-def http() -> Iterator[LoopHttp]:
-    client = LoopHttp(limit=8, ssl_context=ssl_context())
-    yield client
-    client.close()
+def http(make_http: MakeHttp) -> Transport:
+    return make_http(8)
 
 
 @pytest.fixture
@@ -109,7 +133,7 @@ def scripted() -> Iterator[Callable[..., ScriptedServer]]:
 
 
 def test_an_answer_arrives_whole_with_the_request_as_sent(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     body = json.dumps({"name": "models/veo/operations/1"}).encode()
     server = scripted(answer(200, body, "Content-Type: application/json"))
@@ -128,7 +152,7 @@ def test_an_answer_arrives_whole_with_the_request_as_sent(
 
 
 def test_a_compressed_answer_is_handed_on_decompressed(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     """Google compresses its JSON; the response handed on carries the plain bytes (and no
     Content-Encoding that would make httpx decode them a second time)."""
@@ -141,7 +165,7 @@ def test_a_compressed_answer_is_handed_on_decompressed(
     assert "content-encoding" not in response.headers
 
 
-def test_error_answers_are_answers(http: LoopHttp, scripted: Callable[..., ScriptedServer]) -> None:
+def test_error_answers_are_answers(http: Transport, scripted: Callable[..., ScriptedServer]) -> None:
     server = scripted(answer(429, b'{"error": {"code": 429}}'), answer(503, b"<html>busy</html>"))
     first = http.request("GET", f"{server.url}/a", headers={}, timeout_s=10)
     second = http.request("GET", f"{server.url}/b", headers={}, timeout_s=10)
@@ -149,7 +173,7 @@ def test_error_answers_are_answers(http: LoopHttp, scripted: Callable[..., Scrip
     assert (second.status_code, second.text) == (503, "<html>busy</html>")
 
 
-def test_a_refused_connection_is_unsent_and_retried(http: LoopHttp) -> None:
+def test_a_refused_connection_is_unsent_and_retried(http: Transport) -> None:
     nobody = f"http://127.0.0.1:{free_port()}/v1beta/op"
     with pytest.raises(httpx.ConnectError) as raised:
         http.request("GET", nobody, headers={}, timeout_s=10)
@@ -157,7 +181,7 @@ def test_a_refused_connection_is_unsent_and_retried(http: LoopHttp) -> None:
 
 
 def test_a_connection_closed_without_an_answer_may_have_been_billed(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     server = scripted(hang_up, answer(200, b"{}"))
     calls: list[int] = []
@@ -188,7 +212,7 @@ def test_a_connection_closed_without_an_answer_may_have_been_billed(
 
 
 def test_an_answer_later_than_the_timeout_is_a_read_timeout(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     def late(conn: socket.socket) -> None:
         time.sleep(3)
@@ -202,7 +226,7 @@ def test_an_answer_later_than_the_timeout_is_a_read_timeout(
 
 
 def test_a_download_is_written_and_a_redirect_is_handed_back(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer], tmp_path: Path
+    http: Transport, scripted: Callable[..., ScriptedServer], tmp_path: Path
 ) -> None:
     video = bytes(range(256)) * 8192  # 2 MiB: more than one chunk
     server = scripted(
@@ -221,7 +245,7 @@ def test_a_download_is_written_and_a_redirect_is_handed_back(
     assert not (tmp_path / "gone.mp4").exists()
 
 
-def test_many_threads_calls_are_in_flight_together_up_to_the_limit(http: LoopHttp) -> None:
+def test_many_threads_calls_are_in_flight_together_up_to_the_limit(http: Transport) -> None:
     """Twenty job threads call at once through a transport of 8 connections: the server holds the
     first answers until 8 requests are open together (the loop has them all in flight), and half a
     second more, and never sees more than 8 at once."""
@@ -280,7 +304,7 @@ def test_many_threads_calls_are_in_flight_together_up_to_the_limit(http: LoopHtt
 
 
 def test_a_proxy_set_in_the_environment_is_used(
-    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch, make_http: MakeHttp
 ) -> None:
     """HTTP_PROXY applies as it did with httpx: the request reaches the proxy in absolute form. The
     destination is a loopback port nobody listens on: only the proxy can answer for it."""
@@ -288,12 +312,9 @@ def test_a_proxy_set_in_the_environment_is_used(
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    http = LoopHttp(limit=2, ssl_context=ssl_context())
+    http = make_http(2)  # a child process starts on first use, and inherits the environment then
     nobody = f"http://127.0.0.1:{free_port()}/v1beta/op"
-    try:
-        response = http.request("GET", nobody, headers={}, timeout_s=10)
-    finally:
-        http.close()
+    response = http.request("GET", nobody, headers={}, timeout_s=10)
     assert response.json() == {"via": "proxy"}
     [request] = proxy.requests
     assert request.startswith(f"GET {nobody} HTTP/1.1\r\n".encode())
@@ -311,7 +332,7 @@ def trickle(conn: socket.socket) -> None:
 
 
 def test_a_call_is_bounded_as_a_whole_and_a_download_per_read(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer], tmp_path: Path
+    http: Transport, scripted: Callable[..., ScriptedServer], tmp_path: Path
 ) -> None:
     server = scripted(trickle, trickle)
     started = time.monotonic()
@@ -323,7 +344,7 @@ def test_a_call_is_bounded_as_a_whole_and_a_download_per_read(
     assert done.status_code == 200 and dest.read_bytes() == b"0123456789", "a download that keeps coming"
 
 
-def test_a_json_body_is_sent_as_json(http: LoopHttp, scripted: Callable[..., ScriptedServer]) -> None:
+def test_a_json_body_is_sent_as_json(http: Transport, scripted: Callable[..., ScriptedServer]) -> None:
     server = scripted(answer(200, b"{}"))
     http.request("POST", f"{server.url}/gen", headers={"x-goog-api-key": "k"}, json={"a": [1]}, timeout_s=10)
     [request] = server.requests
@@ -389,7 +410,7 @@ def test_a_client_dropped_unclosed_ends_its_loop_on_the_loop_thread(
 
 
 def test_calls_begun_together_each_end_in_their_future(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     """``begin`` sends without waiting; each future holds its answer or the error ``request`` raises."""
     from nanogen.engines.google.transport import JsonCall
@@ -415,10 +436,10 @@ def test_calls_begun_together_each_end_in_their_future(
         refused.result(timeout=10)
 
 
-def test_calls_begun_on_a_closed_client_fail_unsent(scripted: Callable[..., ScriptedServer]) -> None:
+def test_calls_begun_on_a_closed_client_fail_unsent(make_http: MakeHttp) -> None:
     from nanogen.engines.google.transport import JsonCall
 
-    client = LoopHttp(limit=2, ssl_context=ssl_context())
+    client = make_http(2)
     client.close()
     with pytest.raises(RuntimeError, match="closed"):
         client.begin([JsonCall("POST", "http://127.0.0.1:9/gen", {}, {}, 10)], [concurrent.futures.Future()])
@@ -442,30 +463,27 @@ def files_open_in(folder: Path) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
 def test_a_large_answer_waits_in_a_file_until_read(
-    scripted: Callable[..., ScriptedServer], tmp_path: Path
+    scripted: Callable[..., ScriptedServer], tmp_path: Path, make_http: MakeHttp
 ) -> None:
     server = scripted(answer(200, LARGE, "Content-Type: application/json"), answer(200, LARGE))
-    client = LoopHttp(limit=2, ssl_context=ssl_context(), spool_dir=tmp_path / "spool")
-    try:
-        spooled = client.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
-        assert spooled.status_code == 200 and files_open_in(tmp_path / "spool") == 1
-        with pytest.raises(httpx.ResponseNotRead):
-            spooled.content  # noqa: B018 - the access is the check
-        assert spooled.read() == LARGE and spooled.json()["data"] == "A" * (1 << 20)
-        assert files_open_in(tmp_path / "spool") == 0, "read back, the file is let go"
-        unread = client.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
-        assert files_open_in(tmp_path / "spool") == 1
-        del unread
-        gc.collect()
-        assert files_open_in(tmp_path / "spool") == 0, "dropped unread, the file is let go too"
-        assert list((tmp_path / "spool").iterdir()) == [], "no name was ever left behind"
-    finally:
-        client.close()
+    client = make_http(2, tmp_path / "spool")
+    spooled = client.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+    assert spooled.status_code == 200 and files_open_in(tmp_path / "spool") == 1
+    with pytest.raises(httpx.ResponseNotRead):
+        spooled.content  # noqa: B018 - the access is the check
+    assert spooled.read() == LARGE and spooled.json()["data"] == "A" * (1 << 20)
+    assert files_open_in(tmp_path / "spool") == 0, "read back, the file is let go"
+    unread = client.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+    assert files_open_in(tmp_path / "spool") == 1
+    del unread
+    gc.collect()
+    assert files_open_in(tmp_path / "spool") == 0, "dropped unread, the file is let go too"
+    assert list((tmp_path / "spool").iterdir()) == [], "no name was left behind"
 
 
 @pytest.mark.parametrize("status, body", [(200, b'{"small": true}'), (500, LARGE)], ids=["small", "error"])
 def test_small_and_error_answers_are_read_at_once_even_when_spooled(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer], status: int, body: bytes
+    http: Transport, scripted: Callable[..., ScriptedServer], status: int, body: bytes
 ) -> None:
     server = scripted(answer(status, body))
     response = http.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
@@ -473,7 +491,7 @@ def test_small_and_error_answers_are_read_at_once_even_when_spooled(
 
 
 def test_a_large_answer_begun_spooled_is_read_from_its_future(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     from nanogen.engines.google.transport import JsonCall
 
@@ -484,7 +502,7 @@ def test_a_large_answer_begun_spooled_is_read_from_its_future(
 
 
 def test_a_large_answer_arriving_in_pieces_is_spooled_whole_and_in_order(
-    http: LoopHttp, scripted: Callable[..., ScriptedServer]
+    http: Transport, scripted: Callable[..., ScriptedServer]
 ) -> None:
     """The loop writes what has arrived each time (the connection's small read buffer pauses the
     socket in between): every piece, in order, whatever the pieces' sizes."""

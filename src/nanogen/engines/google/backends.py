@@ -9,8 +9,8 @@
 
 ``NANOGEN_GOOGLE_BASE_URL`` sends every call (SDK and REST) to another endpoint. The SDK's calls go
 through the engine's ``httpx.Client``s; the Gemini API's REST calls (its jobs: images and Veo) through
-the engine's event loop (transport.LoopHttp), whose errors read as httpx's, so timeouts and transport
-errors are the same everywhere.
+the engine's event loop (transport.py; in a child process by default, process_http.py), whose errors
+read as httpx's, so timeouts and transport errors are the same everywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from google.genai import types
 
 from nanogen.engines.base import Check, EngineConfigError
 from nanogen.engines.google.images import ImageCaller, ImagesRest, ImagesSdk
-from nanogen.engines.google.transport import LoopHttp
+from nanogen.engines.google.transport import Transport
 from nanogen.engines.google.veo import VeoBackend, VeoRest, VeoVertex
 from nanogen.settings import Settings
 from nanogen.tls import ssl_context
@@ -57,7 +57,7 @@ def _options(settings: Settings, http: httpx.Client, api_version: str | None) ->
     )
 
 
-def gemini(settings: Settings, http: httpx.Client, rest: LoopHttp, video_model: str) -> Backend:
+def gemini(settings: Settings, http: httpx.Client, rest: Transport, video_model: str) -> Backend:
     key = settings.google_api_key
     if key is None or not key.get_secret_value().strip():
         raise EngineConfigError(
@@ -77,7 +77,7 @@ def gemini(settings: Settings, http: httpx.Client, rest: LoopHttp, video_model: 
     )
 
 
-def vertex(settings: Settings, http: httpx.Client, rest: LoopHttp, video_model: str) -> Backend:
+def vertex(settings: Settings, http: httpx.Client, rest: Transport, video_model: str) -> Backend:
     project = settings.google_project
     if not project:
         raise EngineConfigError(
@@ -125,7 +125,7 @@ def _application_default_credentials() -> Check:
     return Check("credentials", True, f"application default credentials work ({who})")
 
 
-BACKENDS: dict[str, Callable[[Settings, httpx.Client, LoopHttp, str], Backend]] = {
+BACKENDS: dict[str, Callable[[Settings, httpx.Client, Transport, str], Backend]] = {
     "gemini": gemini,
     "vertex": vertex,
 }

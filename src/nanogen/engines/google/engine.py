@@ -46,8 +46,9 @@ from nanogen.engines.google.calls import (
 )
 from nanogen.engines.google.models import DEFAULT_VIDEO_MODEL, model_info
 from nanogen.engines.google.polling import PollSchedule
+from nanogen.engines.google.process_http import ProcessHttp
 from nanogen.engines.google.quota import CallGate
-from nanogen.engines.google.transport import LoopHttp
+from nanogen.engines.google.transport import LoopHttp, Transport
 from nanogen.errors import EngineError
 from nanogen.media.video import probe_video
 from nanogen.products import (
@@ -108,15 +109,20 @@ class GoogleEngine(Engine):
             Product.VIDEO: settings.google_video_model or DEFAULT_VIDEO_MODEL[settings.google_mode],
         }
         # Every job in flight may hold a connection at once (an image call is one request of tens of
-        # seconds). On the Gemini API the jobs' calls are made on one event loop (transport.py), with
-        # a connection for each job in flight. On Vertex AI they go through the SDK's httpx client,
+        # seconds). On the Gemini API the jobs' calls are made on one event loop, in a child process
+        # by default (process_http.py) or on a thread here (transport.py), with a connection for
+        # each job in flight. On Vertex AI they go through the SDK's httpx client,
         # and one httpx pool that large costs CPU with every request (httpcore scans its connections
         # and waiting requests: ~19 ms of CPU per call at 2,000 open, encode/httpx#3215), so the
         # connections are spread over pools of POOL_CONNECTIONS, one client (and SDK client) each; a
         # thread always uses the same one.
         image_slots = settings.image_concurrency or self.default_concurrency
         in_flight = image_slots + (settings.video_concurrency or self.default_concurrency)
-        self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context(), spool_dir=settings.scratch_dir)
+        self._rest: Transport
+        if settings.google_http_process:
+            self._rest = ProcessHttp(limit=in_flight, spool_dir=settings.scratch_dir)
+        else:
+            self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context(), spool_dir=settings.scratch_dir)
         first = self._make_backend()  # checks the settings now: serve refuses to start
         shards = max(1, math.ceil(in_flight / POOL_CONNECTIONS)) if first.jobs_use_sdk else 1
         self._backends: list[Backend | None] = [None] * shards  # made when a thread first needs one

@@ -35,7 +35,7 @@ from nanogen import b64
 from nanogen.engines.base import ImageJob, InputImage
 from nanogen.engines.google import blobs
 from nanogen.engines.google.calls import checked, json_object, sdk
-from nanogen.engines.google.transport import JsonCall, LoopHttp
+from nanogen.engines.google.transport import JsonCall, Transport
 from nanogen.errors import EngineError
 from nanogen.media.images import png_bytes
 
@@ -111,7 +111,7 @@ _DECODING = threading.BoundedSemaphore(max(4, 2 * (os.cpu_count() or 1)))
 
 # -- Gemini API: REST ----------------------------------------------------------------------------------
 class ImagesRest:
-    def __init__(self, http: LoopHttp, base_url: str, api_key: SecretStr) -> None:
+    def __init__(self, http: Transport, base_url: str, api_key: SecretStr) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._key = api_key

@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import aiohttp
 import httpx
@@ -80,6 +80,33 @@ class JsonCall:
     json: Any
     timeout_s: float
     spool: bool = False  # as ``LoopHttp.request``'s
+
+
+class Transport(Protocol):
+    """How the engine makes its REST calls: ``LoopHttp`` (a loop thread in this process) or
+    ``process_http.ProcessHttp`` (a loop in a child process), with the same answers and errors."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None = None,
+        json: Any = None,
+        timeout_s: float,
+        spool: bool = False,
+    ) -> httpx.Response: ...
+
+    def begin(
+        self, calls: Sequence[JsonCall], futures: Sequence[concurrent.futures.Future[httpx.Response]]
+    ) -> None: ...
+
+    def download(
+        self, url: str, *, headers: Mapping[str, str], dest: Path, timeout_s: float
+    ) -> httpx.Response: ...
+
+    def close(self, timeout_s: float = 5.0) -> None: ...
 
 
 class LoopHttp:
@@ -237,14 +264,17 @@ class LoopHttp:
                 return _response(answer, await answer.read())
             if self._spool_dir is not None:
                 self._spool_dir.mkdir(parents=True, exist_ok=True)
-            # Unnamed (O_TMPFILE where the system has it): nothing to clean up after a crash.
-            file = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 - the stream closes it
+            file = self._spool_file()
             try:
                 await _write_body(answer, file)
             except BaseException:
                 file.close()
                 raise
             return _response(answer, stream=_Spooled(file))
+
+    def _spool_file(self) -> IO[bytes]:
+        # Unnamed (O_TMPFILE where the system has it): nothing to clean up after a crash.
+        return tempfile.TemporaryFile(dir=self._spool_dir)  # the stream closes it
 
     async def _download(
         self, url: str, headers: dict[str, str], dest: Path, timeout_s: float
@@ -281,6 +311,11 @@ class _Spooled(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         self._file.seek(0)
         yield self._file.read()
+
+    @property
+    def name(self) -> str:
+        """The file's path (a named spool file's, in the HTTP process) or descriptor."""
+        return str(self._file.name)
 
     def close(self) -> None:
         self._file.close()

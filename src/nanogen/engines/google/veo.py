@@ -28,7 +28,7 @@ from nanogen import b64
 from nanogen.engines.base import InputImage, ShotJob
 from nanogen.engines.google.calls import checked, json_object, sdk
 from nanogen.engines.google.images import input_image
-from nanogen.engines.google.transport import LoopHttp
+from nanogen.engines.google.transport import Transport
 from nanogen.errors import EngineError
 from nanogen.products import GenerationType
 
@@ -81,7 +81,7 @@ def _check_name(operation: str) -> str:
 
 # -- Gemini API: REST ----------------------------------------------------------------------------------
 class VeoRest:
-    def __init__(self, http: LoopHttp, base_url: str, api_key: SecretStr, model: str) -> None:
+    def __init__(self, http: Transport, base_url: str, api_key: SecretStr, model: str) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._key = api_key

@@ -1,0 +1,203 @@
+"""The Google engine's calls made by a child process (process_http.py): what the child is, and what
+happens when it dies, is closed, is dropped, or outlives a crash. The answers and errors themselves,
+the same as the in-process loop's, are tested for both in test_google_transport.py."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.conftest import wait_for
+from tests.engines.test_google_transport import ScriptedServer, answer
+from tests.fakes.google_server import API_KEY, FakeGoogle
+
+from nanogen.engines.google.calls import UNSENT
+from nanogen.engines.google.engine import GoogleEngine
+from nanogen.engines.google.process_http import CHILD_NAME, ProcessHttp
+from nanogen.engines.google.transport import LoopHttp
+from nanogen.settings import Settings
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedServer]]:
+    made: list[ScriptedServer] = []
+
+    def make(*replies: Callable[..., None]) -> ScriptedServer:
+        made.append(ScriptedServer(*replies))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def http() -> Iterator[ProcessHttp]:
+    client = ProcessHttp(limit=4)
+    yield client
+    client.close()
+
+
+def child_pid(http: ProcessHttp) -> int:
+    process = http._link.process
+    assert process is not None and process.pid is not None, "a child was started"
+    return process.pid
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie not yet reaped by whoever adopted it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_calls_are_made_by_a_named_child_of_this_process(
+    http: ProcessHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    assert http._link.process is None, "nothing is started before the first call"
+    server = scripted(answer(200, b"one"), answer(200, b"two"))
+    assert http.request("GET", f"{server.url}/a", headers={}, timeout_s=10).content == b"one"
+    pid = child_pid(http)
+    assert pid != os.getpid()
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == CHILD_NAME
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(stat[1]) == os.getpid(), "its parent is this process"
+    assert http.request("GET", f"{server.url}/b", headers={}, timeout_s=10).content == b"two"
+    assert child_pid(http) == pid, "one child serves every call"
+
+
+def test_a_child_killed_mid_call_fails_that_call_and_the_next_call_starts_another(
+    http: ProcessHttp, scripted: Callable[..., ScriptedServer]
+) -> None:
+    """The call was sent and may have been billed: a ReadError, which the retry policy repeats only
+    for calls Google does not bill. Nothing hangs, and the transport carries on with a new child."""
+    held = threading.Event()
+
+    def never(conn: object) -> None:
+        held.wait(30)
+
+    server = scripted(never)
+    outcome: list[BaseException | httpx.Response] = []
+
+    def call() -> None:
+        try:
+            outcome.append(http.request("POST", f"{server.url}/gen", headers={}, content=b"{}", timeout_s=30))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: server.requests or None, 10)
+    first = child_pid(http)
+    os.kill(first, signal.SIGKILL)
+    caller.join(10)
+    held.set()
+    [error] = outcome
+    assert isinstance(error, httpx.ReadError) and not isinstance(error, UNSENT), error
+    later = scripted(answer(200, b"again"))
+    assert http.request("GET", f"{later.url}/x", headers={}, timeout_s=10).content == b"again"
+    assert child_pid(http) != first
+
+
+def test_close_ends_the_child_and_a_dropped_client_ends_it_too(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    server = scripted(answer(200, b"a"), answer(200, b"b"))
+    closed = ProcessHttp(limit=2)
+    assert closed.request("GET", f"{server.url}/x", headers={}, timeout_s=10).content == b"a"
+    pid = child_pid(closed)
+    closed.close()
+    assert gone(pid)
+    closed.close()  # a second close is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        closed.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
+
+    dropped = ProcessHttp(limit=2)
+    assert dropped.request("GET", f"{server.url}/y", headers={}, timeout_s=10).content == b"b"
+    pid = child_pid(dropped)
+    del dropped
+    gc.collect()
+    wait_for(lambda: gone(pid) or None, 10)
+
+
+def test_the_child_exits_when_its_parent_is_killed(
+    scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    """``kill -9`` runs no shutdown code: the child reads the end of its pipe and exits."""
+    server = scripted(answer(200, b"ok"))
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from nanogen.engines.google.process_http import ProcessHttp
+        http = ProcessHttp(limit=2)
+        assert http.request("GET", "{server.url}/x", headers={{}}, timeout_s=10).content == b"ok"
+        print(http._link.process.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert not gone(pid)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    wait_for(lambda: gone(pid) or None, 10)
+
+
+def test_spooled_answers_left_by_a_dead_child_are_removed_by_the_next(
+    scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = int(finished.stdout)  # exited and reaped: no process has this pid now (barring reuse)
+    orphan = spool / f"{CHILD_NAME}-{dead}-0"
+    orphan.write_bytes(b"an answer nobody took")
+    live = spool / f"{CHILD_NAME}-{os.getpid()}-0"  # a live process's: not touched
+    live.write_bytes(b"in use")
+    other = spool / "job-scratch"
+    other.write_bytes(b"not the child's")
+    server = scripted(answer(200, b"{}"))
+    http = ProcessHttp(limit=2, spool_dir=spool)
+    try:
+        http.request("POST", f"{server.url}/gen", headers={}, timeout_s=10, spool=True)
+    finally:
+        http.close()
+    assert sorted(p.name for p in spool.iterdir()) == sorted([live.name, other.name])
+
+
+def test_the_engine_calls_from_a_child_by_default(fake: FakeGoogle, tmp_path: Path) -> None:
+    def engine(**values: object) -> GoogleEngine:
+        settings = Settings(
+            home=tmp_path,
+            engine_images="google",
+            google_base_url=fake.base_url,
+            google_api_key=API_KEY,
+            **values,
+        )
+        return GoogleEngine(settings)
+
+    default, in_process = engine(), engine(google_http_process=False)
+    try:
+        assert isinstance(default._rest, ProcessHttp)
+        assert isinstance(in_process._rest, LoopHttp)
+    finally:
+        default._rest.close()
+        in_process._rest.close()
