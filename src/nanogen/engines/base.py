@@ -202,6 +202,11 @@ class Engine(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def start_working(self) -> None:
+        """Called once when this process starts to run jobs (a worker launches): start what the jobs
+        will need, off their path. The default: nothing."""
+        return None
+
     def generate_image(self, job: ImageJob, dest: Path, progress: ProgressFn) -> Output:
         raise NotImplementedError(f"engine {self.name!r} does not make images")
 

@@ -303,6 +303,8 @@ def launch(settings: Settings, role: str, *, work: bool) -> Process:
         # SQLite: the workflows' outcomes commit in groups with the task writes (tasks/outcomes.py).
         outcomes.install(_dbos_system_database(), rt.task_writes)
         start_threads_ahead(_dbos_executor(), threads)
+        for engine in {id(e): e for e in rt.engines.values()}.values():  # one instance may serve both
+            engine.start_working()
     # Queue settings live in the database, shared by every worker of the queue: only workers set
     # them (an API process enqueues by name), and the last worker to start wins.
     for name, queue in queues.items():

@@ -147,6 +147,13 @@ class GoogleEngine(Engine):
         self._begun_metric = metrics.PROVIDER_CALLS_BEGUN.labels("google", CALL_LABELS["image generation"])
         self._polls_made = metrics.PROVIDER_POLLS.labels("google")
 
+    def start_working(self) -> None:
+        """Start the REST calls' loop now (its child process takes ~0.5 s to be ready: started by
+        the first call, a burst's calls waited for it), unless the jobs call through the SDK."""
+        first = self._backends[0]
+        if first is not None and not first.jobs_use_sdk:
+            self._rest.start()
+
     def _make_backend(self) -> Backend:
         client = httpx.Client(
             timeout=self.settings.google_request_timeout_s,

@@ -115,6 +115,11 @@ class ProcessHttp:
         """As ``LoopHttp.download``: the child writes a 2xx body to ``dest``."""
         return self._one(("download", (url, dict(headers), str(dest), timeout_s)))
 
+    def start(self) -> None:
+        """Start the child now rather than on the first call (it takes ~0.5 s to be ready, and the
+        calls of a burst would wait for it); returns at once. Nothing once closed."""
+        self._link.start()
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Close the pipe (calls still in flight fail) and wait up to ``timeout_s`` for the child to
         exit. Idempotent; the object cannot be used afterwards."""
@@ -160,6 +165,11 @@ class _Link:
                 self.sender.start()
             self.outbox.put((calls, futures))
         return True
+
+    def start(self) -> None:
+        with self.lock:
+            if not self.closed and self.conn is None:
+                self._start_child()
 
     def close(self, timeout_s: float | None) -> None:
         with self.lock:

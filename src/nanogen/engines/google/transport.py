@@ -106,6 +106,8 @@ class Transport(Protocol):
         self, url: str, *, headers: Mapping[str, str], dest: Path, timeout_s: float
     ) -> httpx.Response: ...
 
+    def start(self) -> None: ...
+
     def close(self, timeout_s: float = 5.0) -> None: ...
 
 
@@ -182,6 +184,10 @@ class LoopHttp:
         """GET ``url`` without following redirects. A 2xx body is written to ``dest`` (the response
         returned then carries no content); any other answer is returned whole."""
         return self._run(self._download(url, dict(headers), dest, timeout_s))
+
+    def start(self) -> None:
+        """Start the loop thread and its session now rather than on the first call."""
+        self._started()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close the session (calls still in flight fail) and stop the loop thread, waiting up to
