@@ -201,3 +201,27 @@ def test_the_engine_calls_from_a_child_by_default(fake: FakeGoogle, tmp_path: Pa
     finally:
         default._rest.close()
         in_process._rest.close()
+
+
+def test_a_worker_starts_its_http_child_when_it_launches(fake: FakeGoogle, tmp_path: Path) -> None:
+    """Before any request: a burst's first calls do not wait for the child to start."""
+    from tests.engines.google_support import google_server
+
+    def http_children(pid: int) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parent = int(Path(f"{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    name = Path(f"{entry}/comm").read_text().strip()
+                except (OSError, IndexError, ValueError):
+                    continue
+                if parent == pid and name == CHILD_NAME:
+                    found.append(int(entry.name))
+        return found
+
+    with google_server(tmp_path, fake) as server:
+        assert server.process is not None
+        [child] = wait_for(lambda: http_children(server.process.pid), 20)  # type: ignore[union-attr]
+        assert not gone(child)
+    wait_for(lambda: gone(child) or None, 20)
