@@ -262,7 +262,12 @@ class _Link:
             settled = [(self.pending.pop(call_id, None), outcome) for call_id, outcome in batch]
         for future, outcome in settled:
             if future is not None:
-                _settle(future, outcome)
+                try:
+                    _settle(future, outcome)
+                except (
+                    Exception
+                ) as exc:  # an answer this side cannot rebuild: that call fails, not this thread
+                    _fail([future], EngineError(f"Google returned a malformed response ({exc})"))
 
     def _receive_all(self, conn: Connection, process: BaseProcess) -> None:
         while True:
@@ -348,6 +353,8 @@ def _child(conn: Connection, limit: int, spool_dir: Path | None) -> None:
                 conn.send(batch)
             except (OSError, ValueError):
                 os._exit(0)  # the worker is gone
+            except Exception:  # an answer that cannot be sent: the worker sees the pipe end, fails the calls
+                os._exit(1)
 
     threading.Thread(target=write_answers, name="answers", daemon=True).start()
     while True:
