@@ -112,7 +112,7 @@ def test_a_child_killed_mid_call_fails_that_call_and_the_next_call_starts_anothe
     assert child_pid(http) != first
 
 
-def test_close_ends_the_child_and_a_dropped_client_ends_it_too(
+def test_close_ends_the_child_also_one_never_used_and_a_dropped_client_ends_it_too(
     scripted: Callable[..., ScriptedServer],
 ) -> None:
     server = scripted(answer(200, b"a"), answer(200, b"b"))
@@ -124,6 +124,12 @@ def test_close_ends_the_child_and_a_dropped_client_ends_it_too(
     closed.close()  # a second close is harmless
     with pytest.raises(RuntimeError, match="closed"):
         closed.request("GET", f"{server.url}/x", headers={}, timeout_s=5)
+
+    started = ProcessHttp(limit=2)
+    started.start()  # a child started ahead and never used
+    pid = child_pid(started)
+    started.close()
+    assert gone(pid)
 
     dropped = ProcessHttp(limit=2)
     assert dropped.request("GET", f"{server.url}/y", headers={}, timeout_s=10).content == b"b"

@@ -160,16 +160,21 @@ class _Link:
         with self.lock:
             if self.closed:
                 return False
-            if self.sender is None:
-                self.sender = threading.Thread(target=self._send_all, name=f"{CHILD_NAME}-send", daemon=True)
-                self.sender.start()
+            self._sending()
             self.outbox.put((calls, futures))
         return True
 
     def start(self) -> None:
         with self.lock:
             if not self.closed and self.conn is None:
+                self._sending()  # the thread that will also hang up on the child at close
                 self._start_child()
+
+    def _sending(self) -> None:
+        """The sending thread, started once (under ``lock``)."""
+        if self.sender is None:
+            self.sender = threading.Thread(target=self._send_all, name=f"{CHILD_NAME}-send", daemon=True)
+            self.sender.start()
 
     def close(self, timeout_s: float | None) -> None:
         with self.lock:
