@@ -189,7 +189,7 @@ def test_spooled_answers_left_by_a_dead_child_are_removed_by_the_next(
     assert sorted(p.name for p in spool.iterdir()) == sorted([live.name, other.name])
 
 
-def test_the_engine_calls_from_a_child_by_default(fake: FakeGoogle, tmp_path: Path) -> None:
+def test_the_engine_calls_from_a_child_where_it_may_use_two_cpus(fake: FakeGoogle, tmp_path: Path) -> None:
     def engine(**values: object) -> GoogleEngine:
         settings = Settings(
             home=tmp_path,
@@ -200,13 +200,30 @@ def test_the_engine_calls_from_a_child_by_default(fake: FakeGoogle, tmp_path: Pa
         )
         return GoogleEngine(settings)
 
-    default, in_process = engine(), engine(google_http_process=False)
+    made = [engine(), engine(google_http_process=False), engine(google_http_process=True)]
     try:
-        assert isinstance(default._rest, ProcessHttp)
-        assert isinstance(in_process._rest, LoopHttp)
+        default, off, on = (type(e._rest) for e in made)
+        assert off is LoopHttp and on is ProcessHttp
+        assert default is (ProcessHttp if len(os.sched_getaffinity(0)) > 1 else LoopHttp)
     finally:
-        default._rest.close()
-        in_process._rest.close()
+        for e in made:
+            e._rest.close()
+
+
+def test_on_one_cpu_the_default_keeps_the_calls_in_the_worker() -> None:
+    """The child's gain is the other core; a process bound to one CPU (taskset, a cgroup's cpuset)
+    keeps the loop on a thread of its own. Checked in a process bound so, not by pretending."""
+    script = textwrap.dedent(
+        """
+        import os
+        from nanogen.engines.google.engine import calls_from_a_child
+        from nanogen.settings import Settings
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        print(calls_from_a_child(Settings()), calls_from_a_child(Settings(google_http_process=True)))
+        """
+    )
+    bound = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert bound.stdout.split() == ["False", "True"], bound.stderr
 
 
 def test_a_worker_starts_its_http_child_when_it_launches(fake: FakeGoogle, tmp_path: Path) -> None:
