@@ -5,10 +5,12 @@ same answers and the same errors (httpx's types), but the event loop that sends 
 the answers runs in a child process, on whichever core is free. In the worker, every job already
 shares one interpreter lock with the API and thousands of other jobs; reading 2,000 answers that come
 within a second (aiohttp's parsing, the loop's wake-ups) was work on that lock, and the loop's thread
-got a small share of it, so the answers waited for it. Measured side by side (bench_google c, 2,000
-image calls at 15 s, this 2-core machine, alternating runs): all done in 17.5-18.6 s against
-17.6-19.6 s in the worker's own loop, the last request accepted at 1.2-1.8 s against 2.1-4.4 s, and
-the worker's CPU an image 2.9-3.7 ms (3.5-4.5 with the child) against 4.1-5.1 ms.
+got a small share of it, so the answers waited for it, and the API's acceptances of a burst shared
+the lock with that work. Measured side by side (bench_google c: 2,000 image calls at 15 s on a 2-core
+machine, alternating with the loop in the worker): all done in 17.4-18.9 s in sixteen runs (one over
+the 18.75 s goal) against 17.6-19.6 s in seventeen (seven over), the last request accepted at 1.1-1.9 s
+against 2.0-4.4 s, about the same CPU in all (the child's included). On one CPU the child has no core
+to gain (engine.calls_from_a_child).
 
 How: the calls go to the child over a pipe in batches: one thread here sends whatever the jobs have
 asked since its last send, as one message. The child makes them with a ``LoopHttp`` of its own and
@@ -17,11 +19,12 @@ A large answer asked to be spooled is written by the child to a file in the spoo
 arrives; the reading thread opens it and unlinks it at once, and the job reads it back as LoopHttp's.
 The requests' JSON is encoded in the child too.
 
-The child starts on first use, from a fresh interpreter (``spawn``: never a fork of a process with
-thousands of threads), and ends when the pipe closes: on ``close``, when this object is dropped, and
-when this process dies (``kill -9`` included: the child reads the end of the pipe and exits). A child
-that dies fails the calls it held with ``httpx.ReadError`` (sent, and perhaps billed: the engine's
-retry policy repeats them only where Google does not bill), and the next call starts another.
+The child starts on ``start`` (a worker calls it as it launches) or else on first use, from a fresh
+interpreter (``spawn``: never a fork of a process with thousands of threads), and ends when the pipe
+closes: on ``close``, when this object is dropped, and when this process dies (``kill -9`` included:
+the child reads the end of the pipe and exits). A child that dies fails the calls it held with
+``httpx.ReadError`` (sent, and perhaps billed: the engine's retry policy repeats them only where
+Google does not bill), and the next call starts another.
 """
 
 from __future__ import annotations
