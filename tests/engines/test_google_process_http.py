@@ -248,3 +248,38 @@ def test_a_worker_starts_its_http_child_when_it_launches(fake: FakeGoogle, tmp_p
         [child] = wait_for(lambda: http_children(server.process.pid), 20)  # type: ignore[union-attr]
         assert not gone(child)
     wait_for(lambda: gone(child) or None, 20)
+
+
+def test_the_child_outlives_signals_and_ends_with_its_parents_exit(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """Ctrl-C reaches a terminal's whole process group, and a service manager's SIGTERM every process of
+    the unit: the child ignores both and serves the worker's calls while the worker finishes its jobs,
+    then ends with the worker's exit (its exit handlers do not wait on a child that waits on them)."""
+    server = scripted(answer(200, b"before"), answer(200, b"after"))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from nanogen.engines.google.process_http import ProcessHttp
+        http = ProcessHttp(limit=2)
+        assert http.request("GET", "{server.url}/x", headers={{}}, timeout_s=10).content == b"before"
+        print(http._link.process.pid, flush=True)
+        sys.stdin.readline()  # the test has signalled the child
+        print(http.request("GET", "{server.url}/y", headers={{}}, timeout_s=10).content.decode(), flush=True)
+        """  # exits without closing the client
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdin is not None and parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        assert ignored & (1 << (number - 1)), f"{number.name} is ignored"
+        os.kill(pid, number)
+    parent.stdin.write("go\n")
+    parent.stdin.flush()
+    assert parent.stdout.readline().strip() == "after"
+    assert parent.wait(30) == 0, "the parent's exit did not hang on its child"
+    wait_for(lambda: gone(pid) or None, 10)

@@ -29,13 +29,16 @@ Google does not bill), and the next call starts another.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import ctypes
 import itertools
 import multiprocessing
+import multiprocessing.util  # its exit handler is registered before this module's (below)
 import os
 import queue
+import signal
 import socket
 import sys
 import tempfile
@@ -70,6 +73,20 @@ _ERRORS: dict[str, type[Exception]] = {
 # json, timeout_s, spool); kind "download": (url, headers, dest, timeout_s).
 _Call = tuple[str, tuple[Any, ...]]
 Future = concurrent.futures.Future[httpx.Response]
+
+
+# Every link with a child, for the exit handler below.
+_LINKS: weakref.WeakSet[_Link] = weakref.WeakSet()
+
+
+def _hang_up_all() -> None:
+    """At this interpreter's exit: end every child's pipe. multiprocessing's own exit handler, which
+    runs after this one, then waits for its children, and a child exits only when its pipe ends."""
+    for link in list(_LINKS):
+        link.hang_up()
+
+
+atexit.register(_hang_up_all)
 
 
 class ProcessHttp:
@@ -179,6 +196,12 @@ class _Link:
             self.sender = threading.Thread(target=self._send_all, name=f"{CHILD_NAME}-send", daemon=True)
             self.sender.start()
 
+    def hang_up(self) -> None:
+        """End the child's pipe now (at exit: no thread is waited for)."""
+        with self.lock:
+            if self.conn is not None:
+                _shut_down(self.conn)
+
     def close(self, timeout_s: float | None) -> None:
         with self.lock:
             if self.closed:
@@ -258,6 +281,7 @@ class _Link:
         finally:
             there.close()  # the child's end: only the child holds it now, so its exit closes the pipe
         self.conn, self.process = here, process
+        _LINKS.add(self)
         self.receiver = threading.Thread(
             target=self._receive_all, args=(here, process), name=f"{CHILD_NAME}-answers", daemon=True
         )
@@ -346,6 +370,11 @@ def _child(conn: Connection, limit: int, spool_dir: Path | None) -> None:
     writes the answers back, as many as are ready each time."""
     from nanogen.tls import ssl_context
 
+    # The worker decides when this ends, by ending the pipe: Ctrl-C in a terminal (SIGINT to the
+    # process group) or a service manager's SIGTERM to every process of the unit would otherwise end
+    # the calls of a worker still finishing its jobs within its shutdown grace.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _name_process(CHILD_NAME)
     http = _ChildHttp(limit=limit, ssl_context=ssl_context(), spool_dir=spool_dir)
     http.remove_orphans()
