@@ -9,6 +9,7 @@ awaited (``await_shot``) as often as the task is recovered, so Google is never a
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import logging
@@ -246,24 +247,28 @@ class GoogleEngine(Engine):
         model = self.models[Product.IMAGE]
         progress(10)  # the request is on its way; nothing else is known until Google answers
         begun = self._image_calls.claim(job.task_id)  # sent at acceptance: its answer is this call's
+        # A large answer's decoding slot, held until its image is written (images.ImagesRest.answer).
+        held = contextlib.ExitStack()
 
         def send() -> images.Answer:
             nonlocal begun
             if begun is not None:
                 waiting, begun = begun.future, None
-                return images.ImagesRest.answer(waiting.result())
+                return images.ImagesRest.answer(waiting.result(), held)
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
-            return self._backend.image_calls.generate(call, model, timeout)
+            return self._backend.image_calls.generate(call, model, timeout, held)
 
-        answer = self._retry(
-            send, "image generation", job, idempotent=False, begun_at=begun.began_at if begun else None
-        )
-        try:
-            png = images.png_from(answer)
-        except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
-            count_refusal(CALL_LABELS["image generation"], exc)
-            raise
-        dest.write_bytes(png)
+        with held:
+            answer = self._retry(
+                send, "image generation", job, idempotent=False, begun_at=begun.began_at if begun else None
+            )
+            try:
+                png = images.png_from(answer)
+            except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
+                count_refusal(CALL_LABELS["image generation"], exc)
+                raise
+            del answer  # the image is in ``png`` (the same bytes, or a conversion of them)
+            dest.write_bytes(png)
         progress(90)
         return Output(dest, "image/png", {"model": model})
 
