@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import wait_for
+from tests.engines.google_support import google_server
 from tests.engines.test_google_transport import ScriptedServer, answer
 from tests.fakes.google_server import API_KEY, FakeGoogle
 
@@ -189,7 +190,7 @@ def test_spooled_answers_left_by_a_dead_child_are_removed_by_the_next(
     assert sorted(p.name for p in spool.iterdir()) == sorted([live.name, other.name])
 
 
-def test_the_engine_calls_from_a_child_where_it_may_use_two_cpus(fake: FakeGoogle, tmp_path: Path) -> None:
+def test_the_engine_calls_from_a_child_when_set(fake: FakeGoogle, tmp_path: Path) -> None:
     def engine(**values: object) -> GoogleEngine:
         settings = Settings(
             home=tmp_path,
@@ -200,35 +201,20 @@ def test_the_engine_calls_from_a_child_where_it_may_use_two_cpus(fake: FakeGoogl
         )
         return GoogleEngine(settings)
 
-    made = [engine(), engine(google_http_process=False), engine(google_http_process=True)]
+    made = [engine(), engine(google_http_process=True)]
     try:
-        default, off, on = (type(e._rest) for e in made)
-        assert off is LoopHttp and on is ProcessHttp
-        assert default is (ProcessHttp if len(os.sched_getaffinity(0)) > 1 else LoopHttp)
+        assert [type(e._rest) for e in made] == [LoopHttp, ProcessHttp]
     finally:
         for e in made:
             e._rest.close()
 
 
-def test_on_one_cpu_the_default_keeps_the_calls_in_the_worker() -> None:
-    """The child's gain is the other core; a process bound to one CPU (taskset, a cgroup's cpuset)
-    keeps the loop on a thread of its own. Checked in a process bound so, not by pretending."""
-    script = textwrap.dedent(
-        """
-        import os
-        from nanogen.engines.google.engine import calls_from_a_child
-        from nanogen.settings import Settings
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        print(calls_from_a_child(Settings()), calls_from_a_child(Settings(google_http_process=True)))
-        """
-    )
-    bound = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert bound.stdout.split() == ["False", "True"], bound.stderr
-
-
-def test_a_worker_starts_its_http_child_when_it_launches(fake: FakeGoogle, tmp_path: Path) -> None:
-    """Before any request: a burst's first calls do not wait for the child to start."""
-    from tests.engines.google_support import google_server
+def test_a_worker_starts_its_http_child_when_it_launches_and_images_go_through_it(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    """The child starts before any request (a burst's first calls do not wait for it), an image
+    generated through the whole server comes back through it, and it ends with the server."""
+    from tests.engines.google_support import generate_image, open_png, wait_image
 
     def http_children(pid: int) -> list[int]:
         found = []
@@ -243,10 +229,20 @@ def test_a_worker_starts_its_http_child_when_it_launches(fake: FakeGoogle, tmp_p
                     found.append(int(entry.name))
         return found
 
-    with google_server(tmp_path, fake) as server:
+    with google_server(tmp_path, fake, NANOGEN_GOOGLE_HTTP_PROCESS="true") as server:
         assert server.process is not None
         [child] = wait_for(lambda: http_children(server.process.pid), 20)  # type: ignore[union-attr]
-        assert not gone(child)
+        account = server.new_account(100)
+        accepted = generate_image(
+            account,
+            {"prompt": "A lighthouse", "mode": "generate", "aspectRatio": "4:3", "imageQuality": "1K"},
+        )
+        final, _ = wait_image(account, accepted["generationId"])
+        assert final["status"] == "completed", final
+        with account.client() as c:
+            png = c.get(final["imageUrl"]).content
+        assert open_png(png).size[0] > 0
+        assert http_children(server.process.pid) == [child], "the same child made the call"
     wait_for(lambda: gone(child) or None, 20)
 
 

@@ -9,7 +9,7 @@
 
 ``NANOGEN_GOOGLE_BASE_URL`` sends every call (SDK and REST) to another endpoint. The SDK's calls go
 through the engine's ``httpx.Client``s; the Gemini API's REST calls (its jobs: images and Veo) through
-the engine's event loop (transport.py; in a child process by default, process_http.py), whose errors
+the engine's event loop (transport.py; or in a child process, process_http.py), whose errors
 read as httpx's, so timeouts and transport errors are the same everywhere.
 """
 

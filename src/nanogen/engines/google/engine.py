@@ -14,7 +14,6 @@ import functools
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -84,23 +83,6 @@ def shot_progress(waited_s: float) -> int:
     return 5 + int(85 * (1 - math.exp(-waited_s / TYPICAL_SHOT_S)))
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity where the system tells it, else all of them."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def calls_from_a_child(settings: Settings) -> bool:
-    """Whether the REST calls are made by a child process (``NANOGEN_GOOGLE_HTTP_PROCESS``; unset: where
-    this process may run on two CPUs or more). The child's gain is the other core: on one CPU it only
-    adds the pipe's work (bench c on one CPU: 22.7 s against 21.4 s with the loop in the worker)."""
-    if settings.google_http_process is not None:
-        return settings.google_http_process
-    return usable_cpus() > 1
-
-
 class GoogleEngine(Engine):
     name = "google"
     products: ClassVar[frozenset[Product]] = frozenset(Product)
@@ -128,9 +110,9 @@ class GoogleEngine(Engine):
             Product.VIDEO: settings.google_video_model or DEFAULT_VIDEO_MODEL[settings.google_mode],
         }
         # Every job in flight may hold a connection at once (an image call is one request of tens of
-        # seconds). On the Gemini API the jobs' calls are made on one event loop, in a child process
-        # by default (process_http.py) or on a thread here (transport.py), with a connection for
-        # each job in flight. On Vertex AI they go through the SDK's httpx client,
+        # seconds). On the Gemini API the jobs' calls are made on one event loop, on a thread here
+        # (transport.py) or in a child process (process_http.py), with a connection for each job
+        # in flight. On Vertex AI they go through the SDK's httpx client,
         # and one httpx pool that large costs CPU with every request (httpcore scans its connections
         # and waiting requests: ~19 ms of CPU per call at 2,000 open, encode/httpx#3215), so the
         # connections are spread over pools of POOL_CONNECTIONS, one client (and SDK client) each; a
@@ -138,7 +120,7 @@ class GoogleEngine(Engine):
         image_slots = settings.image_concurrency or self.default_concurrency
         in_flight = image_slots + (settings.video_concurrency or self.default_concurrency)
         self._rest: Transport
-        if calls_from_a_child(settings):
+        if settings.google_http_process:
             self._rest = ProcessHttp(limit=in_flight, spool_dir=settings.scratch_dir)
         else:
             self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context(), spool_dir=settings.scratch_dir)
@@ -247,16 +229,18 @@ class GoogleEngine(Engine):
         model = self.models[Product.IMAGE]
         progress(10)  # the request is on its way; nothing else is known until Google answers
         begun = self._image_calls.claim(job.task_id)  # sent at acceptance: its answer is this call's
-        # A large answer's decoding slot, held until its image is written (images.ImagesRest.answer).
+        # With the HTTP child, a large answer's decoding slot is held until its image is written
+        # (images.ImagesRest.answer says why); with the loop here, the loop's own pace bounds them.
         held = contextlib.ExitStack()
+        hold = held if self.settings.google_http_process else None
 
         def send() -> images.Answer:
             nonlocal begun
             if begun is not None:
                 waiting, begun = begun.future, None
-                return images.ImagesRest.answer(waiting.result(), held)
+                return images.ImagesRest.answer(waiting.result(), hold)
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
-            return self._backend.image_calls.generate(call, model, timeout, held)
+            return self._backend.image_calls.generate(call, model, timeout, hold)
 
         with held:
             answer = self._retry(

@@ -9,8 +9,9 @@ got a small share of it, so the answers waited for it, and the API's acceptances
 the lock with that work. Measured side by side (bench_google c: 2,000 image calls at 15 s on a 2-core
 machine, alternating with the loop in the worker): all done in 17.4-18.9 s in sixteen runs (one over
 the 18.75 s goal) against 17.6-19.6 s in seventeen (seven over), the last request accepted at 1.1-1.9 s
-against 2.0-4.4 s, about the same CPU in all (the child's included). On one CPU the child has no core
-to gain (engine.calls_from_a_child).
+against 2.0-4.4 s, about the same CPU in all (the child's included). Not the default: with answers the
+size of real photos' the child's memory comes on top (docs/engines.md, "The calls' own process"), and
+on one CPU it has no core to gain.
 
 How: the calls go to the child over a pipe in batches: one thread here sends whatever the jobs have
 asked since its last send, as one message. The child makes them with a ``LoopHttp`` of its own and
