@@ -170,7 +170,7 @@ class ImagesRest:
         """The answer read (a spooled one back from its file) and decoded, a few at a time. With
         ``held``, a large answer's slot stays taken until ``held`` closes, once its caller has
         written the image: answers handed over faster than their jobs got to write them (their
-        reading moved to a child process, process_http.py) held 2.0-2.4 GB of decoded images in the
+        reading moved to a child process, process_http.py) held 2.2-2.4 GB of decoded images in the
         worker for 2,000 photo-sized answers at once, against 0.68-0.79 GB with the slot held so."""
         _DECODING.acquire()
         try:
