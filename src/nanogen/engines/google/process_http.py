@@ -295,11 +295,10 @@ class _Link:
             settled = [(self.pending.pop(call_id, None), outcome) for call_id, outcome in batch]
         for future, outcome in settled:
             if future is not None:
+                # An answer not rebuilt here fails its call, not this thread.
                 try:
                     _settle(future, outcome)
-                except (
-                    Exception
-                ) as exc:  # an answer this side cannot rebuild: that call fails, not this thread
+                except Exception as exc:
                     _fail([future], EngineError(f"Google returned a malformed response ({exc})"))
 
     def _receive_all(self, conn: Connection, process: BaseProcess) -> None:
@@ -453,16 +452,15 @@ class _ChildHttp(LoopHttp):
         answers.put((call_id, ("ok", response.status_code, headers_out, content_out, spooled)))
 
     def _spool_file(self) -> IO[bytes]:
-        folder = self._spool_folder()
-        return open(folder / f"{self._prefix}{next(self._names)}", "w+b")
+        # LoopHttp._request has made the folder.
+        return open(self._spool_folder() / f"{self._prefix}{next(self._names)}", "w+b")
 
     def _spool_folder(self) -> Path:
-        folder = self._spool_dir if self._spool_dir is not None else Path(tempfile.gettempdir())
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return self._spool_dir if self._spool_dir is not None else Path(tempfile.gettempdir())
 
     def remove_orphans(self) -> None:
-        """Spooled answers left by a child that died before the worker took them."""
+        """Spooled answers left by a child that died before the worker took them (none where the
+        folder is not there yet)."""
         with contextlib.suppress(OSError):
             for path in self._spool_folder().glob(f"{CHILD_NAME}-*-*"):
                 pid = path.name.split("-")[2]
@@ -475,8 +473,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
