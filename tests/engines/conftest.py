@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from tests.engines.scripted_server import Reply, ScriptedServer
 from tests.fakes.google_server import FakeGoogle
 
 
@@ -15,3 +16,17 @@ def fake() -> Iterator[FakeGoogle]:
     yield fake
     assert fake.failures == [], "every request nanogen sent was readable"
     fake.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedServer]]:
+    """``scripted(*replies)``: a started ScriptedServer, closed after the test."""
+    made: list[ScriptedServer] = []
+
+    def make(*replies: Reply) -> ScriptedServer:
+        made.append(ScriptedServer(*replies))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from tests.conftest import wait_for
 from tests.engines.google_support import google_server
-from tests.engines.test_google_transport import ScriptedServer, answer
+from tests.engines.scripted_server import ScriptedServer, answer
 from tests.fakes.google_server import API_KEY, FakeGoogle
 
 from nanogen.engines.google.calls import UNSENT
@@ -28,19 +28,6 @@ from nanogen.engines.google.transport import LoopHttp
 from nanogen.settings import Settings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., ScriptedServer]]:
-    made: list[ScriptedServer] = []
-
-    def make(*replies: Callable[..., None]) -> ScriptedServer:
-        made.append(ScriptedServer(*replies))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 @pytest.fixture
@@ -56,10 +43,15 @@ def child_pid(http: ProcessHttp) -> int:
     return process.pid
 
 
+def stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command's name: [0] the state, [1] the parent's pid."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def gone(pid: int) -> bool:
     """Exited: no such process, or a zombie not yet reaped by whoever adopted it."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = stat(pid)[0]
     except (OSError, IndexError):
         return True
     return state in ("Z", "X")
@@ -74,8 +66,7 @@ def test_calls_are_made_by_a_named_child_of_this_process(
     pid = child_pid(http)
     assert pid != os.getpid()
     assert Path(f"/proc/{pid}/comm").read_text().strip() == CHILD_NAME
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    assert int(stat[1]) == os.getpid(), "its parent is this process"
+    assert int(stat(pid)[1]) == os.getpid(), "its parent is this process"
     assert http.request("GET", f"{server.url}/b", headers={}, timeout_s=10).content == b"two"
     assert child_pid(http) == pid, "one child serves every call"
 
@@ -221,7 +212,7 @@ def test_a_worker_starts_its_http_child_when_it_launches_and_images_go_through_i
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    parent = int(Path(f"{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    parent = int(stat(int(entry.name))[1])
                     name = Path(f"{entry}/comm").read_text().strip()
                 except (OSError, IndexError, ValueError):
                     continue

@@ -24,73 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import free_port
+from tests.engines.scripted_server import ScriptedServer, answer, hang_up
 
 from nanogen.engines.google.calls import UNSENT, Backoff, retrying
 from nanogen.engines.google.process_http import ProcessHttp
 from nanogen.engines.google.transport import LoopHttp, Transport
 from nanogen.errors import EngineError
 from nanogen.tls import ssl_context
-
-Reply = Callable[[socket.socket], None]
-
-
-def answer(status: int, body: bytes, *headers: str) -> Reply:
-    def reply(conn: socket.socket) -> None:
-        lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", *headers]
-        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-
-    return reply
-
-
-def hang_up(conn: socket.socket) -> None:
-    conn.close()
-
-
-class ScriptedServer:
-    """Answers the n-th request with the n-th reply; records what was asked."""
-
-    def __init__(self, *replies: Reply) -> None:
-        self.replies = list(replies)
-        self.requests: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while self.replies:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                while self.replies:
-                    request = self._read(conn)
-                    if request is None:
-                        break
-                    self.requests.append(request)
-                    reply = self.replies.pop(0)
-                    reply(conn)
-                    if reply is hang_up:
-                        break
-
-    @staticmethod
-    def _read(conn: socket.socket) -> bytes | None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                while len(body) < int(line.split(b":")[1]):
-                    body += conn.recv(65536)
-        return head + b"\r\n\r\n" + body
-
-    def close(self) -> None:
-        self.listener.close()
-
 
 MakeHttp = Callable[..., Transport]
 
@@ -117,19 +57,6 @@ def make_http(request: pytest.FixtureRequest) -> Iterator[MakeHttp]:
 @pytest.fixture
 def http(make_http: MakeHttp) -> Transport:
     return make_http(8)
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., ScriptedServer]]:
-    made: list[ScriptedServer] = []
-
-    def make(*replies: Reply) -> ScriptedServer:
-        made.append(ScriptedServer(*replies))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 def test_an_answer_arrives_whole_with_the_request_as_sent(
