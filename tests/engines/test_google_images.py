@@ -20,9 +20,14 @@ from tests.fakes.google_server import API_KEY, FakeGoogle, b64decode
 MODEL_PATH = "/v1beta/models/gemini-3.1-flash-image-preview:generateContent"
 
 
-@pytest.fixture(scope="module")
-def server(fake: FakeGoogle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with google_server(tmp_path_factory.mktemp("google-images"), fake) as server:
+@pytest.fixture(scope="module", params=["false", "true"], ids=["loop", "http-process"])
+def server(
+    fake: FakeGoogle, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """Each test against both ways of calling Google: the loop in the worker, which reads the
+    answers there, and the HTTP process, which reads them itself (the same outcomes)."""
+    home = tmp_path_factory.mktemp("google-images")
+    with google_server(home, fake, NANOGEN_GOOGLE_HTTP_PROCESS=request.param) as server:
         yield server
 
 
@@ -192,3 +197,5 @@ def test_the_output_is_what_google_returned(
     assert open_png(stored).size == (896, 1200)
     if marker:
         assert len(stored) > 500_000, "as large as a photo's PNG"
+    left = [p.name for p in (server.home / "scratch").glob("*") if p.is_file()]
+    assert left == [], "no spooled answer or image is left behind"

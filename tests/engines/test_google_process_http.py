@@ -4,8 +4,12 @@ the same as the in-process loop's, are tested for both in test_google_transport.
 
 from __future__ import annotations
 
+import base64
 import gc
+import io
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from tests.conftest import wait_for
 from tests.engines.google_support import google_server
 from tests.engines.scripted_server import ScriptedServer, answer
@@ -23,8 +28,11 @@ from tests.fakes.google_server import API_KEY, FakeGoogle
 
 from nanogen.engines.google.calls import UNSENT
 from nanogen.engines.google.engine import GoogleEngine
+from nanogen.engines.google.image_answer import Answer, read_in_http_process, write_png
+from nanogen.engines.google.images import ImagesRest
 from nanogen.engines.google.process_http import CHILD_NAME, ProcessHttp
-from nanogen.engines.google.transport import LoopHttp
+from nanogen.engines.google.transport import READ, SPOOL_FROM_BYTES, LoopHttp, Read
+from nanogen.errors import EngineError
 from nanogen.settings import Settings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -179,6 +187,105 @@ def test_spooled_answers_left_by_a_dead_child_are_removed_by_the_next(
     finally:
         http.close()
     assert sorted(p.name for p in spool.iterdir()) == sorted([live.name, other.name])
+
+
+def png_of(width: int, height: int, seed: int) -> bytes:
+    """A PNG of noise (it does not compress: about width x height x 3 bytes)."""
+    noise = random.Random(seed).randbytes(width * height * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), noise).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_answer_json(draft: bytes, final: bytes) -> bytes:
+    """Google's answer: a thought's draft image, then the final one."""
+
+    def part(png: bytes, **more: object) -> dict[str, object]:
+        return {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png).decode()}, **more}
+
+    candidate = {"content": {"parts": [part(draft, thought=True), part(final)]}, "finishReason": "STOP"}
+    return json.dumps({"candidates": [candidate]}).encode()
+
+
+def test_a_reader_reads_the_answer_in_the_child_and_hands_over_the_image_it_wrote(
+    scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    """The image answer is read where the call was made: the worker gets the parts without their
+    images and the final image as a file of the child's (named so that a later child removes it if
+    this one dies), which it moves into place; nothing else is left in the spool folder."""
+    spool = tmp_path / "spool"
+    small, large = png_of(32, 32, 1), png_of(400, 300, 2)
+    assert len(image_answer_json(large, large)) > SPOOL_FROM_BYTES > len(image_answer_json(small, small))
+    server = scripted(
+        answer(200, image_answer_json(png_of(8, 8, 3), small)),
+        answer(200, image_answer_json(png_of(8, 8, 4), large)),
+    )
+    http = ProcessHttp(limit=2, spool_dir=spool)
+    try:
+        for n, expected in enumerate([small, large]):
+            response = http.request(
+                "POST", f"{server.url}/gen", headers={}, json={}, timeout_s=10, spool=True,
+                read=read_in_http_process,
+            )  # fmt: skip
+            read = response.extensions[READ]
+            assert isinstance(read, Read) and isinstance(read.value, Answer)
+            assert [p.data for p in read.value.parts] == [None, None], "no image crosses the pipe"
+            assert read.file is not None
+            assert read.file.path.parent == spool
+            assert read.file.path.name.startswith(f"{CHILD_NAME}-{child_pid(http)}-")
+            dest = tmp_path / f"image{n}.png"
+            write_png(ImagesRest.answer(response), dest)
+            assert dest.read_bytes() == expected
+            assert list(spool.iterdir()) == [], "the spooled answer is gone and the image moved"
+    finally:
+        http.close()
+
+
+def test_a_read_answer_fails_as_one_read_here_and_leaves_nothing_behind(
+    scripted: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    """JSON that is not JSON: EngineError, as for an answer read in the worker. An image that does
+    not decode: said when the job writes it. An error status: not read, the caller reads it. An
+    image never taken by its job: removed when the response is dropped."""
+    spool = tmp_path / "spool"
+    large = png_of(400, 300, 5)
+    cut_short = image_answer_json(large, large[: len(large) // 2])
+    server = scripted(
+        answer(200, b"{not json" + b" " * SPOOL_FROM_BYTES),
+        answer(200, cut_short),
+        answer(429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}'),
+        answer(200, image_answer_json(large, large)),
+    )
+    http = ProcessHttp(limit=2, spool_dir=spool)
+
+    def call() -> httpx.Response:
+        return http.request(
+            "POST",
+            f"{server.url}/gen",
+            headers={},
+            json={},
+            timeout_s=10,
+            spool=True,
+            read=read_in_http_process,
+        )
+
+    try:
+        with pytest.raises(EngineError, match=r"malformed response \(not JSON\)"):
+            call()
+        with pytest.raises(EngineError, match="the image does not decode"):
+            write_png(ImagesRest.answer(call()), tmp_path / "never.png")
+        refused = call()
+        assert refused.status_code == 429 and READ not in refused.extensions
+        assert b"RESOURCE_EXHAUSTED" in refused.content
+        dropped = call()
+        assert isinstance(dropped.extensions[READ], Read) and dropped.extensions[READ].file is not None
+        assert len(list(spool.iterdir())) == 1
+        del dropped
+        gc.collect()
+        assert list(spool.iterdir()) == []
+        assert not (tmp_path / "never.png").exists()
+    finally:
+        http.close()
 
 
 def test_the_engine_calls_from_a_child_when_set(fake: FakeGoogle, tmp_path: Path) -> None:

@@ -7,12 +7,19 @@ interpreter lock and 4 MB of fresh memory an answer, which the kernel zeroes pag
 long ``"data"`` string without escapes (base64 needs none) is cut out of the raw bytes first; the
 rest, a few hundred bytes, is parsed with ``json``, and the cut strings come back as memoryviews of
 the raw bytes, which base64 decoding (``nanogen.b64``) reads in place.
+
+``json_object`` reads any of Google's successful REST answers as a JSON object.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+
+import httpx
+
+from nanogen.errors import EngineError
 
 # Shorter strings are parsed as json parses them: cutting them out would save nothing.
 LONG = 64 * 1024
@@ -75,3 +82,14 @@ def _put_back(value: Any, cut: dict[str, memoryview]) -> Any:
         for item in value:
             _put_back(item, cut)
     return value
+
+
+def json_object(response: httpx.Response, loads: Callable[[bytes], Any] = json.loads) -> dict[str, Any]:
+    """A successful REST answer's JSON object (parsed with ``loads``); EngineError when it is not one."""
+    try:
+        data = loads(response.content)
+    except ValueError as exc:
+        raise EngineError("Google returned a malformed response (not JSON)") from exc
+    if not isinstance(data, dict):
+        raise EngineError("Google returned a malformed response (not a JSON object)")
+    return data

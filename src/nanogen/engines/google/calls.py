@@ -150,17 +150,6 @@ def checked(response: httpx.Response) -> httpx.Response:
     raise ProviderError.from_response(response)
 
 
-def json_object(response: httpx.Response, loads: Callable[[bytes], Any] = json.loads) -> dict[str, Any]:
-    """A successful REST answer's JSON object (parsed with ``loads``); EngineError when it is not one."""
-    try:
-        data = loads(response.content)
-    except ValueError as exc:
-        raise EngineError("Google returned a malformed response (not JSON)") from exc
-    if not isinstance(data, dict):
-        raise EngineError("Google returned a malformed response (not a JSON object)")
-    return data
-
-
 @dataclass(frozen=True)
 class Backoff:
     base_s: float

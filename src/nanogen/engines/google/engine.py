@@ -9,7 +9,6 @@ awaited (``await_shot``) as often as the task is recovered, so Google is never a
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import itertools
 import logging
@@ -33,7 +32,7 @@ from nanogen.engines.base import (
     ProgressFn,
     ShotJob,
 )
-from nanogen.engines.google import images
+from nanogen.engines.google import image_answer, images
 from nanogen.engines.google.backends import BACKENDS, Backend
 from nanogen.engines.google.begun import BegunCalls
 from nanogen.engines.google.calls import (
@@ -229,30 +228,23 @@ class GoogleEngine(Engine):
         model = self.models[Product.IMAGE]
         progress(10)  # the request is on its way; nothing else is known until Google answers
         begun = self._image_calls.claim(job.task_id)  # sent at acceptance: its answer is this call's
-        # With the HTTP child, a large answer's decoding slot is held until its image is written
-        # (images.ImagesRest.answer says why); with the loop here, the loop's own pace bounds them.
-        held = contextlib.ExitStack()
-        hold = held if self.settings.google_http_process else None
 
-        def send() -> images.Answer:
+        def send() -> image_answer.Answer:
             nonlocal begun
             if begun is not None:
                 waiting, begun = begun.future, None
-                return images.ImagesRest.answer(waiting.result(), hold)
+                return images.ImagesRest.answer(waiting.result())
             timeout = remaining(job.deadline, self.settings.google_request_timeout_s, "calling Google")
-            return self._backend.image_calls.generate(call, model, timeout, hold)
+            return self._backend.image_calls.generate(call, model, timeout)
 
-        with held:
-            answer = self._retry(
-                send, "image generation", job, idempotent=False, begun_at=begun.began_at if begun else None
-            )
-            try:
-                png = images.png_from(answer)
-            except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
-                count_refusal(CALL_LABELS["image generation"], exc)
-                raise
-            del answer  # the image is in ``png`` (the same bytes, or a conversion of them)
-            dest.write_bytes(png)
+        answer = self._retry(
+            send, "image generation", job, idempotent=False, begun_at=begun.began_at if begun else None
+        )
+        try:
+            image_answer.write_png(answer, dest)
+        except EngineError as exc:  # a blocked prompt or image (metrics: provider errors by kind)
+            count_refusal(CALL_LABELS["image generation"], exc)
+            raise
         progress(90)
         return Output(dest, "image/png", {"model": model})
 

@@ -1,24 +1,21 @@
-"""Nano Banana through ``generateContent``: the request for an image job, the two ways to send it, and
-the image in the answer.
+"""Nano Banana through ``generateContent``: the request for an image job and the two ways to send it
+(the answer and its image: image_answer.py).
 
 The prompt goes first, then the input images as inline parts (edit). ``aspectRatio`` and
 ``imageQuality`` map to ``imageConfig`` unchanged (the contract uses Google's own values), and
-``googleSearch`` adds the Google Search tool. Gemini 3 image models may answer with "thought" parts
-(drafts) before the final image: the last image that is not a thought is the result.
+``googleSearch`` adds the Google Search tool.
 
 The Gemini API is called over REST (``ImagesRest``, on the engine's event loop: transport.py): the
 SDK's request conversion looks up each field of its pydantic models by iterating the model
 (google.genai ``_common.get_value_by_path``), which cost ~2.5 ms of CPU per call at 2,000 calls in
 flight against ~1 ms for the same call as JSON over httpx (measured side by side, docs/engines.md "At
-load"). Vertex AI keeps the SDK (``ImagesSdk``), which also does its authentication. Both answers are
-read by one function (``png_from``).
+load"). Vertex AI keeps the SDK (``ImagesSdk``), which also does its authentication.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import io
+import dataclasses
 import os
 import threading
 from collections.abc import Sequence
@@ -29,14 +26,13 @@ from urllib.parse import quote
 import httpx
 from google import genai
 from google.genai import types
-from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
 from nanogen import b64
 from nanogen.engines.base import ImageJob, InputImage
-from nanogen.engines.google import blobs
-from nanogen.engines.google.calls import checked, json_object, sdk
-from nanogen.engines.google.transport import SPOOL_FROM_BYTES, JsonCall, Transport
+from nanogen.engines.google.calls import checked, sdk
+from nanogen.engines.google.image_answer import Answer, Part, from_rest, read_in_http_process
+from nanogen.engines.google.transport import READ, JsonCall, Read, Transport
 from nanogen.errors import EngineError
 from nanogen.media.images import png_bytes
 
@@ -77,39 +73,16 @@ def request(job: ImageJob) -> Request:
     )
 
 
-# -- what nanogen reads of an answer -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Part:
-    data: bytes | None  # an inline image's bytes
-    thought: bool
-    text: str | None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The fields of a ``GenerateContentResponse`` that decide the outcome, from either path."""
-
-    block_reason: str | None = None
-    block_message: str | None = None
-    has_candidate: bool = False
-    parts: tuple[Part, ...] = ()
-    finish_reason: str | None = None
-    finish_message: str | None = None
-
-
 class ImageCaller(Protocol):
-    def generate(
-        self, call: Request, model: str, timeout_s: float, held: contextlib.ExitStack | None = None
-    ) -> Answer:
-        """Google's answer; ProviderError for an error answer, EngineError for one nanogen cannot read.
-        ``held``: as ``ImagesRest.answer``'s."""
+    def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
+        """Google's answer; ProviderError for an error answer, EngineError for one nanogen cannot read."""
         ...
 
 
-# Answers read and decoded at once. The answers of a burst come within a second and their jobs all wake
-# together; each reading its answer back (a large one is spooled: transport.py) at once held every
-# answer in memory again (5.2 GB for 2,000 of 2 MB). Decoding takes the interpreter lock anyway, so a
-# few at a time lose nothing.
+# Answers read and decoded at once in this process (where the HTTP process has not read them). The
+# answers of a burst come within a second and their jobs all wake together; each reading its answer
+# back (a large one is spooled: transport.py) at once held every answer in memory again (5.2 GB for
+# 2,000 of 2 MB). Decoding takes the interpreter lock anyway, so a few at a time lose nothing.
 _DECODING = threading.BoundedSemaphore(max(4, 2 * (os.cpu_count() or 1)))
 
 
@@ -136,9 +109,7 @@ class ImagesRest:
             body["tools"] = [{"googleSearch": {}}]
         return body
 
-    def generate(
-        self, call: Request, model: str, timeout_s: float, held: contextlib.ExitStack | None = None
-    ) -> Answer:
+    def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
         response = self._http.request(
             "POST",
             self._url(model),
@@ -146,8 +117,9 @@ class ImagesRest:
             json=self.body(call),
             timeout_s=timeout_s,
             spool=True,
+            read=read_in_http_process,
         )
-        return self.answer(response, held)
+        return self.answer(response)
 
     def begin(
         self,
@@ -159,87 +131,37 @@ class ImagesRest:
         headers = self._headers()
         self._http.begin(
             [
-                JsonCall("POST", self._url(model), headers, self.body(call), timeout, spool=True)
+                JsonCall(
+                    "POST",
+                    self._url(model),
+                    headers,
+                    self.body(call),
+                    timeout,
+                    spool=True,
+                    read=read_in_http_process,
+                )
                 for call, model, timeout in calls
             ],
             futures,
         )
 
     @staticmethod
-    def answer(response: httpx.Response, held: contextlib.ExitStack | None = None) -> Answer:
-        """The answer read (a spooled one back from its file) and decoded, a few at a time. With
-        ``held``, a large answer's slot stays taken until ``held`` closes, once its caller has
-        written the image: answers handed over faster than their jobs got to write them (their
-        reading moved to a child process, process_http.py) held 2.2-2.4 GB of decoded images in the
-        worker for 2,000 photo-sized answers at once, against 0.68-0.79 GB with the slot held so."""
-        _DECODING.acquire()
-        try:
+    def answer(response: httpx.Response) -> Answer:
+        """The answer as the HTTP process read it, or else read here (a spooled one back from its
+        file) and decoded, a few at a time."""
+        checked(response)
+        read = response.extensions.get(READ)
+        if isinstance(read, Read) and isinstance(read.value, Answer):
+            return dataclasses.replace(read.value, final_png=read.file)
+        with _DECODING:
             response.read()
-            answer = _from_json(json_object(checked(response), blobs.loads))
-        except BaseException:
-            _DECODING.release()
-            raise
-        if held is not None and len(response.content) >= SPOOL_FROM_BYTES:
-            held.callback(_DECODING.release)
-        else:  # a small answer: nothing much to hold, and its slot is worth more to the next job
-            _DECODING.release()
-        return answer
+            return from_rest(response)
 
     def _url(self, model: str) -> str:
         return f"{self._base}/v1beta/models/{quote(model, safe='')}:generateContent"
 
     def _headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self._key.get_secret_value()}
-
-
-def _from_json(answer: dict[str, Any]) -> Answer:
-    """Google's JSON (protobuf's mapping: camelCase, bytes in base64), fields nanogen does not read
-    ignored as the SDK ignores them."""
-    feedback = _object(answer.get("promptFeedback"))
-    candidates = answer.get("candidates")
-    candidate = _object(candidates[0]) if isinstance(candidates, list) and candidates else None
-    parts = []
-    content = _object(candidate.get("content")) if candidate else {}
-    for part in content.get("parts") or []:
-        part = _object(part)
-        inline = _object(part.get("inlineData"))
-        data = inline.get("data")
-        text = part.get("text")
-        parts.append(
-            Part(
-                data=_base64(data) if isinstance(data, str | memoryview) and data else None,
-                thought=part.get("thought") is True,
-                text=text if isinstance(text, str) else None,
-            )
-        )
-    return Answer(
-        block_reason=_text(feedback.get("blockReason")),
-        block_message=_text(feedback.get("blockReasonMessage")),
-        has_candidate=candidate is not None,
-        parts=tuple(parts),
-        finish_reason=_text(candidate.get("finishReason")) if candidate else None,
-        finish_message=_text(candidate.get("finishMessage")) if candidate else None,
-    )
-
-
-def _object(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise EngineError("Google returned a malformed response (an unexpected JSON shape)")
-    return value
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _base64(data: str | memoryview) -> bytes:
-    """As Google's JSON carries bytes: standard or URL-safe base64, padded or not."""
-    try:
-        return b64.decode(data)
-    except ValueError as exc:
-        raise EngineError("Google returned a malformed response (an image that is not base64)") from exc
 
 
 # -- Vertex AI: the SDK --------------------------------------------------------------------------------
@@ -260,9 +182,7 @@ class ImagesSdk:
         )
         return [types.Content(role="user", parts=parts)], config
 
-    def generate(
-        self, call: Request, model: str, timeout_s: float, held: contextlib.ExitStack | None = None
-    ) -> Answer:
+    def generate(self, call: Request, model: str, timeout_s: float) -> Answer:
         contents, config = self.arguments(call)
         config.http_options = types.HttpOptions(timeout=int(timeout_s * 1000))
         response = sdk(
@@ -286,45 +206,6 @@ def _from_sdk(response: types.GenerateContentResponse) -> Answer:
         finish_reason=_name(candidate.finish_reason) if candidate and candidate.finish_reason else None,
         finish_message=candidate.finish_message if candidate else None,
     )
-
-
-# -- the image in an answer ----------------------------------------------------------------------------
-def png_from(answer: Answer) -> bytes:
-    """The PNG bytes of the answer's final image. EngineError (with Google's reason) when there is
-    none: a blocked prompt, a blocked or missing image, or something that is not an image."""
-    if answer.block_reason is not None:
-        detail = f": {answer.block_message}" if answer.block_message else ""
-        raise EngineError(f"Google blocked the prompt ({answer.block_reason}){detail}")
-    if not answer.has_candidate:
-        raise EngineError("Google returned a malformed response (no candidates and no block reason)")
-    finals = [p.data for p in answer.parts if p.data and not p.thought]
-    if finals and finals[-1] is not None:
-        return _as_png(finals[-1])
-    reason = answer.finish_reason or "no finish reason"
-    said = answer.finish_message or " ".join(p.text for p in answer.parts if p.text and not p.thought)
-    detail = f": {said.strip()[:300]}" if said and said.strip() else ""
-    if reason in ("STOP", "no finish reason"):
-        raise EngineError(f"Google returned no image ({reason}){detail}")
-    raise EngineError(f"Google blocked or did not make the image ({reason}){detail}")
-
-
-def _as_png(data: bytes) -> bytes:
-    """Prove the bytes are an image; PNG as it came, any other format converted (outputs are PNG).
-    A PNG is checked to its end, every chunk's checksum, without inflating its pixels: decoding a
-    1K image costs milliseconds of the worker's one interpreter lock, and Google's PNG that made it
-    here intact is not decoded by nanogen again."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format == "PNG":
-                image.verify()
-                return data
-            image.load()
-            buffer = io.BytesIO()
-            image.save(buffer, "PNG")
-            return buffer.getvalue()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        # Pillow raises SyntaxError for a PNG whose structure or checksums are broken.
-        raise EngineError(f"Google returned a malformed response (the image does not decode: {exc})") from exc
 
 
 def _name(value: object) -> str:

@@ -30,6 +30,7 @@ Google does not bill), and the next call starts another.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -53,7 +54,17 @@ from typing import IO, Any
 
 import httpx
 
-from nanogen.engines.google.transport import JsonCall, LoopHttp, _as_json, _Spooled, _translated
+from nanogen.engines.google.transport import (
+    READ,
+    AnswerReader,
+    HandedFile,
+    JsonCall,
+    LoopHttp,
+    Read,
+    _as_json,
+    _Spooled,
+    _translated,
+)
 from nanogen.errors import EngineError
 
 # The child's name in ``ps``, ``top`` and /proc/<pid>/comm (the benchmark counts its CPU by it).
@@ -71,7 +82,7 @@ _ERRORS: dict[str, type[Exception]] = {
     )
 }
 # A call as it crosses the pipe: (kind, arguments); kind "request": (method, url, headers, content,
-# json, timeout_s, spool); kind "download": (url, headers, dest, timeout_s).
+# json, timeout_s, spool, read); kind "download": (url, headers, dest, timeout_s).
 _Call = tuple[str, tuple[Any, ...]]
 Future = concurrent.futures.Future[httpx.Response]
 
@@ -111,9 +122,11 @@ class ProcessHttp:
         json: Any = None,
         timeout_s: float,
         spool: bool = False,
+        read: AnswerReader | None = None,
     ) -> httpx.Response:
-        """As ``LoopHttp.request``."""
-        return self._one(_request(method, url, headers, content, json, timeout_s, spool))
+        """As ``LoopHttp.request``, except that ``read`` is run on a 2xx answer in the child (as
+        ``transport.AnswerReader`` says)."""
+        return self._one(_request(method, url, headers, content, json, timeout_s, spool, read))
 
     def begin(self, calls: Sequence[JsonCall], futures: Sequence[Future]) -> None:
         """As ``LoopHttp.begin``: the calls whose futures were not cancelled go in one message."""
@@ -123,7 +136,7 @@ class ProcessHttp:
         waiting: list[Future] = []
         for c, future in zip(calls, futures, strict=True):
             if future.set_running_or_notify_cancel():
-                sent.append(_request(c.method, c.url, c.headers, None, c.json, c.timeout_s, c.spool))
+                sent.append(_request(c.method, c.url, c.headers, None, c.json, c.timeout_s, c.spool, c.read))
                 waiting.append(future)
         if sent and not self._link.send(sent, waiting):
             unsent = httpx.ConnectError("the HTTP process is closed")
@@ -326,14 +339,20 @@ def _request(
     json: Any,
     timeout_s: float,
     spool: bool,
+    read: AnswerReader | None,
 ) -> _Call:
-    return ("request", (method, url, dict(headers), content, json, timeout_s, spool))
+    return ("request", (method, url, dict(headers), content, json, timeout_s, spool, read))
 
 
 def _settle(future: Future, outcome: tuple[Any, ...]) -> None:
     if outcome[0] == "error":
         _, name, message = outcome
         future.set_exception(_ERRORS.get(name, EngineError)(message))
+        return
+    if outcome[0] == "read":
+        _, status, headers, value, written = outcome
+        read = Read(value, HandedFile(Path(written)) if written is not None else None)
+        future.set_result(httpx.Response(status, headers=headers, extensions={READ: read}))
         return
     _, status, headers, content, spooled = outcome
     if spooled is None:
@@ -410,6 +429,9 @@ class _ChildHttp(LoopHttp):
         super().__init__(**kwargs)
         self._prefix = f"{CHILD_NAME}-{os.getpid()}-"
         self._names = itertools.count()
+        # Where large answers are read (``_read``): two, so that one's file reads and writes
+        # overlap the other's decoding; more would only queue for this process's interpreter lock.
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="read")
 
     def start_all(
         self, calls: list[tuple[Any, ...]], answers: queue.SimpleQueue[tuple[int, tuple[Any, ...]]]
@@ -429,19 +451,24 @@ class _ChildHttp(LoopHttp):
         args: tuple[Any, ...],
         answers: queue.SimpleQueue[tuple[int, tuple[Any, ...]]],
     ) -> None:
+        read: AnswerReader | None = None
         try:
             if kind == "request":
-                method, url, headers, content, json, timeout_s, spool = args
+                method, url, headers, content, json, timeout_s, spool, read = args
                 if json is not None:
                     headers, content = _as_json(headers, json)
                 response = await _translated(self._request(method, url, headers, content, timeout_s, spool))
             else:
                 url, headers, dest, timeout_s = args
                 response = await _translated(self._download(url, headers, Path(dest), timeout_s))
+            headers_out = list(response.headers.multi_items())
+            if read is not None and response.is_success:
+                value, written = await self._read(read, response)
+                answers.put((call_id, ("read", response.status_code, headers_out, value, written)))
+                return
         except Exception as exc:
             answers.put((call_id, ("error", type(exc).__name__, str(exc) or type(exc).__name__)))
             return
-        headers_out = list(response.headers.multi_items())
         stream = response.stream
         if isinstance(stream, _Spooled):
             stream.close()  # the file stays, by name, for the worker
@@ -450,6 +477,40 @@ class _ChildHttp(LoopHttp):
         else:
             spooled, content_out = None, response.content
         answers.put((call_id, ("ok", response.status_code, headers_out, content_out, spooled)))
+
+    async def _read(self, read: AnswerReader, response: httpx.Response) -> tuple[Any, str | None]:
+        """``read`` run on the answer, and the name of the file it wrote (None: none). A spooled
+        answer is read on one of the reading threads, and its spool file then removed; a small one
+        on the loop (less than a millisecond: a hand-off to a thread would cost as much)."""
+        written: list[IO[bytes]] = []
+
+        def new_file() -> IO[bytes]:
+            if written:
+                raise RuntimeError("a reader writes one file")
+            self._spool_folder().mkdir(parents=True, exist_ok=True)
+            written.append(self._spool_file())
+            return written[0]
+
+        def run() -> Any:
+            try:
+                return read(response, new_file)
+            except BaseException:
+                for file in written:
+                    file.close()
+                    Path(file.name).unlink(missing_ok=True)
+                raise
+            finally:
+                if isinstance(response.stream, _Spooled):
+                    response.stream.close()
+                    Path(response.stream.name).unlink(missing_ok=True)
+
+        if isinstance(response.stream, _Spooled):
+            value = await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        else:
+            value = run()
+        for file in written:
+            file.close()  # the reader may have left it open
+        return value, str(written[0].name) if written else None
 
     def _spool_file(self) -> IO[bytes]:
         # LoopHttp._request has made the folder.

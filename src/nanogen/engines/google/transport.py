@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import functools
 import json as json_module
+import os
+import shutil
 import ssl
 import tempfile
 import threading
 import urllib.request
 import weakref
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -70,6 +73,46 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+# How a caller may have its 2xx answer read where the call is made: ``reader(response, new_file)``
+# returns what the caller wants of the answer (picklable), and may write one file, opened with
+# ``new_file()``, that the caller takes over. It is a module's function (it crosses to the HTTP
+# process by name) and raises EngineError for an answer it cannot read. ``ProcessHttp`` runs it in its
+# process, off the worker's interpreter lock, and the response then carries a ``Read`` in its
+# extensions under ``READ`` (no body); ``LoopHttp`` does not, and its caller reads the answer itself.
+AnswerReader = Callable[[httpx.Response, Callable[[], IO[bytes]]], Any]
+READ = "nanogen.read"
+
+
+class HandedFile:
+    """A file written for the caller by the HTTP process: moved where it belongs with ``move_to``,
+    or removed when dropped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._finalizer = weakref.finalize(self, _remove, path)
+
+    def move_to(self, dest: Path) -> None:
+        try:
+            os.replace(self.path, dest)  # the spool folder is the scratch folder: one rename
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.move(self.path, dest)
+        self._finalizer.detach()
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Read:
+    """A 2xx answer as its call's reader read it (``AnswerReader``), and the file it wrote."""
+
+    value: Any
+    file: HandedFile | None
+
+
 @dataclass(frozen=True)
 class JsonCall:
     """A request whose body is ``json``, for :meth:`LoopHttp.begin`."""
@@ -80,11 +123,14 @@ class JsonCall:
     json: Any
     timeout_s: float
     spool: bool = False  # as ``LoopHttp.request``'s
+    read: AnswerReader | None = None  # as ``Transport.request``'s
 
 
 class Transport(Protocol):
     """How the engine makes its REST calls: ``LoopHttp`` (a loop thread in this process) or
-    ``process_http.ProcessHttp`` (a loop in a child process), with the same answers and errors."""
+    ``process_http.ProcessHttp`` (a loop in a child process), with the same answers and errors.
+    ``read``: an ``AnswerReader`` the transport may run on a 2xx answer (the response then carries
+    its ``Read`` under ``READ`` in its extensions)."""
 
     def request(
         self,
@@ -96,6 +142,7 @@ class Transport(Protocol):
         json: Any = None,
         timeout_s: float,
         spool: bool = False,
+        read: AnswerReader | None = None,
     ) -> httpx.Response: ...
 
     def begin(
@@ -143,10 +190,12 @@ class LoopHttp:
         json: Any = None,
         timeout_s: float,
         spool: bool = False,
+        read: AnswerReader | None = None,
     ) -> httpx.Response:
         """The whole answer, whatever its status. ``json``: a body sent as JSON (in place of ``content``).
         ``spool``: a large 2xx answer waits in an unnamed file (in ``spool_dir``) until the caller
-        calls ``Response.read()``, which reads it back and lets the file go."""
+        calls ``Response.read()``, which reads it back and lets the file go. ``read`` is not run
+        here: the caller reads the answer on its own thread (the same interpreter either way)."""
         sent = dict(headers)
         if json is not None:
             sent, content = _as_json(headers, json)

@@ -26,7 +26,8 @@ from pydantic import SecretStr
 
 from nanogen import b64
 from nanogen.engines.base import InputImage, ShotJob
-from nanogen.engines.google.calls import checked, json_object, sdk
+from nanogen.engines.google.blobs import json_object
+from nanogen.engines.google.calls import checked, sdk
 from nanogen.engines.google.images import input_image
 from nanogen.engines.google.transport import Transport
 from nanogen.errors import EngineError
