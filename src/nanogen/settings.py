@@ -85,11 +85,11 @@ class Settings(BaseSettings):
     )
     google_poll_interval_s: float = Field(default=10.0, gt=0, description="Veo operation polling.")
     google_request_timeout_s: float = Field(default=300.0, gt=0, description="One call to Google.")
-    google_http_process: bool = Field(
-        default=False,
-        description="Gemini API calls made by a child process, off the worker's interpreter lock "
-        "(true), or on a thread of the worker (false, the default: docs/engines.md says when to choose "
-        "which).",
+    google_http_process: bool | None = Field(
+        default=None,
+        description="Gemini API calls made, and their image answers read, by a child process of each "
+        "worker, off its interpreter lock (true), or on a thread of the worker (false). Default: a "
+        "child where the worker may run on two CPUs or more.",
     )
     google_retry_base_s: float = Field(default=2.0, gt=0, description="First backoff after 429/5xx.")
     google_retry_max_s: float = Field(default=60.0, gt=0, description="Longest backoff.")

@@ -288,7 +288,7 @@ def test_a_read_answer_fails_as_one_read_here_and_leaves_nothing_behind(
         http.close()
 
 
-def test_the_engine_calls_from_a_child_when_set(fake: FakeGoogle, tmp_path: Path) -> None:
+def test_the_engine_calls_from_a_child_where_it_may_use_two_cpus(fake: FakeGoogle, tmp_path: Path) -> None:
     def engine(**values: object) -> GoogleEngine:
         settings = Settings(
             home=tmp_path,
@@ -299,12 +299,30 @@ def test_the_engine_calls_from_a_child_when_set(fake: FakeGoogle, tmp_path: Path
         )
         return GoogleEngine(settings)
 
-    made = [engine(), engine(google_http_process=True)]
+    made = [engine(), engine(google_http_process=False), engine(google_http_process=True)]
     try:
-        assert [type(e._rest) for e in made] == [LoopHttp, ProcessHttp]
+        default, off, on = (type(e._rest) for e in made)
+        assert off is LoopHttp and on is ProcessHttp
+        assert default is (ProcessHttp if len(os.sched_getaffinity(0)) > 1 else LoopHttp)
     finally:
         for e in made:
             e._rest.close()
+
+
+def test_on_one_cpu_the_default_keeps_the_calls_in_the_worker() -> None:
+    """The child's gain is the other core; a process bound to one CPU (taskset, a cgroup's cpuset)
+    keeps the loop on a thread of its own. Checked in a process bound so, not by pretending."""
+    script = textwrap.dedent(
+        """
+        import os
+        from nanogen.engines.google.engine import calls_from_a_child
+        from nanogen.settings import Settings
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        print(calls_from_a_child(Settings()), calls_from_a_child(Settings(google_http_process=True)))
+        """
+    )
+    bound = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert bound.stdout.split() == ["False", "True"], bound.stderr
 
 
 def test_a_worker_starts_its_http_child_when_it_launches_and_images_go_through_it(

@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -82,6 +83,23 @@ def shot_progress(waited_s: float) -> int:
     return 5 + int(85 * (1 - math.exp(-waited_s / TYPICAL_SHOT_S)))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity where the system tells it, else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def calls_from_a_child(settings: Settings) -> bool:
+    """Whether the REST calls are made by a child process (``NANOGEN_GOOGLE_HTTP_PROCESS``; unset:
+    where this process may run on two CPUs or more). The child's gain is the other core: on one CPU
+    it only adds the pipe's work (bench c on one CPU: 22.7 s against 21.4 s with the loop here)."""
+    if settings.google_http_process is not None:
+        return settings.google_http_process
+    return usable_cpus() > 1
+
+
 class GoogleEngine(Engine):
     name = "google"
     products: ClassVar[frozenset[Product]] = frozenset(Product)
@@ -119,7 +137,7 @@ class GoogleEngine(Engine):
         image_slots = settings.image_concurrency or self.default_concurrency
         in_flight = image_slots + (settings.video_concurrency or self.default_concurrency)
         self._rest: Transport
-        if settings.google_http_process:
+        if calls_from_a_child(settings):
             self._rest = ProcessHttp(limit=in_flight, spool_dir=settings.scratch_dir)
         else:
             self._rest = LoopHttp(limit=in_flight, ssl_context=ssl_context(), spool_dir=settings.scratch_dir)
