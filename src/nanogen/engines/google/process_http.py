@@ -6,18 +6,21 @@ the answers runs in a child process, on whichever core is free. In the worker, e
 shares one interpreter lock with the API and thousands of other jobs; reading 2,000 answers that come
 within a second (aiohttp's parsing, the loop's wake-ups) was work on that lock, and the loop's thread
 got a small share of it, so the answers waited for it, and the API's acceptances of a burst shared
-the lock with that work. Measured side by side (bench_google c: 2,000 image calls at 15 s on a 2-core
-machine, alternating with the loop in the worker): all done in 17.4-18.9 s in sixteen runs (one over
-the 18.75 s goal) against 17.6-19.6 s in seventeen (seven over), the last request accepted at 1.1-1.9 s
-against 2.0-4.4 s, about the same CPU in all (the child's included). Not the default: with answers the
-size of real photos' the child's memory comes on top (docs/engines.md, "The calls' own process"), and
-on one CPU it has no core to gain.
+the lock with that work. The child also reads the image answers (a call's ``read``: JSON, base64, the
+PNG's check) and writes their images to files that the jobs only move into place. Measured side by
+side (bench_google c: 2,000 image calls at 15 s on a 2-core machine, alternating with the loop in the
+worker), on a slow day: all done in 17.3-18.2 s in eleven runs against 17.6-19.6 s in seventeen (seven
+over the 18.75 s goal); on a fast one about the same (17.2-17.5 s against 17.0-17.4 s); with
+photo-sized answers the same time and 0.9-1.0 GB against 0.86 GB. The default where the worker may run
+on two CPUs or more (engine.calls_from_a_child): on one it has no core to gain.
 
 How: the calls go to the child over a pipe in batches: one thread here sends whatever the jobs have
 asked since its last send, as one message. The child makes them with a ``LoopHttp`` of its own and
 sends the answers back in batches, which one thread here reads to settle the futures the jobs wait on.
 A large answer asked to be spooled is written by the child to a file in the spool folder as it
 arrives; the reading thread opens it and unlinks it at once, and the job reads it back as LoopHttp's.
+A call with a reader (``transport.AnswerReader``) has its 2xx answer read by the child on its loop
+instead, and the worker gets what the reader returned and the file it wrote (``transport.Read``).
 The requests' JSON is encoded in the child too.
 
 The child starts on ``start`` (a worker calls it as it launches) or else on first use, from a fresh
@@ -306,12 +309,14 @@ class _Link:
         with self.lock:
             settled = [(self.pending.pop(call_id, None), outcome) for call_id, outcome in batch]
         for future, outcome in settled:
-            if future is not None:
-                # An answer not rebuilt here fails its call, not this thread.
-                try:
-                    _settle(future, outcome)
-                except Exception as exc:
-                    _fail([future], EngineError(f"Google returned a malformed response ({exc})"))
+            if future is None:  # no call waits for it any more: its file goes
+                _discard(outcome)
+                continue
+            # An answer not rebuilt here fails its call, not this thread.
+            try:
+                _settle(future, outcome)
+            except Exception as exc:
+                _fail([future], EngineError(f"Google returned a malformed response ({exc})"))
 
     def _receive_all(self, conn: Connection, process: BaseProcess) -> None:
         while True:
@@ -364,6 +369,13 @@ def _settle(future: Future, outcome: tuple[Any, ...]) -> None:
         future.set_exception(httpx.ReadError(f"the spooled answer is gone: {exc}"))
         return
     future.set_result(httpx.Response(status, headers=headers, stream=_Spooled(file)))
+
+
+def _discard(outcome: tuple[Any, ...]) -> None:
+    """Remove the file an answer left for the worker (a spooled answer's, or one its reader wrote)."""
+    name = outcome[4] if outcome[0] in ("ok", "read") else None
+    if name is not None:
+        Path(name).unlink(missing_ok=True)
 
 
 def _shut_down(conn: Connection) -> None:
