@@ -21,6 +21,15 @@ VIDEO_STATUS = "/api/veo-3/check-status"
 
 
 @contextmanager
+def fake_google() -> Iterator[FakeGoogle]:
+    """A fake Google, closed after; every request nanogen sent it was readable."""
+    fake = FakeGoogle()
+    yield fake
+    assert fake.failures == [], "every request nanogen sent was readable"
+    fake.close()
+
+
+@contextmanager
 def google_server(home: Path, fake: FakeGoogle, mode: str = "gemini", **env: str) -> Iterator[Server]:
     server = Server(home, extra_env=fake.env(mode, **env)).start()
     try:

@@ -10,6 +10,7 @@ from tests.conftest import ADMIN_TOKEN, Account, ImageHost, Server, image_bytes
 from tests.engines.google_support import (
     admin_task,
     download,
+    fake_google,
     generate_image,
     google_server,
     open_png,
@@ -21,13 +22,24 @@ MODEL_PATH = "/v1beta/models/gemini-3.1-flash-image-preview:generateContent"
 
 
 @pytest.fixture(scope="module", params=["false", "true"], ids=["loop", "http-process"])
-def server(
-    fake: FakeGoogle, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Server]:
+def http_process(request: pytest.FixtureRequest) -> str:
     """Each test against both ways of calling Google: the loop in the worker, which reads the
     answers there, and the HTTP process, which reads them itself (the same outcomes)."""
+    value: str = request.param
+    return value
+
+
+@pytest.fixture(scope="module")
+def fake(http_process: str) -> Iterator[FakeGoogle]:
+    """A fake Google for each way (the tests count the calls it received)."""
+    with fake_google() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def server(fake: FakeGoogle, http_process: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("google-images")
-    with google_server(home, fake, NANOGEN_GOOGLE_HTTP_PROCESS=request.param) as server:
+    with google_server(home, fake, NANOGEN_GOOGLE_HTTP_PROCESS=http_process) as server:
         yield server
 
 
