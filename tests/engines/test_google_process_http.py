@@ -207,32 +207,40 @@ def image_answer_json(draft: bytes, final: bytes) -> bytes:
     return json.dumps({"candidates": [candidate]}).encode()
 
 
-def test_a_reader_reads_the_answer_in_the_child_and_hands_over_the_image_it_wrote(
+def test_a_reader_reads_the_answer_in_the_child_and_hands_over_the_image(
     scripted: Callable[..., ScriptedServer], tmp_path: Path
 ) -> None:
     """The image answer is read where the call was made: the worker gets the parts without their
-    images and the final image as a file of the child's (named so that a later child removes it if
-    this one dies), which it moves into place; nothing else is left in the spool folder."""
+    images, and the final image with them if it is small, else as a file of the child's (named so
+    that a later child removes it if this one dies), which it moves into place; nothing else is
+    left in the spool folder."""
     spool = tmp_path / "spool"
-    small, large = png_of(32, 32, 1), png_of(400, 300, 2)
-    assert len(image_answer_json(large, large)) > SPOOL_FROM_BYTES > len(image_answer_json(small, small))
-    server = scripted(
-        answer(200, image_answer_json(png_of(8, 8, 3), small)),
-        answer(200, image_answer_json(png_of(8, 8, 4), large)),
-    )
+    spool.mkdir()
+    small, medium, large = png_of(32, 32, 1), png_of(250, 250, 2), png_of(400, 300, 3)
+    answers = [
+        image_answer_json(png_of(8, 8, 4), small),  # read from memory, the image sent back
+        image_answer_json(png_of(200, 200, 5), medium),  # spooled, the image sent back
+        image_answer_json(png_of(8, 8, 6), large),  # spooled, the image in a file
+    ]
+    assert len(answers[0]) < SPOOL_FROM_BYTES < len(answers[1])
+    assert len(medium) < SPOOL_FROM_BYTES < len(large)
+    server = scripted(*(answer(200, body) for body in answers))
     http = ProcessHttp(limit=2, spool_dir=spool)
     try:
-        for n, expected in enumerate([small, large]):
+        for n, expected in enumerate([small, medium, large]):
             response = http.request(
                 "POST", f"{server.url}/gen", headers={}, json={}, timeout_s=10, spool=True,
                 read=read_in_http_process,
             )  # fmt: skip
             read = response.extensions[READ]
             assert isinstance(read, Read) and isinstance(read.value, Answer)
-            assert [p.data for p in read.value.parts] == [None, None], "no image crosses the pipe"
-            assert read.file is not None
-            assert read.file.path.parent == spool
-            assert read.file.path.name.startswith(f"{CHILD_NAME}-{child_pid(http)}-")
+            assert [p.data for p in read.value.parts] == [None, None], "no input part's image crosses"
+            if len(expected) < SPOOL_FROM_BYTES:
+                assert read.file is None and read.value.final_png == expected
+            else:
+                assert read.file is not None and read.value.final_png is None
+                assert read.file.path.parent == spool
+                assert read.file.path.name.startswith(f"{CHILD_NAME}-{child_pid(http)}-")
             dest = tmp_path / f"image{n}.png"
             write_png(ImagesRest.answer(response), dest)
             assert dest.read_bytes() == expected

@@ -5,10 +5,11 @@ that is not a thought is the result. An answer is read from Google's REST JSON (
 the SDK's objects (images.py), and its final image written as PNG by ``write_png``.
 
 Where the Gemini API's calls are made by the HTTP process (process_http.py), that process also reads
-the answer (``read_in_http_process``): it parses the JSON, decodes the image, checks it and writes it
-to a file, which the job then only moves to its place. That is most of the CPU an image job spends in
-the worker, and all of its memory: 2,000 photo-sized answers handed over by the HTTP process faster
-than their jobs read and wrote them held 2.0-2.9 GB in the worker.
+the answer (``read_in_http_process``): it parses the JSON, decodes the image and checks it, and writes
+a large one to a file, which the job then only moves to its place (a small one comes back with the
+answer). That is most of the CPU an image job spends in the worker, and all of its memory: 2,000
+photo-sized answers handed over by the HTTP process faster than their jobs read and wrote them held
+2.0-2.9 GB in the worker.
 
 This module imports no part of the google-genai SDK: the HTTP process imports it to read answers.
 """
@@ -27,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from nanogen import b64
 from nanogen.engines.google import blobs
-from nanogen.engines.google.transport import HandedFile
+from nanogen.engines.google.transport import SPOOL_FROM_BYTES, HandedFile
 from nanogen.errors import EngineError
 
 
@@ -43,7 +44,8 @@ class Answer:
     """The fields of an answer that decide the outcome, from either path.
 
     Read by the HTTP process, the parts carry no image: the final one, made PNG, is in ``final_png``
-    (None where there is none), or ``final_error`` says why it is not an image."""
+    (a small one as bytes, a large one in a file; None where there is none), or ``final_error`` says
+    why it is not an image."""
 
     block_reason: str | None = None
     block_message: str | None = None
@@ -51,7 +53,7 @@ class Answer:
     parts: tuple[Part, ...] = ()
     finish_reason: str | None = None
     finish_message: str | None = None
-    final_png: HandedFile | None = None
+    final_png: HandedFile | bytes | None = None
     final_error: str | None = None
 
 
@@ -68,17 +70,22 @@ def read_in_http_process(response: httpx.Response, new_file: Callable[[], IO[byt
     del response  # its body: the image is decoded in ``answer`` now
     final = _final_image(answer) if answer.block_reason is None and answer.has_candidate else None
     error = None
+    small: bytes | None = None
     if final is not None:
         try:
             png = _as_png(final)
         except EngineError as exc:  # said when the job writes the image, as for an answer read there
             error = exc.message
         else:
-            with new_file() as out:
-                out.write(png)
+            if len(png) < SPOOL_FROM_BYTES:  # sent back with the answer: a file would cost more
+                small = png
+            else:
+                with new_file() as out:
+                    out.write(png)
     return dataclasses.replace(
         answer,
         parts=tuple(dataclasses.replace(part, data=None) for part in answer.parts),
+        final_png=small,
         final_error=error,
     )
 
@@ -93,6 +100,9 @@ def write_png(answer: Answer, dest: Path) -> None:
         raise EngineError("Google returned a malformed response (no candidates and no block reason)")
     if answer.final_error is not None:
         raise EngineError(answer.final_error)
+    if isinstance(answer.final_png, bytes):
+        dest.write_bytes(answer.final_png)
+        return
     if answer.final_png is not None:
         answer.final_png.move_to(dest)
         return

@@ -152,7 +152,7 @@ class ImagesRest:
         checked(response)
         read = response.extensions.get(READ)
         if isinstance(read, Read) and isinstance(read.value, Answer):
-            return dataclasses.replace(read.value, final_png=read.file)
+            return read.value if read.file is None else dataclasses.replace(read.value, final_png=read.file)
         with _DECODING:
             response.read()
             return from_rest(response)
