@@ -10,8 +10,8 @@ the lock with that work. The child also reads the image answers (a call's ``read
 PNG's check) and writes their images to files that the jobs only move into place. Measured side by
 side (bench_google c: 2,000 image calls at 15 s on a 2-core machine, alternating with the loop in the
 worker), on a slow day: all done in 17.3-18.2 s in eleven runs against 17.6-19.6 s in seventeen (seven
-over the 18.75 s goal); on a fast one about the same (17.2-17.5 s against 17.0-17.4 s); with
-photo-sized answers the same time and 0.9-1.0 GB against 0.86 GB. The default where the worker may run
+over the 18.75 s goal); on a fast one 16.4-16.7 s against 16.9-17.2 s; with photo-sized answers
+the same time and 0.77-0.99 GB against 0.86 GB. The default where the worker may run
 on two CPUs or more (engine.calls_from_a_child): on one it has no core to gain.
 
 How: the calls go to the child over a pipe in batches: one thread here sends whatever the jobs have
