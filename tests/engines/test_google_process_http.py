@@ -234,7 +234,7 @@ def test_a_reader_reads_the_answer_in_the_child_and_hands_over_the_image(
             )  # fmt: skip
             read = response.extensions[READ]
             assert isinstance(read, Read) and isinstance(read.value, Answer)
-            assert [p.data for p in read.value.parts] == [None, None], "no input part's image crosses"
+            assert [p.data for p in read.value.parts] == [None, None], "the parts carry no image"
             if len(expected) < SPOOL_FROM_BYTES:
                 assert read.file is None and read.value.final_png == expected
             else:
