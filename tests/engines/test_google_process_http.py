@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import io
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from PIL import Image
 from tests.conftest import wait_for
 from tests.engines.google_support import google_server
 from tests.engines.scripted_server import ScriptedServer, answer
-from tests.fakes.google_server import API_KEY, FakeGoogle
+from tests.fakes.google_server import API_KEY, FakeGoogle, png
 
 from nanogen.engines.google.calls import UNSENT
 from nanogen.engines.google.engine import GoogleEngine
@@ -191,10 +190,7 @@ def test_spooled_answers_left_by_a_dead_child_are_removed_by_the_next(
 
 def png_of(width: int, height: int, seed: int) -> bytes:
     """A PNG of noise (it does not compress: about width x height x 3 bytes)."""
-    noise = random.Random(seed).randbytes(width * height * 3)
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (width, height), noise).save(buffer, "PNG")
-    return buffer.getvalue()
+    return png(Image.frombytes("RGB", (width, height), random.Random(seed).randbytes(width * height * 3)))
 
 
 def image_answer_json(draft: bytes, final: bytes) -> bytes:

@@ -64,10 +64,10 @@ def from_rest(response: httpx.Response) -> Answer:
 
 def read_in_http_process(response: httpx.Response, new_file: Callable[[], IO[bytes]]) -> Answer:
     """The HTTP process's reading of a successful answer (a ``transport.AnswerReader``): the answer
-    without its images, and its final image, checked and made PNG, written to ``new_file()``."""
+    without its images, and its final image checked and made PNG: in ``final_png`` when it is small,
+    else written to ``new_file()``."""
     response.read()
     answer = from_rest(response)
-    del response  # its body: the image is decoded in ``answer`` now
     final = _final_image(answer) if answer.block_reason is None and answer.has_candidate else None
     error = None
     small: bytes | None = None

@@ -7,7 +7,8 @@ shares one interpreter lock with the API and thousands of other jobs; reading 2,
 within a second (aiohttp's parsing, the loop's wake-ups) was work on that lock, and the loop's thread
 got a small share of it, so the answers waited for it, and the API's acceptances of a burst shared
 the lock with that work. The child also reads the image answers (a call's ``read``: JSON, base64, the
-PNG's check) and writes their images to files that the jobs only move into place. Measured side by
+PNG's check): a small image comes back with its answer, a large one in a file that its job only
+moves into place. Measured side by
 side (bench_google c: 2,000 image calls at 15 s on a 2-core machine, alternating with the loop in the
 worker), on a slow day: all done in 17.3-18.2 s in eleven runs against 17.6-19.6 s in seventeen (seven
 over the 18.75 s goal); on a fast one 16.4-16.7 s against 16.9-17.2 s; with photo-sized answers

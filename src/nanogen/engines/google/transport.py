@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import functools
 import json as json_module
-import os
 import shutil
 import ssl
 import tempfile
@@ -92,12 +90,8 @@ class HandedFile:
         self._finalizer = weakref.finalize(self, _remove, path)
 
     def move_to(self, dest: Path) -> None:
-        try:
-            os.replace(self.path, dest)  # the spool folder is the scratch folder: one rename
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            shutil.move(self.path, dest)
+        # A rename (the spool folder is the scratch folder), or a copy across file systems.
+        shutil.move(self.path, dest)
         self._finalizer.detach()
 
 
